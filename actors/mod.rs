@@ -1,0 +1,5 @@
+//! The actix runtime: one actor per file, each a thin shell over a sans-IO core of the crate.
+//!
+//! The clock is read in exactly one place, [`clock`]; everything else receives `now`.
+
+pub mod clock;

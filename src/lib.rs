@@ -1,0 +1,60 @@
+//! # tm2-p2p
+//!
+//! An actor-based peer-to-peer network runtime modelled on Tendermint2's p2p layer (the
+//! networking of the gno.land chain), built on actix.
+//!
+//! A host program spawns the `Switch` actor, registers its own *reactor* actors and from then
+//! on sends typed messages (`DialPeers`, `Broadcast`, `SendTo`, ...). The runtime listens,
+//! dials, authenticates and encrypts every connection with a handshake byte-compatible with
+//! TM2's secret connection, multiplexes prioritised channels over it, keeps peers alive,
+//! limits them, redials persistent ones and discovers new ones by peer exchange.
+//!
+//! ## Layers
+//!
+//! ```text
+//!   host program / reactors (mempool, consensus, chat, ...)      actors (runtime feature)
+//!        |  RegisterReactor, Broadcast, SendTo       ^ PeerAdded, Receive, PeerRemoved
+//!   +----v-------------------------------------------+-----+
+//!   | Switch actor: peer set, reactors by channel, events   |
+//!   +----+---------------------------------+----------------+
+//!        | verified connections            | per-peer
+//!   +----v-------------+            +------v---------------+
+//!   | Transport actor  |            | PeerConn actor       |
+//!   | listen, dial,    |            |  mconn core          |  <- src/mconn (sans-IO)
+//!   | upgrade          |            +----------------------+
+//!   +----+-------------+
+//!        | secret core (src/secret, sans-IO): X25519 + Ed25519 STS, ChaCha20-Poly1305 frames
+//!   +----v-------------+
+//!   |   TCP            |
+//!   +------------------+
+//! ```
+//!
+//! ## What this crate is not
+//!
+//! - The core modules in this crate (everything except [`actors`](crate#runtime)) do no I/O,
+//!   read no clock and use no global RNG: time and randomness are passed in, so they are
+//!   deterministic and tested without sockets. `cargo check --lib --no-default-features`
+//!   proves they never touch actix or tokio.
+//! - It is not wire-compatible with CometBFT/Tendermint >= 0.33 p2p: like TM2 it uses the
+//!   pre-Merlin secret connection. After the handshake, NodeInfo, packets and peer-exchange
+//!   messages use this project's own encoding ([`codec`], documented in docs/PROTOCOL.md).
+//!
+//! ## Runtime
+//!
+//! The `runtime` feature (on by default) compiles the actix actors of the `actors/` directory
+//! as `tm2_p2p::actors`.
+
+pub mod codec;
+pub mod config;
+pub mod key;
+pub mod secret;
+pub mod types;
+
+// The actix runtime lives in the top-level actors/ directory so that the layering is visible in
+// the tree; it is a module of this library behind the `runtime` feature, which also owns the
+// actix and tokio dependencies (see docs/ARCHITECTURE.md).
+#[cfg(feature = "runtime")]
+#[path = "../actors/mod.rs"]
+pub mod actors;
+
+pub use types::{Direction, PeerId};

@@ -1,0 +1,1 @@
+//! Secret connection (filled in by the secret-connection work).

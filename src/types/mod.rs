@@ -1,0 +1,25 @@
+//! Identity and address types: [`PeerId`], [`NetAddress`], [`NodeInfo`], [`Direction`].
+
+mod net_address;
+mod node_info;
+mod peer_id;
+
+pub use peer_id::{PEER_ID_LEN, PEER_ID_PREFIX, PeerId, PeerIdError};
+
+use serde::{Deserialize, Serialize};
+
+/// Which side opened a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Direction {
+    /// The remote dialed us.
+    Inbound,
+    /// We dialed the remote.
+    Outbound,
+}
+
+impl Direction {
+    /// True for [`Direction::Outbound`].
+    pub const fn is_outbound(self) -> bool {
+        matches!(self, Self::Outbound)
+    }
+}
