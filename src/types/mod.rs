@@ -7,6 +7,10 @@ mod peer_id;
 pub use net_address::{
     DnsNameError, Host, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, NetAddress, NetAddressError,
 };
+pub use node_info::{
+    Incompatible, MAX_NODE_INFO_SIZE, MAX_NUM_CHANNELS, NodeInfo, NodeInfoError, NodeInfoOther,
+    P2P_PROTOCOL_VERSION, P2P_VERSION_NAME, VersionInfo,
+};
 pub use peer_id::{PEER_ID_LEN, PEER_ID_PREFIX, PeerId, PeerIdError};
 
 use serde::{Deserialize, Serialize};
