@@ -57,4 +57,4 @@ pub mod types;
 #[path = "../actors/mod.rs"]
 pub mod actors;
 
-pub use types::{Direction, PeerId};
+pub use types::{Direction, NetAddress, NodeInfo, PeerId};

@@ -212,9 +212,12 @@ impl NetAddress {
 
     /// True when the address is valid ([`validate`](Self::validate)) and reachable from the
     /// public internet, by TM2's `Routable` rules: not in RFC 1918 (`10/8`, `172.16/12`,
-    /// `192.168/16`), RFC 3927 (`169.254/16`), RFC 4862 (`fe80::/64`, TM2's prefix, narrower
-    /// than the `/10` link-local block), RFC 4193 (`fc00::/7`), RFC 4843 (`2001:10::/28`),
-    /// loopback, or `0.0.0.0/8`.
+    /// `192.168/16`), RFC 3927 (`169.254/16`), link-local IPv6 (`fe80::/10`), RFC 4193
+    /// (`fc00::/7`), RFC 4843 (`2001:10::/28`), loopback, or `0.0.0.0/8`.
+    ///
+    /// Two deliberate differences from TM2: TM2 checks only `fe80::/64` of the `fe80::/10`
+    /// link-local block, and it calls multicast addresses (`224/4`, `ff00::/8`) routable;
+    /// neither can be a peer's address, so both are non-routable here.
     ///
     /// For a DNS name, routability is only known once it is resolved; until then `localhost`
     /// and names under `.localhost` (RFC 6761) are not routable and any other name is.
@@ -279,13 +282,13 @@ fn is_routable_ip(ip: IpAddr) -> bool {
             let rfc1918 = a == 10 || (a == 172 && (16..=31).contains(&b)) || (a == 192 && b == 168);
             let rfc3927 = a == 169 && b == 254;
             let local = v4.is_loopback() || a == 0;
-            !(rfc1918 || rfc3927 || local)
+            !(rfc1918 || rfc3927 || local || v4.is_multicast())
         }
         IpAddr::V6(v6) => {
-            let rfc4862 = in_v6_prefix(v6, [0xfe80, 0, 0, 0], 64);
+            let link_local = in_v6_prefix(v6, [0xfe80], 10);
             let rfc4193 = in_v6_prefix(v6, [0xfc00], 7);
             let rfc4843 = in_v6_prefix(v6, [0x2001, 0x0010], 28);
-            !(rfc4862 || rfc4193 || rfc4843 || v6.is_loopback())
+            !(link_local || rfc4193 || rfc4843 || v6.is_loopback() || v6.is_multicast())
         }
     }
 }
@@ -836,11 +839,20 @@ pub(crate) mod tests {
             // mapped IPv4 is judged as IPv4
             ("[::ffff:10.0.0.1]:1", false),
             ("[::ffff:8.8.8.8]:1", true),
-            // RFC 4862 as TM2 has it: fe80::/64 only
+            // link-local: all of fe80::/10 (TM2 checks only fe80::/64)
             ("[fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:1", true),
             ("[fe80::]:1", false),
             ("[fe80::ffff:ffff:ffff:ffff]:1", false),
-            ("[fe80:0:0:1::]:1", true),
+            ("[fe80:0:0:1::]:1", false),
+            ("[febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:1", false),
+            ("[fec0::]:1", true),
+            // multicast (TM2 calls it routable)
+            ("223.255.255.255:1", true),
+            ("224.0.0.1:1", false),
+            ("239.255.255.255:1", false),
+            ("240.0.0.0:1", true),
+            ("[ff02::1]:1", false),
+            ("[feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:1", true),
             // RFC 4193
             ("[fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff]:1", true),
             ("[fc00::]:1", false),

@@ -145,6 +145,15 @@ pub enum NodeInfoError {
     },
 }
 
+impl NodeInfoError {
+    /// True when the error describes bytes or values a peer sent (every variant but
+    /// [`NodeInfoError::Encode`], which is a local bug): the peer is to blame and its address
+    /// can be marked bad.
+    pub fn is_peer_fault(&self) -> bool {
+        !matches!(self, Self::Encode(_))
+    }
+}
+
 /// Why a peer's [`NodeInfo`] is not compatible with ours, in the order TM2 checks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Incompatible {
@@ -409,6 +418,13 @@ mod tests {
     use super::*;
     use crate::types::net_address::tests::arb_net_address;
     use proptest::prelude::*;
+
+    #[test]
+    fn bad_peer_bytes_are_the_peers_fault() {
+        let err = NodeInfo::decode(&[0xff; 8]).unwrap_err();
+        assert!(err.is_peer_fault(), "{err:?}");
+        assert!(NodeInfoError::DuplicateChannel(1).is_peer_fault());
+    }
 
     const ID: &str = "g1m6kmam774klwlh4dhmhaatd7al02m0h0jwnyc6";
 
