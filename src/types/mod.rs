@@ -4,6 +4,9 @@ mod net_address;
 mod node_info;
 mod peer_id;
 
+pub use net_address::{
+    DnsNameError, Host, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, NetAddress, NetAddressError,
+};
 pub use peer_id::{PEER_ID_LEN, PEER_ID_PREFIX, PeerId, PeerIdError};
 
 use serde::{Deserialize, Serialize};
