@@ -254,8 +254,13 @@ impl NodeKey {
         };
         let mut file = File::open(path).map_err(read_err)?;
         // Checked on the open handle, so the mode and the contents are those of one file.
+        let metadata = file.metadata().map_err(read_err)?;
+        if !metadata.is_file() {
+            let source = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+            return Err(read_err(source));
+        }
         #[cfg(unix)]
-        check_permissions(&file, path)?;
+        check_permissions(&metadata, path)?;
         let mut json = Vec::new();
         file.read_to_end(&mut json).map_err(read_err)?;
         Self::from_key_file_json(&json).map_err(|source| KeyFileError::Format {
@@ -407,17 +412,10 @@ fn sync_parent(path: &Path) -> Result<(), KeyFileError> {
 
 /// Refuses a key file that group or others may access.
 #[cfg(unix)]
-fn check_permissions(file: &File, path: &Path) -> Result<(), KeyFileError> {
+fn check_permissions(metadata: &fs::Metadata, path: &Path) -> Result<(), KeyFileError> {
     use std::os::unix::fs::PermissionsExt;
 
-    let mode = file
-        .metadata()
-        .map_err(|source| KeyFileError::Read {
-            path: path.to_owned(),
-            source,
-        })?
-        .permissions()
-        .mode();
+    let mode = metadata.permissions().mode();
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions {
             path: path.to_owned(),
@@ -580,10 +578,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("absent.json");
         let err = NodeKey::load(&path).unwrap_err();
-        assert!(
-            matches!(&err, KeyFileError::Read { source, .. } if source.kind() == io::ErrorKind::NotFound)
-        );
+        let KeyFileError::Read { source, .. } = &err else {
+            panic!("expected a read error, got {err:?}");
+        };
+        assert_eq!(source.kind(), io::ErrorKind::NotFound);
         assert!(err.to_string().contains("absent.json"), "{err}");
+    }
+
+    #[test]
+    fn directory_is_a_read_error_not_a_permission_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = NodeKey::load(dir.path()).unwrap_err();
+        assert!(matches!(err, KeyFileError::Read { .. }), "{err}");
+        assert!(matches!(
+            NodeKey::load_or_generate(dir.path()),
+            Err(KeyFileError::Read { .. })
+        ));
     }
 
     #[test]
