@@ -1,1 +1,1041 @@
-//! Config (filled in by the foundation work).
+//! [`P2pConfig`]: every knob of the p2p layer, with documented defaults, TOML in and out, and
+//! validation that names the bad field.
+//!
+//! The TOML is flat (no `[p2p]` table) and uses TM2's key names where TM2 has the setting
+//! (`laddr`, `max_num_inbound_peers`, `flush_throttle_timeout`, ...). Settings TM2 hard-codes
+//! (ping interval, timeouts, peer-exchange interval, redial backoff, ...) are fields here with
+//! TM2's values as defaults. Every field is optional in a file; a missing one takes its default,
+//! and an unknown one is refused, naming it.
+//!
+//! Value formats:
+//! - durations are strings in humantime syntax: `"100ms"`, `"3s"`, `"10m"`;
+//! - rates are bytes per second, `0` meaning unlimited;
+//! - addresses: `laddr` is `[tcp://]ip:port` (TM2 writes `tcp://0.0.0.0:26656`; the scheme is
+//!   stripped), `external_address` is `[tcp://]ip:port` or `""`;
+//! - peer lists (`seeds`, `persistent_peers`, `private_peer_ids`) are arrays of strings, or, as
+//!   TM2 writes them, one comma-separated string.
+//!
+//! Parsing ([`P2pConfig::from_toml_str`]) is separate from reading the file
+//! ([`P2pConfig::from_toml_file`]); both run [`P2pConfig::validate`].
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use humantime_serde::re::humantime;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::ser::Serializer;
+use serde::{Deserialize, Serialize};
+
+use crate::types::{NetAddress, PeerId};
+
+/// The largest accepted `max_packet_msg_payload_size`: 1 MiB. TM2 has no upper bound; a larger
+/// payload only makes every packet buffer that large, and peers with a smaller setting
+/// disconnect us anyway (their read limit is derived from their own payload size).
+pub const MAX_PACKET_MSG_PAYLOAD_SIZE: usize = 1024 * 1024;
+
+/// The longest accepted moniker, in bytes: far below NodeInfo's 10,240-byte limit, so a long
+/// moniker cannot make our own NodeInfo unacceptable to every peer.
+pub const MAX_MONIKER_LEN: usize = 1024;
+
+/// The p2p layer's configuration. Build it with [`Default`] and change fields, or load it from
+/// TOML; either way call [`validate`](Self::validate) (the loaders do) before use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    // ---- node ----
+    /// The node's home directory, against which relative paths (`node_key_file`,
+    /// `addr_book_file`) are resolved by [`resolve_paths`](Self::resolve_paths).
+    /// Default: empty (the caller's `--home`). TM2: `home` (RootDir).
+    pub home: PathBuf,
+    /// Free text shown to peers in our NodeInfo: non-empty printable ASCII, not only spaces, at
+    /// most [`MAX_MONIKER_LEN`] bytes (peers refuse a NodeInfo whose moniker is otherwise).
+    /// Default: `"anonymous"` (TM2 uses the host name, falling back to `"anonymous"`; this crate
+    /// does no I/O to look it up).
+    pub moniker: String,
+    /// The node key file (see [`crate::key`]); relative to `home`. Default:
+    /// `"secrets/node_key.json"`, as TM2's `node_key_file`.
+    pub node_key_file: PathBuf,
+
+    // ---- listening and advertising ----
+    /// The TCP address to listen on; port 0 lets the OS pick one. Written `tcp://ip:port`;
+    /// the `tcp://` scheme is optional, other schemes and host names are refused.
+    /// Default: `tcp://0.0.0.0:26656`, as TM2's `laddr`.
+    #[serde(with = "listen_addr")]
+    pub laddr: SocketAddr,
+    /// The address advertised to peers in our NodeInfo instead of the listen address (set it
+    /// behind NAT or when listening on `0.0.0.0`). Must be a dialable IP and port. Default:
+    /// none (`""`), as TM2's `external_address`.
+    #[serde(with = "external_addr")]
+    pub external_address: Option<SocketAddr>,
+
+    // ---- peers ----
+    /// Bootstrap nodes (`id@host:port`), dialed at start when the address book knows too few
+    /// addresses. Default: empty. TM2 parses `seeds` but never uses it.
+    #[serde(deserialize_with = "seeds", serialize_with = "display_list")]
+    pub seeds: Vec<NetAddress>,
+    /// Peers (`id@host:port`) to stay connected to: dialed at start and redialed with backoff
+    /// forever after any disconnect. Default: empty, as TM2's `persistent_peers` (where a bad
+    /// entry is logged and skipped; here it is a config error).
+    #[serde(deserialize_with = "persistent_peers", serialize_with = "display_list")]
+    pub persistent_peers: Vec<NetAddress>,
+    /// Ids of peers whose addresses are never shared by peer exchange. Default: empty, as
+    /// TM2's `private_peer_ids`.
+    #[serde(deserialize_with = "private_peer_ids", serialize_with = "display_list")]
+    pub private_peer_ids: Vec<PeerId>,
+    /// The most inbound peers connected at once; 0 accepts none. Default: 40, as TM2's
+    /// `max_num_inbound_peers`.
+    pub max_num_inbound_peers: usize,
+    /// The most outbound peers connected at once; 0 dials none. Default: 10, as TM2's
+    /// `max_num_outbound_peers`.
+    pub max_num_outbound_peers: usize,
+    /// Whether non-routable addresses (loopback, RFC 1918 private ranges, link-local, ...) may
+    /// be shared and accepted by peer exchange. Set it for a local network whose nodes share
+    /// loopback or private addresses. Default: false. TM2 has no switch and shares any valid
+    /// address, loopback included.
+    pub allow_non_routable: bool,
+
+    // ---- connection (mconn) ----
+    /// The longest time written data may wait before it is flushed to the socket. Unlike TM2,
+    /// which always waits this long, data is flushed as soon as the send queue drains, so this
+    /// is only an upper bound while packets keep coming. Must be positive. Default: 100 ms, as
+    /// TM2's `flush_throttle_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub flush_throttle_timeout: Duration,
+    /// The most message bytes in one packet, 1 to [`MAX_PACKET_MSG_PAYLOAD_SIZE`]. Peers must
+    /// agree: a peer with a smaller value disconnects us when we send larger packets. Default:
+    /// 1024, as TM2's `max_packet_msg_payload_size` (where 0 is accepted and then makes the
+    /// sender spin forever on empty packets).
+    pub max_packet_msg_payload_size: usize,
+    /// Send rate limit per connection, in bytes per second; 0 = unlimited. Default: 5,120,000,
+    /// as TM2's `send_rate`.
+    pub send_rate: u64,
+    /// Receive rate limit per connection, in bytes per second; 0 = unlimited. Default:
+    /// 5,120,000, as TM2's `recv_rate`.
+    pub recv_rate: u64,
+    /// How often a ping is sent on an otherwise quiet connection. Must be longer than
+    /// `pong_timeout`. Default: 60 s, as TM2 (hard-coded there).
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long to wait for the pong answering our ping before closing the connection. Must be
+    /// positive and shorter than `ping_interval` (TM2's constructor panics otherwise). Default:
+    /// 45 s, as TM2 (hard-coded there).
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// How long `SendTo` waits for room in a full peer queue before answering false. Must be
+    /// positive. Default: 10 s, as TM2's `defaultSendTimeout`.
+    #[serde(with = "humantime_serde")]
+    pub send_timeout: Duration,
+
+    // ---- transport and dialing ----
+    /// The time allowed for each step of upgrading a connection: the secret-connection
+    /// handshake, then the NodeInfo exchange, each gets this long. Must be positive. Default: 3 s,
+    /// as TM2 (hard-coded, per step).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// The time allowed for one outbound dial, covering the TCP connect and the whole upgrade.
+    /// Must be positive. Default: 3 s, as TM2's `defaultDialTimeout` (which bounds only the TCP
+    /// connect there).
+    #[serde(with = "humantime_serde")]
+    pub dial_timeout: Duration,
+    /// The most outbound dials in flight at once. Must be positive. Default: 16: enough to fill the
+    /// default 10 outbound slots in one round even when some dials fail, while bounding the
+    /// sockets and handshakes a burst of `DialPeers` can start. TM2 dials one at a time.
+    pub max_concurrent_dials: usize,
+    /// The most inbound connections being upgraded (handshake, NodeInfo exchange) at once;
+    /// beyond it a new connection is closed at once. Must be positive. Default: 64: the default 40
+    /// inbound slots plus room for churn, while a flood of half-open connections costs at most
+    /// 64 handshakes. TM2 has no bound.
+    pub max_handshakes_in_progress: usize,
+    /// The most inbound connections from one remote IP being upgraded at once. Must be positive.
+    /// Default: 8: a few nodes behind one NAT can connect together, while one host cannot take
+    /// all of `max_handshakes_in_progress`. TM2 has no bound.
+    pub max_handshakes_per_ip: usize,
+
+    // ---- persistent-peer redial ----
+    /// The first redial delay of a persistent peer; each failed attempt doubles it (±10 %
+    /// jitter) up to `redial_backoff_max`. Must be positive. Default: 1 s, as TM2.
+    #[serde(with = "humantime_serde")]
+    pub redial_backoff_base: Duration,
+    /// The cap on the redial delay. Must be >= `redial_backoff_base`. Default: 10 min, as TM2.
+    #[serde(with = "humantime_serde")]
+    pub redial_backoff_max: Duration,
+    /// How long a persistent peer's connection must stay up before its backoff restarts from
+    /// `redial_backoff_base`, so a peer that connects and drops at once is not redialed every
+    /// second. Must be positive. Default: 30 s. TM2 resets on every connect.
+    #[serde(with = "humantime_serde")]
+    pub redial_backoff_reset_after: Duration,
+
+    // ---- peer exchange ----
+    /// Whether to run peer exchange (channel `0x50`): ask peers for addresses and answer them.
+    /// Default: true, as TM2's `pex`.
+    pub pex: bool,
+    /// Seed mode: the node only crawls and serves addresses, disconnecting a peer shortly after
+    /// answering it so its slots stay free. Requires `pex`. Default: false (TM2 has no seed
+    /// mode).
+    pub seed_mode: bool,
+    /// How often, while below `max_num_outbound_peers`, a random peer is asked for addresses.
+    /// Must be positive. Default: 3 s, as TM2's `discoveryInterval`.
+    #[serde(with = "humantime_serde")]
+    pub pex_interval: Duration,
+    /// The most addresses sent in, and accepted from, one peer-exchange response. Must be positive.
+    /// Default: 30, as TM2's `maxPeersShared`.
+    pub max_pex_addresses: usize,
+    /// The address book file; relative to `home`. Default: `"config/addrbook.json"`, as TM2's
+    /// `addr_book_file`.
+    pub addr_book_file: PathBuf,
+    /// The most addresses the address book keeps. Must be positive. Default: 1000, as TM2.
+    pub addr_book_size: usize,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            home: PathBuf::new(),
+            moniker: "anonymous".to_owned(),
+            node_key_file: PathBuf::from("secrets/node_key.json"),
+            laddr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 26656),
+            external_address: None,
+            seeds: Vec::new(),
+            persistent_peers: Vec::new(),
+            private_peer_ids: Vec::new(),
+            max_num_inbound_peers: 40,
+            max_num_outbound_peers: 10,
+            allow_non_routable: false,
+            flush_throttle_timeout: Duration::from_millis(100),
+            max_packet_msg_payload_size: 1024,
+            send_rate: 5_120_000,
+            recv_rate: 5_120_000,
+            ping_interval: Duration::from_secs(60),
+            pong_timeout: Duration::from_secs(45),
+            send_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(3),
+            dial_timeout: Duration::from_secs(3),
+            max_concurrent_dials: 16,
+            max_handshakes_in_progress: 64,
+            max_handshakes_per_ip: 8,
+            redial_backoff_base: Duration::from_secs(1),
+            redial_backoff_max: Duration::from_secs(10 * 60),
+            redial_backoff_reset_after: Duration::from_secs(30),
+            pex: true,
+            seed_mode: false,
+            pex_interval: Duration::from_secs(3),
+            max_pex_addresses: 30,
+            addr_book_file: PathBuf::from("config/addrbook.json"),
+            addr_book_size: 1000,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded or is not acceptable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Io {
+        /// The config file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The text is not valid TOML for this config: a syntax error, an unknown field (named in
+    /// the message), a value of the wrong type, or a value that does not parse (a duration, an
+    /// address, a peer id); the message gives the line.
+    #[error("cannot parse config{}: {source}", path_suffix(.path.as_deref()))]
+    Parse {
+        /// The config file, when it came from one.
+        path: Option<PathBuf>,
+        /// The TOML error.
+        source: toml::de::Error,
+    },
+    /// The config cannot be written as TOML: a count or rate is above `i64::MAX` (the largest
+    /// TOML integer) or a path is not valid UTF-8.
+    #[error("cannot write config as TOML: {0}")]
+    Serialize(#[source] toml::ser::Error),
+    /// A value parsed but is not acceptable (zero where a positive value is needed, a
+    /// contradiction between fields, ...).
+    #[error("invalid config: {field}: {reason}")]
+    Invalid {
+        /// The TOML key of the bad field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+fn path_suffix(path: Option<&Path>) -> String {
+    path.map(|p| format!(" {}", p.display()))
+        .unwrap_or_default()
+}
+
+impl P2pConfig {
+    /// Parses a TOML document and [validates](Self::validate) it. Missing fields take their
+    /// defaults; unknown fields are refused.
+    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
+        let config: Self =
+            toml::from_str(toml).map_err(|source| ConfigError::Parse { path: None, source })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and [validates](Self::validate) a TOML file. Relative paths in it are
+    /// left as written; see [`resolve_paths`](Self::resolve_paths).
+    pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            ConfigError::Parse { source, .. } => ConfigError::Parse {
+                path: Some(path.to_owned()),
+                source,
+            },
+            other => other,
+        })
+    }
+
+    /// The config as TOML, every field written; [`from_toml_str`](Self::from_toml_str) reads it
+    /// back to an equal config.
+    ///
+    /// Fails only for what TOML cannot represent, which a config read from TOML never holds: a
+    /// count or rate above `i64::MAX`, or a path that is not valid UTF-8.
+    pub fn to_toml_string(&self) -> Result<String, ConfigError> {
+        toml::to_string(self).map_err(ConfigError::Serialize)
+    }
+
+    /// Checks every field, returning the first problem found, named by its TOML key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_moniker(&self.moniker)?;
+        nonempty_path("node_key_file", &self.node_key_file)?;
+        nonempty_path("addr_book_file", &self.addr_book_file)?;
+        if let Some(addr) = self.external_address {
+            if addr.ip().is_unspecified() || addr.port() == 0 {
+                return invalid(
+                    "external_address",
+                    format!("{addr} cannot be dialed: it needs a specific IP and a non-zero port"),
+                );
+            }
+        }
+        for (field, list) in [
+            ("seeds", &self.seeds),
+            ("persistent_peers", &self.persistent_peers),
+        ] {
+            for addr in list {
+                if let Err(e) = addr.validate() {
+                    return invalid(field, format!("{addr} cannot be dialed: {e}"));
+                }
+            }
+        }
+        if self.max_packet_msg_payload_size == 0
+            || self.max_packet_msg_payload_size > MAX_PACKET_MSG_PAYLOAD_SIZE
+        {
+            return invalid(
+                "max_packet_msg_payload_size",
+                format!(
+                    "{} is outside 1..={MAX_PACKET_MSG_PAYLOAD_SIZE} (0 would make the sender spin \
+                     forever on empty packets)",
+                    self.max_packet_msg_payload_size
+                ),
+            );
+        }
+        for (field, value) in [
+            ("max_concurrent_dials", self.max_concurrent_dials),
+            (
+                "max_handshakes_in_progress",
+                self.max_handshakes_in_progress,
+            ),
+            ("max_handshakes_per_ip", self.max_handshakes_per_ip),
+            ("max_pex_addresses", self.max_pex_addresses),
+            ("addr_book_size", self.addr_book_size),
+        ] {
+            if value == 0 {
+                return invalid(field, "must be at least 1".to_owned());
+            }
+        }
+        for (field, value) in [
+            ("flush_throttle_timeout", self.flush_throttle_timeout),
+            ("ping_interval", self.ping_interval),
+            ("pong_timeout", self.pong_timeout),
+            ("send_timeout", self.send_timeout),
+            ("handshake_timeout", self.handshake_timeout),
+            ("dial_timeout", self.dial_timeout),
+            ("redial_backoff_base", self.redial_backoff_base),
+            ("redial_backoff_max", self.redial_backoff_max),
+            (
+                "redial_backoff_reset_after",
+                self.redial_backoff_reset_after,
+            ),
+            ("pex_interval", self.pex_interval),
+        ] {
+            if value.is_zero() {
+                return invalid(field, "must be greater than zero".to_owned());
+            }
+        }
+        if self.pong_timeout >= self.ping_interval {
+            return invalid(
+                "pong_timeout",
+                format!(
+                    "{} must be shorter than ping_interval ({})",
+                    humantime::format_duration(self.pong_timeout),
+                    humantime::format_duration(self.ping_interval)
+                ),
+            );
+        }
+        if self.redial_backoff_max < self.redial_backoff_base {
+            return invalid(
+                "redial_backoff_max",
+                format!(
+                    "{} is shorter than redial_backoff_base ({})",
+                    humantime::format_duration(self.redial_backoff_max),
+                    humantime::format_duration(self.redial_backoff_base)
+                ),
+            );
+        }
+        if self.seed_mode && !self.pex {
+            return invalid("seed_mode", "requires pex = true".to_owned());
+        }
+        Ok(())
+    }
+
+    /// Records `home` and resolves `node_key_file` and `addr_book_file` against it: a relative
+    /// path is joined to `home`, an absolute one is kept (TM2's `rootify`). The binary calls
+    /// this with its `--home` directory before opening either file.
+    pub fn resolve_paths(&mut self, home: impl Into<PathBuf>) {
+        self.home = home.into();
+        self.node_key_file = self.home.join(&self.node_key_file);
+        self.addr_book_file = self.home.join(&self.addr_book_file);
+    }
+}
+
+fn invalid(field: &'static str, reason: String) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { field, reason })
+}
+
+fn nonempty_path(field: &'static str, path: &Path) -> Result<(), ConfigError> {
+    if path.as_os_str().is_empty() {
+        return invalid(
+            field,
+            "must not be empty (remove the line to use the default)".to_owned(),
+        );
+    }
+    Ok(())
+}
+
+/// The moniker rules of NodeInfo validation (reference 1.3), plus a length cap.
+fn check_moniker(moniker: &str) -> Result<(), ConfigError> {
+    let reason = if moniker.trim_matches(' ').is_empty() {
+        "must not be empty or only spaces"
+    } else if !moniker.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        "must be printable ASCII"
+    } else if moniker.len() > MAX_MONIKER_LEN {
+        return invalid(
+            "moniker",
+            format!(
+                "is {} bytes long, more than {MAX_MONIKER_LEN}",
+                moniker.len()
+            ),
+        );
+    } else {
+        return Ok(());
+    };
+    invalid("moniker", reason.to_owned())
+}
+
+/// Parses a listen address: `[tcp://]ip:port`.
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let addr = match s.split_once("://") {
+        Some(("tcp", rest)) => rest,
+        Some((scheme, _)) => return Err(format!("unsupported scheme {scheme:?} (only tcp)")),
+        None => s,
+    };
+    addr.parse()
+        .map_err(|_| format!("{s:?} is not ip:port (host names are not resolved here)"))
+}
+
+/// `laddr`: a `SocketAddr` written `tcp://ip:port`.
+mod listen_addr {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(addr: &SocketAddr, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("tcp://{addr}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+        let s = String::deserialize(d)?;
+        parse_socket_addr(&s).map_err(|e| de::Error::custom(format!("laddr: {e}")))
+    }
+}
+
+/// `external_address`: an optional `SocketAddr`, `""` when unset (TM2's empty string).
+mod external_addr {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(
+        addr: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str(""),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(None);
+        }
+        parse_socket_addr(&s)
+            .map(Some)
+            .map_err(|e| de::Error::custom(format!("external_address: {e}")))
+    }
+}
+
+/// Writes a list as an array of its items' display strings.
+fn display_list<T: fmt::Display, S: Serializer>(list: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(list.iter().map(ToString::to_string))
+}
+
+fn seeds<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NetAddress>, D::Error> {
+    d.deserialize_any(ListVisitor::new("seeds"))
+}
+
+fn persistent_peers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<NetAddress>, D::Error> {
+    d.deserialize_any(ListVisitor::new("persistent_peers"))
+}
+
+fn private_peer_ids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PeerId>, D::Error> {
+    d.deserialize_any(ListVisitor::new("private_peer_ids"))
+}
+
+/// Reads a list of `T` from an array of strings or from one comma-separated string (TM2's
+/// form: split on `,`, trim spaces, drop empty items). An entry that does not parse is an
+/// error naming the field and the entry.
+struct ListVisitor<T> {
+    field: &'static str,
+    item: PhantomData<T>,
+}
+
+impl<T> ListVisitor<T> {
+    const fn new(field: &'static str) -> Self {
+        Self {
+            field,
+            item: PhantomData,
+        }
+    }
+}
+
+impl<T> ListVisitor<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    fn parse<E: de::Error>(&self, entry: &str) -> Result<T, E> {
+        entry
+            .parse()
+            .map_err(|e| E::custom(format!("{}: bad entry {entry:?}: {e}", self.field)))
+    }
+}
+
+impl<'de, T> Visitor<'de> for ListVisitor<T>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    type Value = Vec<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: an array of strings or a comma-separated string",
+            self.field
+        )
+    }
+
+    fn visit_str<E: de::Error>(self, s: &str) -> Result<Vec<T>, E> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|entry| !entry.is_empty())
+            .map(|entry| self.parse(entry))
+            .collect()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut out = Vec::new();
+        while let Some(entry) = seq.next_element::<String>()? {
+            out.push(self.parse(&entry)?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const ID_A: &str = "g1x36slx9at870e9rd53d2405n80s4ff94dx42dl";
+    const ID_B: &str = "g1zw0rjs8xfd2fzu3q3rv6p46pv28usfhqc8742q";
+
+    /// The error of parsing `toml`, as text.
+    fn parse_err(toml: &str) -> String {
+        match P2pConfig::from_toml_str(toml) {
+            Err(e @ ConfigError::Parse { .. }) => e.to_string(),
+            other => panic!("expected a parse error for {toml:?}, got {other:?}"),
+        }
+    }
+
+    /// The field named by the validation error of `config`.
+    fn invalid_field(config: &P2pConfig) -> &'static str {
+        match config.validate() {
+            Err(ConfigError::Invalid { field, .. }) => field,
+            other => panic!("expected an invalid field, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_refused_naming_it() {
+        let msg = parse_err("max_num_inbound_peers = 3\nmax_inbund_peers = 3\n");
+        assert!(msg.contains("unknown field `max_inbund_peers`"), "{msg}");
+        // A [p2p] table (TM2's whole config.toml) is an unknown field too, not silently skipped.
+        let msg = parse_err("[p2p]\nladdr = \"tcp://0.0.0.0:1\"\n");
+        assert!(msg.contains("unknown field `p2p`"), "{msg}");
+    }
+
+    #[test]
+    fn zero_payload_size_is_refused_naming_the_field() {
+        let err = P2pConfig::from_toml_str("max_packet_msg_payload_size = 0").unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "max_packet_msg_payload_size",
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().contains("max_packet_msg_payload_size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn wrong_types_and_syntax_are_parse_errors() {
+        for bad in [
+            "max_num_inbound_peers = \"40\"",
+            "max_num_inbound_peers = -1",
+            "max_num_inbound_peers = 1.5",
+            "pex = \"yes\"",
+            "send_rate = -5",
+            "ping_interval = 60",
+            "moniker = ",
+            "laddr = [\"tcp://0.0.0.0:1\"]",
+            "seeds = 5",
+            "seeds = [5]",
+        ] {
+            parse_err(bad);
+        }
+    }
+
+    #[test]
+    fn bad_durations_are_parse_errors_naming_the_line() {
+        for bad in ["\"\"", "\"3\"", "\"-3s\"", "\"3 parsecs\"", "\"s\""] {
+            let msg = parse_err(&format!("dial_timeout = {bad}"));
+            assert!(msg.contains("dial_timeout"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_listen_addresses_are_refused() {
+        for bad in [
+            "\"udp://0.0.0.0:26656\"",
+            "\"localhost:26656\"",
+            "\"0.0.0.0\"",
+            "\"tcp://\"",
+            "\"\"",
+            "\"0.0.0.0:65536\"",
+            "\"::1:26656\"",
+        ] {
+            let msg = parse_err(&format!("laddr = {bad}"));
+            assert!(msg.contains("laddr"), "{msg}");
+        }
+    }
+
+    #[test]
+    fn bad_peer_entries_are_errors_naming_the_field() {
+        for field in ["seeds", "persistent_peers"] {
+            for value in [
+                "[\"not-an-address\"]".to_owned(),
+                format!("[\"{ID_A}@1.2.3.4:0\"]"),
+                format!("[\"{ID_A}@1.2.3.4\"]"),
+                format!("\"{ID_A}@1.2.3.4:26656, nope\""),
+                // Multi-line array: the message must name the field, not only the entry's line.
+                format!("[\n  \"{ID_A}@1.2.3.4:26656\",\n  \"1.2.3.4:26656\",\n]"),
+            ] {
+                let msg = parse_err(&format!("{field} = {value}"));
+                assert!(msg.contains(&format!("{field}: bad entry")), "{msg}");
+            }
+            // Parsed, but not dialable: refused by validate, naming the field.
+            let err = P2pConfig::from_toml_str(&format!("{field} = [\"{ID_A}@0.0.0.0:26656\"]"))
+                .unwrap_err();
+            assert!(
+                matches!(err, ConfigError::Invalid { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
+        let msg = parse_err("private_peer_ids = [\"g1notanid\"]");
+        assert!(msg.contains("private_peer_ids: bad entry"), "{msg}");
+    }
+
+    #[test]
+    fn each_validation_rule_names_its_field() {
+        type Rule = (&'static str, fn(&mut P2pConfig));
+        let rules: &[Rule] = &[
+            ("moniker", |c| c.moniker = String::new()),
+            ("moniker", |c| c.moniker = "   ".to_owned()),
+            ("moniker", |c| c.moniker = "caf\u{e9}".to_owned()),
+            ("moniker", |c| c.moniker = "tab\there".to_owned()),
+            ("moniker", |c| c.moniker = "x".repeat(MAX_MONIKER_LEN + 1)),
+            ("node_key_file", |c| c.node_key_file = PathBuf::new()),
+            ("addr_book_file", |c| c.addr_book_file = PathBuf::new()),
+            ("external_address", |c| {
+                c.external_address = Some("0.0.0.0:26656".parse().unwrap());
+            }),
+            ("external_address", |c| {
+                c.external_address = Some("1.2.3.4:0".parse().unwrap());
+            }),
+            ("max_packet_msg_payload_size", |c| {
+                c.max_packet_msg_payload_size = 0;
+            }),
+            ("max_packet_msg_payload_size", |c| {
+                c.max_packet_msg_payload_size = MAX_PACKET_MSG_PAYLOAD_SIZE + 1;
+            }),
+            ("max_concurrent_dials", |c| c.max_concurrent_dials = 0),
+            ("max_handshakes_in_progress", |c| {
+                c.max_handshakes_in_progress = 0;
+            }),
+            ("max_handshakes_per_ip", |c| c.max_handshakes_per_ip = 0),
+            ("max_pex_addresses", |c| c.max_pex_addresses = 0),
+            ("addr_book_size", |c| c.addr_book_size = 0),
+            ("flush_throttle_timeout", |c| {
+                c.flush_throttle_timeout = Duration::ZERO;
+            }),
+            ("ping_interval", |c| c.ping_interval = Duration::ZERO),
+            ("pong_timeout", |c| c.pong_timeout = Duration::ZERO),
+            ("pong_timeout", |c| c.pong_timeout = c.ping_interval),
+            ("pong_timeout", |c| {
+                c.pong_timeout = c.ping_interval + Duration::from_nanos(1);
+            }),
+            ("send_timeout", |c| c.send_timeout = Duration::ZERO),
+            ("handshake_timeout", |c| {
+                c.handshake_timeout = Duration::ZERO
+            }),
+            ("dial_timeout", |c| c.dial_timeout = Duration::ZERO),
+            ("redial_backoff_base", |c| {
+                c.redial_backoff_base = Duration::ZERO;
+            }),
+            ("redial_backoff_max", |c| {
+                c.redial_backoff_max = c.redial_backoff_base - Duration::from_nanos(1);
+            }),
+            ("redial_backoff_reset_after", |c| {
+                c.redial_backoff_reset_after = Duration::ZERO;
+            }),
+            ("pex_interval", |c| c.pex_interval = Duration::ZERO),
+            ("seed_mode", |c| {
+                c.seed_mode = true;
+                c.pex = false;
+            }),
+        ];
+        for (field, break_it) in rules {
+            let mut config = P2pConfig::default();
+            break_it(&mut config);
+            assert_eq!(invalid_field(&config), *field);
+        }
+    }
+
+    #[test]
+    fn boundary_values_are_accepted() {
+        let mut config = P2pConfig::default();
+        config.max_packet_msg_payload_size = 1;
+        config.pong_timeout = config.ping_interval - Duration::from_nanos(1);
+        config.redial_backoff_max = config.redial_backoff_base;
+        config.max_num_inbound_peers = 0;
+        config.max_num_outbound_peers = 0;
+        config.send_rate = 0;
+        config.recv_rate = 0;
+        config.moniker = "x".repeat(MAX_MONIKER_LEN);
+        config.seed_mode = true;
+        config.validate().unwrap();
+        config.max_packet_msg_payload_size = MAX_PACKET_MSG_PAYLOAD_SIZE;
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn defaults_are_valid_and_tm2s() {
+        let config = P2pConfig::default();
+        config.validate().unwrap();
+        assert_eq!(config.laddr, "0.0.0.0:26656".parse().unwrap());
+        assert_eq!(config.max_num_inbound_peers, 40);
+        assert_eq!(config.max_num_outbound_peers, 10);
+        assert_eq!(config.max_packet_msg_payload_size, 1024);
+        assert_eq!((config.send_rate, config.recv_rate), (5_120_000, 5_120_000));
+        assert_eq!(config.flush_throttle_timeout, Duration::from_millis(100));
+        assert_eq!(config.ping_interval, Duration::from_secs(60));
+        assert_eq!(config.pong_timeout, Duration::from_secs(45));
+        assert_eq!(config.pex_interval, Duration::from_secs(3));
+        assert_eq!(config.node_key_file, Path::new("secrets/node_key.json"));
+        assert_eq!(config.addr_book_file, Path::new("config/addrbook.json"));
+        // An empty document is the defaults.
+        assert_eq!(P2pConfig::from_toml_str("").unwrap(), config);
+    }
+
+    #[test]
+    fn partial_toml_keeps_defaults_for_the_rest() {
+        let config = P2pConfig::from_toml_str(
+            "laddr = \"tcp://127.0.0.1:0\"\nflush_throttle_timeout = \"10ms\"\n\
+             dial_timeout = \"3s\"\nredial_backoff_max = \"10m\"\npex = false\n",
+        )
+        .unwrap();
+        assert_eq!(config.laddr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.flush_throttle_timeout, Duration::from_millis(10));
+        assert_eq!(config.dial_timeout, Duration::from_secs(3));
+        assert_eq!(config.redial_backoff_max, Duration::from_secs(600));
+        assert!(!config.pex);
+        let expected = P2pConfig {
+            laddr: config.laddr,
+            flush_throttle_timeout: config.flush_throttle_timeout,
+            pex: false,
+            ..P2pConfig::default()
+        };
+        assert_eq!(config, expected);
+    }
+
+    #[test]
+    fn listen_addresses_with_and_without_scheme() {
+        for (text, want) in [
+            ("tcp://0.0.0.0:26656", "0.0.0.0:26656"),
+            ("127.0.0.1:0", "127.0.0.1:0"),
+            ("tcp://[::1]:26656", "[::1]:26656"),
+        ] {
+            let config = P2pConfig::from_toml_str(&format!("laddr = \"{text}\"")).unwrap();
+            assert_eq!(config.laddr, want.parse::<SocketAddr>().unwrap());
+        }
+    }
+
+    #[test]
+    fn external_address_empty_or_set() {
+        let config = P2pConfig::from_toml_str("external_address = \"\"").unwrap();
+        assert_eq!(config.external_address, None);
+        let config =
+            P2pConfig::from_toml_str("external_address = \"tcp://203.0.113.7:26656\"").unwrap();
+        assert_eq!(
+            config.external_address,
+            Some("203.0.113.7:26656".parse().unwrap())
+        );
+        let msg = parse_err("external_address = \"node.example.com:26656\"");
+        assert!(msg.contains("external_address"), "{msg}");
+    }
+
+    #[test]
+    fn peer_lists_as_arrays_or_tm2_comma_strings() {
+        let a = format!("{ID_A}@1.2.3.4:26656");
+        let b = format!("{ID_B}@[2001:4860::1]:26656");
+        let from_array = P2pConfig::from_toml_str(&format!(
+            "persistent_peers = [\"{a}\", \"{b}\"]\nseeds = [\"tcp://{a}\"]\n\
+             private_peer_ids = [\"{ID_A}\"]"
+        ))
+        .unwrap();
+        let from_string = P2pConfig::from_toml_str(&format!(
+            "persistent_peers = \" {a} ,, {b},\"\nseeds = \"tcp://{a}\"\n\
+             private_peer_ids = \"{ID_A}\""
+        ))
+        .unwrap();
+        assert_eq!(from_array, from_string);
+        let shown: Vec<String> = from_array
+            .persistent_peers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, [a.clone(), b]);
+        assert_eq!(from_array.seeds[0].to_string(), a);
+        assert_eq!(from_array.private_peer_ids[0].to_string(), ID_A);
+        // TM2's default empty string is an empty list.
+        let empty = P2pConfig::from_toml_str("seeds = \"\"\npersistent_peers = \" , \"").unwrap();
+        assert!(empty.seeds.is_empty() && empty.persistent_peers.is_empty());
+    }
+
+    #[test]
+    fn to_toml_string_round_trips() {
+        let mut config = P2pConfig::default();
+        config.to_toml_string().unwrap();
+        assert_eq!(
+            P2pConfig::from_toml_str(&config.to_toml_string().unwrap()).unwrap(),
+            config
+        );
+        config.moniker = "node \"one\" \\ two".to_owned();
+        config.external_address = Some("[2001:4860::1]:26656".parse().unwrap());
+        config.persistent_peers = vec![format!("{ID_A}@10.0.0.1:26656").parse().unwrap()];
+        config.seeds = vec![format!("{ID_B}@seed.example.com:26656").parse().unwrap()];
+        config.private_peer_ids = vec![ID_B.parse().unwrap()];
+        config.flush_throttle_timeout = Duration::from_micros(1500);
+        config.pong_timeout = Duration::new(59, 999_999_999);
+        let text = config.to_toml_string().unwrap();
+        assert!(text.contains("laddr = \"tcp://0.0.0.0:26656\""), "{text}");
+        assert!(
+            text.contains("external_address = \"[2001:4860::1]:26656\""),
+            "{text}"
+        );
+        assert_eq!(P2pConfig::from_toml_str(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn unwritable_integer_is_a_serialize_error() {
+        let config = P2pConfig {
+            send_rate: u64::MAX,
+            ..P2pConfig::default()
+        };
+        assert!(matches!(
+            config.to_toml_string(),
+            Err(ConfigError::Serialize(_))
+        ));
+    }
+
+    #[test]
+    fn from_toml_file_reports_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let err = P2pConfig::from_toml_file(&missing).unwrap_err();
+        assert!(matches!(err, ConfigError::Io { .. }), "{err}");
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "bogus = 1\n").unwrap();
+        let err = P2pConfig::from_toml_file(&bad).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("bad.toml") && msg.contains("bogus"), "{msg}");
+
+        let invalid = dir.path().join("invalid.toml");
+        std::fs::write(&invalid, "max_concurrent_dials = 0\n").unwrap();
+        let err = P2pConfig::from_toml_file(&invalid).unwrap_err();
+        assert!(matches!(
+            err,
+            ConfigError::Invalid {
+                field: "max_concurrent_dials",
+                ..
+            }
+        ));
+
+        let good = dir.path().join("config.toml");
+        let config = P2pConfig {
+            max_num_outbound_peers: 3,
+            ..P2pConfig::default()
+        };
+        std::fs::write(&good, config.to_toml_string().unwrap()).unwrap();
+        assert_eq!(P2pConfig::from_toml_file(&good).unwrap(), config);
+    }
+
+    #[test]
+    fn resolve_paths_joins_relative_and_keeps_absolute() {
+        let mut config = P2pConfig {
+            addr_book_file: PathBuf::from("/var/lib/p2p/book.json"),
+            ..P2pConfig::default()
+        };
+        config.resolve_paths("/home/node");
+        assert_eq!(config.home, Path::new("/home/node"));
+        assert_eq!(
+            config.node_key_file,
+            Path::new("/home/node/secrets/node_key.json")
+        );
+        assert_eq!(config.addr_book_file, Path::new("/var/lib/p2p/book.json"));
+    }
+
+    fn arb_duration() -> impl Strategy<Value = Duration> {
+        // Up to about 300 years, at nanosecond precision: humantime must write and read it back
+        // exactly.
+        (0u64..10_000_000_000, 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n))
+    }
+
+    fn arb_socket_addr() -> impl Strategy<Value = SocketAddr> {
+        (any::<IpAddr>(), any::<u16>()).prop_map(|(ip, port)| SocketAddr::new(ip, port))
+    }
+
+    fn arb_net_address() -> impl Strategy<Value = NetAddress> {
+        (any::<[u8; 20]>(), any::<IpAddr>(), 1u16..).prop_map(|(id, ip, port)| {
+            NetAddress::from_socket_addr(PeerId::from_bytes(id), SocketAddr::new(ip, port)).unwrap()
+        })
+    }
+
+    fn arb_config() -> impl Strategy<Value = P2pConfig> {
+        let text = "[ -~]{0,40}";
+        (
+            (
+                text,
+                text,
+                arb_socket_addr(),
+                proptest::option::of(arb_socket_addr()),
+                proptest::collection::vec(arb_net_address(), 0..4),
+                proptest::collection::vec(any::<[u8; 20]>(), 0..4),
+                0usize..=i64::MAX as usize,
+                0u64..=i64::MAX as u64,
+                any::<bool>(),
+            ),
+            proptest::collection::vec(arb_duration(), 10),
+        )
+            .prop_map(
+                |((moniker, path, laddr, external, peers, ids, count, rate, flag), d)| P2pConfig {
+                    moniker,
+                    node_key_file: PathBuf::from(&path),
+                    laddr,
+                    external_address: external,
+                    seeds: peers.clone(),
+                    persistent_peers: peers,
+                    private_peer_ids: ids.into_iter().map(PeerId::from_bytes).collect(),
+                    max_num_inbound_peers: count,
+                    max_concurrent_dials: count / 3,
+                    send_rate: rate,
+                    recv_rate: rate / 7,
+                    pex: flag,
+                    seed_mode: !flag,
+                    flush_throttle_timeout: d[0],
+                    ping_interval: d[1],
+                    pong_timeout: d[2],
+                    send_timeout: d[3],
+                    handshake_timeout: d[4],
+                    dial_timeout: d[5],
+                    redial_backoff_base: d[6],
+                    redial_backoff_max: d[7],
+                    redial_backoff_reset_after: d[8],
+                    pex_interval: d[9],
+                    ..P2pConfig::default()
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn any_config_survives_toml(config in arb_config()) {
+            // Serialization alone, without validation: every representable value comes back.
+            let text = config.to_toml_string().unwrap();
+            let back: P2pConfig = toml::from_str(&text).unwrap();
+            prop_assert_eq!(back, config);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = P2pConfig::from_toml_str(&text);
+        }
+
+        #[test]
+        fn arbitrary_key_values_never_panic(
+            key in "[a-z_]{1,30}",
+            value in "[\"\\[\\] ,.:@a-z0-9_-]{0,40}",
+        ) {
+            let _ = P2pConfig::from_toml_str(&format!("{key} = {value}"));
+        }
+    }
+}
