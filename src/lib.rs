@@ -57,4 +57,6 @@ pub mod types;
 #[path = "../actors/mod.rs"]
 pub mod actors;
 
+pub use config::P2pConfig;
+pub use key::NodeKey;
 pub use types::{Direction, NetAddress, NodeInfo, PeerId};
