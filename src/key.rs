@@ -752,4 +752,22 @@ mod tests {
         let dbg = format!("{key:?}");
         assert!(!dbg.contains("ab, ab") && !dbg.contains("abab"), "{dbg}");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn random_bytes_into_the_key_file_decoder_never_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)
+        ) {
+            let _ = NodeKey::from_key_file_json(&bytes);
+            let _ = NodeKey::from_keypair_bytes(&bytes);
+        }
+
+        #[test]
+        fn key_file_json_round_trips(seed in proptest::prelude::any::<[u8; 32]>()) {
+            let key = NodeKey::from_seed(seed).unwrap();
+            let back = NodeKey::from_key_file_json(key.to_key_file_json().as_bytes()).unwrap();
+            proptest::prop_assert_eq!(back.id(), key.id());
+            proptest::prop_assert_eq!(back.seed(), key.seed());
+        }
+    }
 }
