@@ -3,3 +3,4 @@
 //! The clock is read in exactly one place, [`clock`]; everything else receives `now`.
 
 pub mod clock;
+pub mod secret_stream;

@@ -1,0 +1,493 @@
+//! [`SecretStream`]: a TCP connection upgraded with TM2's secret-connection handshake, split into
+//! a read half and a write half that can live in separate tasks.
+//!
+//! The protocol lives in the sans-IO core [`crate::secret`]; this file only moves bytes:
+//!
+//! - [`SecretStream::upgrade`] runs the [`Handshake`] over the socket under one timeout. Bytes
+//!   the peer sent after its auth frame (its first stream frames, which may arrive in the same
+//!   segment) are kept for the reader, never dropped.
+//! - [`SecretWriter`] packs written bytes into 1044-byte frames, filling each frame's 1024 data
+//!   bytes before sealing it (small writes share frames), and hands many sealed frames to the
+//!   kernel in one `write` (up to [`WRITE_BATCH_FRAMES`]). Like a `BufWriter`, nothing is
+//!   guaranteed to reach the socket until `flush`.
+//! - [`SecretReader`] reads up to [`READ_BUFFER_FRAMES`] frames per `read` syscall and opens
+//!   them in place in its buffer; no allocation per frame on either side.
+//!
+//! Everything a peer sends is hostile: a frame that fails to authenticate, a length field over
+//! 1024, or a stream that ends inside a frame is an `io::Error` of kind `InvalidData` (or
+//! `UnexpectedEof`) carrying the typed [`FrameError`]; after an error the half stays failed.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use ring::rand::SystemRandom;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::key::NodeKey;
+use crate::secret::{
+    DATA_MAX, Established, FRAME_LEN, FrameError, FrameOpener, FrameSealer, Handshake,
+    HandshakeError,
+};
+use crate::types::PeerId;
+
+/// How many sealed frames the writer gathers before it must hand them to the kernel (about
+/// 66 KiB, the size of TM2's write buffer): one `write` syscall per batch instead of per frame.
+pub const WRITE_BATCH_FRAMES: usize = 64;
+
+/// How many frames the reader's buffer holds, so one `read` syscall can bring in many frames.
+pub const READ_BUFFER_FRAMES: usize = 64;
+
+/// Size of the buffer the handshake reads into: the largest handshake input (a 35-byte
+/// ephemeral-key message plus a 1044-byte auth frame) with room for the peer's first frames.
+const HANDSHAKE_READ_BUFFER: usize = 4 * FRAME_LEN;
+
+/// Why a connection could not be upgraded.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretStreamError {
+    /// The socket failed (including the peer closing it mid-handshake).
+    #[error("i/o error during the secret handshake: {0}")]
+    Io(#[from] io::Error),
+    /// The peer broke the handshake protocol (low-order key, bad signature, ...).
+    #[error("secret handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The handshake did not complete within the configured timeout.
+    #[error("secret handshake timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl SecretStreamError {
+    /// True when the remote peer is to blame (it sent bad handshake bytes), as opposed to a
+    /// network failure or a timeout.
+    pub fn is_peer_fault(&self) -> bool {
+        match self {
+            Self::Handshake(e) => e.is_peer_fault(),
+            Self::Io(_) | Self::Timeout(_) => false,
+        }
+    }
+}
+
+/// A TCP connection after a successful secret-connection handshake.
+#[derive(Debug)]
+pub struct SecretStream {
+    /// The decrypting half.
+    reader: SecretReader<OwnedReadHalf>,
+    /// The encrypting half.
+    writer: SecretWriter<OwnedWriteHalf>,
+    /// The Ed25519 key the peer proved it holds.
+    remote_public_key: [u8; 32],
+}
+
+impl SecretStream {
+    /// Runs the handshake on `tcp`, failing with [`SecretStreamError::Timeout`] if it takes
+    /// longer than `timeout`. Sets `TCP_NODELAY`: the writer batches frames itself.
+    pub async fn upgrade(
+        tcp: TcpStream,
+        key: &NodeKey,
+        timeout: Duration,
+    ) -> Result<Self, SecretStreamError> {
+        tcp.set_nodelay(true)?;
+        let mut tcp = tcp;
+        let (established, leftover) = tokio::time::timeout(timeout, handshake(&mut tcp, key))
+            .await
+            .map_err(|_| SecretStreamError::Timeout(timeout))??;
+        let (read, write) = tcp.into_split();
+        let Established {
+            remote_public_key,
+            sealer,
+            opener,
+        } = established;
+        Ok(Self {
+            reader: SecretReader::with_leftover(read, opener, &leftover),
+            writer: SecretWriter::new(write, sealer),
+            remote_public_key,
+        })
+    }
+
+    /// The Ed25519 public key the peer authenticated with.
+    pub fn remote_public_key(&self) -> &[u8; 32] {
+        &self.remote_public_key
+    }
+
+    /// The peer's id, derived from the authenticated key (never from what the peer claims).
+    pub fn remote_id(&self) -> PeerId {
+        PeerId::from_public_key(&self.remote_public_key)
+    }
+
+    /// Splits into halves that can be moved to separate tasks.
+    pub fn into_split(self) -> (SecretReader<OwnedReadHalf>, SecretWriter<OwnedWriteHalf>) {
+        (self.reader, self.writer)
+    }
+}
+
+/// Runs the secret handshake over any byte stream. Returns the established state and the bytes
+/// the peer sent after its auth frame (the start of its encrypted stream).
+///
+/// Both sides write before they read; this cannot deadlock because each handshake message
+/// (35 and 1044 bytes) fits in any socket buffer.
+pub async fn handshake<S>(
+    io: &mut S,
+    key: &NodeKey,
+) -> Result<(Established, Vec<u8>), SecretStreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let rng = SystemRandom::new();
+    let mut hs = Handshake::new(key, &rng)?;
+    let mut buf = vec![0u8; HANDSHAKE_READ_BUFFER];
+    let mut filled = 0;
+    loop {
+        let mut wrote = false;
+        while let Some(out) = hs.poll_transmit() {
+            io.write_all(&out).await?;
+            wrote = true;
+        }
+        if wrote {
+            io.flush().await?;
+        }
+        if hs.is_established() {
+            break;
+        }
+        if filled > 0 {
+            let used = hs.handle_bytes(&buf[..filled])?;
+            buf.copy_within(used..filled, 0);
+            filled -= used;
+            if used > 0 {
+                continue;
+            }
+        }
+        if filled == buf.len() {
+            // The core consumed nothing from a full buffer: no valid handshake looks like this.
+            return Err(HandshakeError::Malformed("handshake message does not fit").into());
+        }
+        let n = io.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            hs.handle_eof()?;
+            return Err(HandshakeError::UnexpectedEof.into());
+        }
+        filled += n;
+    }
+    buf.truncate(filled);
+    Ok((hs.finish()?, buf))
+}
+
+/// The encrypting half: an [`AsyncWrite`] that seals bytes into frames and writes them in
+/// batches. Call `flush` to push out a partly filled frame.
+pub struct SecretWriter<W> {
+    /// The socket half.
+    io: W,
+    /// Seals each frame with the next send nonce.
+    sealer: FrameSealer,
+    /// Plaintext of the frame being filled; sealed when full or on flush.
+    pending: [u8; DATA_MAX],
+    /// Bytes used in `pending`.
+    pending_len: usize,
+    /// Sealed frames waiting for the socket, `WRITE_BATCH_FRAMES` frames long.
+    out: Box<[u8]>,
+    /// End of the sealed bytes in `out`.
+    out_len: usize,
+    /// How much of `out[..out_len]` the socket has taken.
+    out_pos: usize,
+    /// Set after a sealing error (nonce exhausted): the half refuses further writes.
+    failed: Option<FrameError>,
+}
+
+impl<W: AsyncWrite + Unpin> SecretWriter<W> {
+    /// Wraps a socket half and the sealer from an established handshake.
+    pub fn new(io: W, sealer: FrameSealer) -> Self {
+        Self {
+            io,
+            sealer,
+            pending: [0; DATA_MAX],
+            pending_len: 0,
+            out: vec![0; WRITE_BATCH_FRAMES * FRAME_LEN].into_boxed_slice(),
+            out_len: 0,
+            out_pos: 0,
+            failed: None,
+        }
+    }
+
+    /// The socket half.
+    pub fn get_ref(&self) -> &W {
+        &self.io
+    }
+
+    /// Gives back the socket half, dropping anything not yet flushed.
+    pub fn into_inner(self) -> W {
+        self.io
+    }
+
+    /// Seals the partly filled frame into the next free slot of `out` (the caller made sure
+    /// there is one).
+    fn seal_pending(&mut self) -> io::Result<()> {
+        let at = self.out_len;
+        let result = seal_at(
+            &mut self.sealer,
+            &mut self.out,
+            at,
+            &self.pending[..self.pending_len],
+        );
+        self.pending_len = 0;
+        self.after_seal(result)
+    }
+
+    /// Seals `data` (at most `DATA_MAX` bytes) straight from the caller's buffer into the next
+    /// free slot of `out`.
+    fn seal_direct(&mut self, data: &[u8]) -> io::Result<()> {
+        let at = self.out_len;
+        let result = seal_at(&mut self.sealer, &mut self.out, at, data);
+        self.after_seal(result)
+    }
+
+    fn after_seal(&mut self, result: Result<(), FrameError>) -> io::Result<()> {
+        match result {
+            Ok(()) => {
+                self.out_len += FRAME_LEN;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = Some(e);
+                Err(frame_io_error(e))
+            }
+        }
+    }
+
+    /// True when `out` has room for one more frame.
+    fn has_slot(&self) -> bool {
+        self.out_len + FRAME_LEN <= self.out.len()
+    }
+
+    /// Writes all sealed frames to the socket.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.out_pos < self.out_len {
+            let n = ready!(
+                Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..self.out_len])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.out_pos += n;
+        }
+        self.out_pos = 0;
+        self.out_len = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Seals the partly filled frame, if any, then drains.
+    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(e) = self.failed {
+            return Poll::Ready(Err(frame_io_error(e)));
+        }
+        if self.pending_len > 0 {
+            if !self.has_slot() {
+                ready!(self.poll_drain(cx))?;
+            }
+            self.seal_pending()?;
+        }
+        self.poll_drain(cx)
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed {
+            return Poll::Ready(Err(frame_io_error(e)));
+        }
+        if data.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if !this.has_slot() {
+            ready!(this.poll_drain(cx))?;
+        }
+        let mut taken = 0;
+        while taken < data.len() && this.has_slot() {
+            let rest = &data[taken..];
+            if this.pending_len == 0 && rest.len() >= DATA_MAX {
+                // A whole frame straight from the caller's buffer: one copy, in the sealer.
+                this.seal_direct(&rest[..DATA_MAX])?;
+                taken += DATA_MAX;
+                continue;
+            }
+            let n = rest.len().min(DATA_MAX - this.pending_len);
+            this.pending[this.pending_len..this.pending_len + n].copy_from_slice(&rest[..n]);
+            this.pending_len += n;
+            taken += n;
+            if this.pending_len == DATA_MAX {
+                this.seal_pending()?;
+            }
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_push(cx))?;
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_push(cx))?;
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl<W> std::fmt::Debug for SecretWriter<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretWriter")
+            .field("pending_len", &self.pending_len)
+            .field("queued", &(self.out_len - self.out_pos))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The decrypting half: an [`AsyncRead`] over the peer's frames.
+pub struct SecretReader<R> {
+    /// The socket half.
+    io: R,
+    /// Opens each frame with the next receive nonce.
+    opener: FrameOpener,
+    /// Ciphertext read from the socket, `READ_BUFFER_FRAMES` frames long. Frames are opened in
+    /// place, so the plaintext being handed out also lives here.
+    buf: Box<[u8]>,
+    /// Start of unopened ciphertext in `buf`.
+    start: usize,
+    /// End of the bytes read into `buf`.
+    end: usize,
+    /// The unread plaintext of the last opened frame, as a range of `buf`.
+    plain: std::ops::Range<usize>,
+    /// Set after a frame failed to open: the half refuses further reads.
+    failed: Option<FrameError>,
+}
+
+impl<R: AsyncRead + Unpin> SecretReader<R> {
+    /// Wraps a socket half and the opener from an established handshake.
+    pub fn new(io: R, opener: FrameOpener) -> Self {
+        Self::with_leftover(io, opener, &[])
+    }
+
+    /// Like [`SecretReader::new`], starting with ciphertext already read from the socket (what
+    /// the handshake read past the auth frame; at most a few frames).
+    pub fn with_leftover(io: R, opener: FrameOpener, leftover: &[u8]) -> Self {
+        let cap = (READ_BUFFER_FRAMES * FRAME_LEN).max(leftover.len().next_multiple_of(FRAME_LEN));
+        let mut buf = vec![0; cap].into_boxed_slice();
+        buf[..leftover.len()].copy_from_slice(leftover);
+        Self {
+            io,
+            opener,
+            buf,
+            start: 0,
+            end: leftover.len(),
+            plain: 0..0,
+            failed: None,
+        }
+    }
+
+    /// The socket half.
+    pub fn get_ref(&self) -> &R {
+        &self.io
+    }
+
+    /// Opens the frame at `start`, which is complete in `buf`.
+    fn open_next(&mut self) -> io::Result<()> {
+        let at = self.start;
+        let frame: &mut [u8; FRAME_LEN] = (&mut self.buf[at..at + FRAME_LEN])
+            .try_into()
+            .map_err(|_| io::Error::other("frame out of range"))?;
+        match self.opener.open(frame) {
+            Ok(data) => {
+                // The data sits right after the 4-byte length field of the opened frame.
+                let len = data.len();
+                self.plain = at + 4..at + 4 + len;
+                self.start += FRAME_LEN;
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = Some(e);
+                Err(frame_io_error(e))
+            }
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for SecretReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(e) = this.failed {
+                return Poll::Ready(Err(frame_io_error(e)));
+            }
+            if !this.plain.is_empty() {
+                let n = this.plain.len().min(out.remaining());
+                out.put_slice(&this.buf[this.plain.start..this.plain.start + n]);
+                this.plain.start += n;
+                return Poll::Ready(Ok(()));
+            }
+            if this.end - this.start >= FRAME_LEN {
+                // A frame of zero data bytes yields nothing; keep going rather than report EOF.
+                this.open_next()?;
+                continue;
+            }
+            // Need more ciphertext. No plaintext is pending, so the partial frame can move to
+            // the front of the buffer.
+            if this.start > 0 {
+                this.buf.copy_within(this.start..this.end, 0);
+                this.end -= this.start;
+                this.start = 0;
+            }
+            let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
+            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            let n = rb.filled().len();
+            if n == 0 {
+                if this.end > 0 {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a secret-connection frame",
+                    )));
+                }
+                return Poll::Ready(Ok(()));
+            }
+            this.end += n;
+        }
+    }
+}
+
+impl<R> std::fmt::Debug for SecretReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretReader")
+            .field("buffered", &(self.end - self.start))
+            .field("plain", &self.plain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Seals `data` into the frame slot of `out` starting at `at`.
+fn seal_at(
+    sealer: &mut FrameSealer,
+    out: &mut [u8],
+    at: usize,
+    data: &[u8],
+) -> Result<(), FrameError> {
+    let slot: &mut [u8; FRAME_LEN] = (&mut out[at..at + FRAME_LEN])
+        .try_into()
+        .expect("invariant: a slot is FRAME_LEN bytes inside `out`, checked by has_slot");
+    sealer.seal(data, slot)
+}
+
+/// Wraps a frame error as an `io::Error` of kind `InvalidData`, keeping the typed error as its
+/// source (`err.get_ref()` downcasts to [`FrameError`]).
+fn frame_io_error(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}

@@ -1,0 +1,266 @@
+//! The secret connection over real loopback TCP and in-memory pipes: handshake, bulk data in
+//! both directions, timeouts, and hostile bytes after the handshake.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::time::Duration;
+
+use tm2_p2p::NodeKey;
+use tm2_p2p::actors::secret_stream::{SecretReader, SecretStream, SecretStreamError, handshake};
+use tm2_p2p::secret::{FRAME_LEN, FrameError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn connected_pair() -> (SecretStream, SecretStream, NodeKey, NodeKey) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (ka, kb) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
+    let (ida, idb) = (ka.id(), kb.id());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let s = SecretStream::upgrade(tcp, &kb, TIMEOUT).await.unwrap();
+        (s, kb)
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let a = SecretStream::upgrade(tcp, &ka, TIMEOUT).await.unwrap();
+    let (b, kb) = server.await.unwrap();
+    assert_eq!(a.remote_id(), idb);
+    assert_eq!(b.remote_id(), ida);
+    (a, b, ka, kb)
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failure is reproducible.
+fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test]
+async fn handshake_over_loopback_authenticates_both_sides() {
+    let (a, b, ka, kb) = connected_pair().await;
+    assert_eq!(a.remote_public_key(), &kb.public_key());
+    assert_eq!(b.remote_public_key(), &ka.public_key());
+}
+
+#[tokio::test]
+async fn ten_megabytes_each_way_arrive_intact() {
+    const LEN: usize = 10 * 1024 * 1024;
+    let (a, b, _, _) = connected_pair().await;
+    let (mut ar, mut aw) = a.into_split();
+    let (mut br, mut bw) = b.into_split();
+    let data_ab = pseudo_random(LEN, 1);
+    let data_ba = pseudo_random(LEN, 2);
+    let (ab, ba) = (data_ab.clone(), data_ba.clone());
+    // Odd write sizes exercise partial frames and the whole-frame fast path.
+    let wa = tokio::spawn(async move {
+        for chunk in ab.chunks(65_536 + 7) {
+            aw.write_all(chunk).await.unwrap();
+        }
+        aw.shutdown().await.unwrap();
+    });
+    let wb = tokio::spawn(async move {
+        for chunk in ba.chunks(333) {
+            bw.write_all(chunk).await.unwrap();
+        }
+        bw.shutdown().await.unwrap();
+    });
+    let ra = tokio::spawn(async move {
+        let mut got = Vec::with_capacity(LEN);
+        ar.read_to_end(&mut got).await.unwrap();
+        got
+    });
+    let mut got_b = Vec::with_capacity(LEN);
+    br.read_to_end(&mut got_b).await.unwrap();
+    let got_a = ra.await.unwrap();
+    wa.await.unwrap();
+    wb.await.unwrap();
+    assert!(got_b == data_ab, "a -> b corrupted");
+    assert!(got_a == data_ba, "b -> a corrupted");
+}
+
+#[tokio::test]
+async fn small_writes_share_frames() {
+    let (a, b, _, _) = connected_pair().await;
+    let (_ar, mut aw) = a.into_split();
+    let (mut br, _bw) = b.into_split();
+    for i in 0..100u8 {
+        aw.write_all(&[i; 10]).await.unwrap();
+    }
+    aw.flush().await.unwrap();
+    let mut got = vec![0; 1000];
+    br.read_exact(&mut got).await.unwrap();
+    for (i, chunk) in got.chunks(10).enumerate() {
+        assert!(chunk.iter().all(|&b| b == i as u8));
+    }
+}
+
+#[tokio::test]
+async fn a_silent_peer_times_out() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The peer accepts the TCP connection and never says anything.
+    let silent = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut buf = [0; 64];
+        let mut tcp = tcp;
+        while let Ok(n) = tcp.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let err = SecretStream::upgrade(tcp, &key, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SecretStreamError::Timeout(_)), "{err:?}");
+    assert!(!err.is_peer_fault());
+    silent.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_that_hangs_up_mid_handshake_is_an_error_not_a_hang() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rude = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        // Half an ephemeral-key message, then goodbye.
+        tcp.write_all(&[0x22, 0x0a, 0x20, 1, 2, 3]).await.unwrap();
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let err = SecretStream::upgrade(tcp, &key, TIMEOUT).await.unwrap_err();
+    assert!(!matches!(err, SecretStreamError::Timeout(_)), "{err:?}");
+    rude.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_garbage_ephemeral_key_is_a_typed_handshake_error() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hostile = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        // A well-framed message whose key is the all-zero (low-order) point.
+        let mut msg = vec![0x22, 0x0a, 0x20];
+        msg.extend_from_slice(&[0; 32]);
+        tcp.write_all(&msg).await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tcp.read_to_end(&mut sink).await;
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let err = SecretStream::upgrade(tcp, &key, TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, SecretStreamError::Handshake(_)), "{err:?}");
+    assert!(err.is_peer_fault());
+    drop(hostile);
+}
+
+/// Runs the handshake over an in-memory pipe and returns both established sides with their
+/// raw pipe ends, so a test can put arbitrary bytes on the wire after the handshake.
+async fn piped() -> (
+    (tm2_p2p::secret::Established, tokio::io::DuplexStream),
+    (tm2_p2p::secret::Established, tokio::io::DuplexStream),
+) {
+    let (mut x, mut y) = tokio::io::duplex(1 << 16);
+    let (ka, kb) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
+    let (ra, rb) = tokio::join!(handshake(&mut x, &ka), handshake(&mut y, &kb));
+    let (ea, left_a) = ra.unwrap();
+    let (eb, left_b) = rb.unwrap();
+    assert!(left_a.is_empty() && left_b.is_empty());
+    ((ea, x), (eb, y))
+}
+
+/// Seals `data` with `established`'s sealer through a `SecretWriter` over a `Vec`, returning
+/// the ciphertext.
+async fn seal_to_vec(sealer: tm2_p2p::secret::FrameSealer, data: &[u8]) -> Vec<u8> {
+    let mut w = tm2_p2p::actors::secret_stream::SecretWriter::new(Vec::new(), sealer);
+    w.write_all(data).await.unwrap();
+    w.flush().await.unwrap();
+    w.into_inner()
+}
+
+#[tokio::test]
+async fn small_writes_are_packed_into_full_frames() {
+    let ((_ea, _x), (eb, _y)) = piped().await;
+    let mut w = tm2_p2p::actors::secret_stream::SecretWriter::new(Vec::new(), eb.sealer);
+    // 2,000 bytes in 200 writes: two frames (1024 + 976 data bytes), not 200.
+    for i in 0..200u8 {
+        w.write_all(&[i; 10]).await.unwrap();
+    }
+    w.flush().await.unwrap();
+    assert_eq!(w.into_inner().len(), 2 * FRAME_LEN);
+}
+
+fn frame_error(err: &std::io::Error) -> Option<&FrameError> {
+    err.get_ref().and_then(|e| e.downcast_ref::<FrameError>())
+}
+
+#[tokio::test]
+async fn a_tampered_frame_is_invalid_data() {
+    let ((ea, _x), (eb, mut y)) = piped().await;
+    let mut wire = seal_to_vec(eb.sealer, b"hello").await;
+    assert_eq!(wire.len(), FRAME_LEN);
+    wire[100] ^= 1;
+    y.write_all(&wire).await.unwrap();
+    let mut r = SecretReader::new(_x, ea.opener);
+    let mut buf = [0; 16];
+    let err = r.read(&mut buf).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+    assert!(
+        matches!(frame_error(&err), Some(FrameError::Decrypt)),
+        "{err:?}"
+    );
+    // The half stays failed.
+    assert!(r.read(&mut buf).await.is_err());
+}
+
+#[tokio::test]
+async fn a_replayed_frame_is_invalid_data() {
+    let ((ea, x), (eb, mut y)) = piped().await;
+    let wire = seal_to_vec(eb.sealer, b"once").await;
+    y.write_all(&wire).await.unwrap();
+    y.write_all(&wire).await.unwrap();
+    let mut r = SecretReader::new(x, ea.opener);
+    let mut buf = [0; 4];
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"once");
+    let err = r.read(&mut buf).await.unwrap_err();
+    assert!(
+        matches!(frame_error(&err), Some(FrameError::Decrypt)),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_cut_inside_a_frame_is_unexpected_eof() {
+    let ((ea, x), (eb, mut y)) = piped().await;
+    let wire = seal_to_vec(eb.sealer, b"cut short").await;
+    y.write_all(&wire[..FRAME_LEN - 1]).await.unwrap();
+    drop(y);
+    let mut r = SecretReader::new(x, ea.opener);
+    let mut buf = Vec::new();
+    let err = r.read_to_end(&mut buf).await.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+}
+
+#[tokio::test]
+async fn a_clean_close_between_frames_is_eof() {
+    let ((ea, x), (eb, mut y)) = piped().await;
+    let wire = seal_to_vec(eb.sealer, b"bye").await;
+    y.write_all(&wire).await.unwrap();
+    drop(y);
+    let mut r = SecretReader::new(x, ea.opener);
+    let mut buf = Vec::new();
+    r.read_to_end(&mut buf).await.unwrap();
+    assert_eq!(buf, b"bye");
+}
