@@ -46,7 +46,9 @@
 
 pub mod codec;
 pub mod config;
+pub mod flowrate;
 pub mod key;
+pub mod mconn;
 pub mod secret;
 pub mod types;
 

@@ -1,0 +1,759 @@
+//! [`MConnSender`]: the send half of a connection — per-channel queues, the channel scheduler,
+//! packetization, keep-alive deadlines, the send rate limit and the flush decision.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes};
+
+use super::channel::{ChannelDescriptor, ChannelIndex};
+use super::config::MConnConfig;
+use super::error::MConnectionError;
+use super::packet::{self, PacketRef};
+use super::rate_bucket;
+use crate::flowrate::TokenBucket;
+
+/// Most bytes one [`MConnSender::poll_transmit`] call appends for messages (one packet more may
+/// overshoot it): TM2's 64 KiB write buffer (`minWriteBufferSize`), so one call fills what TM2
+/// would flush at once.
+pub const BATCH_BYTES: usize = 64 * 1024;
+
+/// Period of the recently-sent decay (×0.8), TM2's `updateStats`.
+pub const DECAY_INTERVAL: Duration = Duration::from_secs(2);
+
+/// The send half of a connection. Owned by the task that writes to the socket.
+///
+/// Inputs: [`try_send`](Self::try_send) (from reactors), [`queue_pong`](Self::queue_pong) and
+/// [`handle_pong`](Self::handle_pong) (relayed from the receiver's events),
+/// [`handle_timeout`](Self::handle_timeout). Outputs: [`poll_transmit`](Self::poll_transmit)
+/// and [`poll_timeout`](Self::poll_timeout). The calling protocol is in the
+/// [module docs](super#driving-the-core).
+#[derive(Debug)]
+pub struct MConnSender {
+    /// One entry per descriptor, in descriptor order (the scheduler's tie-break).
+    channels: Vec<SendChannel>,
+    /// Channel id -> position in `channels`.
+    index: ChannelIndex,
+    /// Largest piece of a message per packet.
+    max_payload: usize,
+    /// Copied from the config.
+    ping_interval: Duration,
+    /// Copied from the config.
+    pong_timeout: Duration,
+    /// Copied from the config: flush upper bound and pong spacing.
+    flush_throttle: Duration,
+    /// Send rate limit; consumed by every byte written (control packets included).
+    bucket: TokenBucket,
+    /// While rate limited, sending resumes once this many bytes of budget are available (so a
+    /// saturated connection wakes about every 10 ms, not once per packet).
+    resume_quantum: u64,
+    /// The latest `now` seen; anchors [`poll_timeout`](Self::poll_timeout).
+    last_now: Instant,
+    /// When the next ping becomes due.
+    next_ping: Instant,
+    /// A ping is due and not yet written.
+    ping_due: bool,
+    /// When the last ping was written, for the round-trip time.
+    ping_sent_at: Option<Instant>,
+    /// Set when a ping is written, cleared by a pong; reaching it is [`MConnectionError::PongTimeout`].
+    pong_deadline: Option<Instant>,
+    /// The peer pinged us and the pong is not written yet (coalesces any number of pings).
+    pong_requested: bool,
+    /// Earliest instant the next pong may be written (one pong per `flush_throttle`).
+    next_pong_at: Instant,
+    /// When `recently_sent` decays next.
+    next_decay: Instant,
+    /// When the oldest written-but-not-flushed byte was written; `None` once flushed.
+    unflushed_since: Option<Instant>,
+    /// Round-trip time of the last answered ping.
+    last_rtt: Option<Duration>,
+}
+
+/// Send state of one channel.
+#[derive(Debug)]
+struct SendChannel {
+    id: u8,
+    priority: u32,
+    /// Most messages in `queue`.
+    capacity: usize,
+    /// Whole messages waiting; filled by `try_send`, drained by the scheduler.
+    queue: VecDeque<Bytes>,
+    /// The rest of the message being split into packets (taken from `queue`).
+    sending: Option<Bytes>,
+    /// Framed bytes written recently, decaying ×0.8 every [`DECAY_INTERVAL`].
+    recently_sent: u64,
+}
+
+impl SendChannel {
+    fn has_data(&self) -> bool {
+        self.sending.is_some() || !self.queue.is_empty()
+    }
+}
+
+/// What one [`MConnSender::poll_transmit`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[must_use = "the driver must write the bytes and flush when told"]
+pub struct Transmit {
+    /// Bytes appended to the caller's buffer (whole packets). 0 means nothing can be sent now:
+    /// wait for a new message, a queued pong or [`MConnSender::poll_timeout`].
+    pub bytes: usize,
+    /// Flush the writer after writing these bytes: nothing more can be sent at this instant
+    /// (queues drained or the send rate limit reached), or written data has already waited
+    /// `flush_throttle` while more kept coming.
+    pub flush: bool,
+}
+
+/// Why [`MConnSender::try_send`] did not queue a message; the message is handed back.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrySendError {
+    /// The channel's send queue holds `send_queue_capacity` messages already.
+    #[error("send queue of channel {channel:#04x} is full")]
+    Full {
+        /// The channel id.
+        channel: u8,
+        /// The message, not queued.
+        payload: Bytes,
+    },
+    /// The connection has no such channel.
+    #[error("unknown channel {channel:#04x}")]
+    UnknownChannel {
+        /// The channel id.
+        channel: u8,
+        /// The message, not queued.
+        payload: Bytes,
+    },
+}
+
+impl TrySendError {
+    /// The message that was not queued.
+    pub fn into_payload(self) -> Bytes {
+        match self {
+            Self::Full { payload, .. } | Self::UnknownChannel { payload, .. } => payload,
+        }
+    }
+}
+
+impl MConnSender {
+    /// Builds the send half; `config` and `channels` must already be validated (see
+    /// [`MConnection::new`](super::MConnection::new)).
+    pub(crate) fn new(
+        config: &MConnConfig,
+        channels: &[ChannelDescriptor],
+        index: ChannelIndex,
+        now: Instant,
+    ) -> Self {
+        let max_packet = packet::max_packet_size(config.max_packet_msg_payload_size);
+        let (bucket, resume_quantum) = rate_bucket(config.send_rate, max_packet, now);
+        Self {
+            channels: channels
+                .iter()
+                .map(|d| SendChannel {
+                    id: d.id,
+                    priority: d.priority,
+                    capacity: d.send_queue_capacity,
+                    queue: VecDeque::with_capacity(d.send_queue_capacity.min(64)),
+                    sending: None,
+                    recently_sent: 0,
+                })
+                .collect(),
+            index,
+            max_payload: config.max_packet_msg_payload_size,
+            ping_interval: config.ping_interval,
+            pong_timeout: config.pong_timeout,
+            flush_throttle: config.flush_throttle,
+            bucket,
+            resume_quantum,
+            last_now: now,
+            next_ping: now + config.ping_interval,
+            ping_due: false,
+            ping_sent_at: None,
+            pong_deadline: None,
+            pong_requested: false,
+            next_pong_at: now,
+            next_decay: now + DECAY_INTERVAL,
+            unflushed_since: None,
+            last_rtt: None,
+        }
+    }
+
+    // --- commands ---
+
+    /// Queues `payload` on `channel` if its queue has room. Never blocks; a full queue hands
+    /// the message back ([`TrySendError::Full`]). The driver then wakes the writer.
+    pub fn try_send(&mut self, channel: u8, payload: Bytes) -> Result<(), TrySendError> {
+        let Some(pos) = self.index.get(channel) else {
+            return Err(TrySendError::UnknownChannel { channel, payload });
+        };
+        let ch = &mut self.channels[pos];
+        if ch.queue.len() >= ch.capacity {
+            return Err(TrySendError::Full { channel, payload });
+        }
+        ch.queue.push_back(payload);
+        Ok(())
+    }
+
+    /// Whether [`try_send`](Self::try_send) on `channel` would succeed now. (TM2's `CanSend`
+    /// compares against the default capacity 1 instead of the channel's; this uses the
+    /// channel's.)
+    pub fn can_send(&self, channel: u8) -> bool {
+        self.index
+            .get(channel)
+            .is_some_and(|pos| self.channels[pos].queue.len() < self.channels[pos].capacity)
+    }
+
+    /// The peer pinged us: answer with a pong. Any number of calls before the pong is written
+    /// yield one pong, and pongs are at least `flush_throttle` apart, so a ping flood cannot
+    /// make us flush more than once per `flush_throttle`.
+    pub fn queue_pong(&mut self) {
+        self.pong_requested = true;
+    }
+
+    /// The peer answered our ping: clears the pong deadline. Unsolicited pongs are harmless.
+    pub fn handle_pong(&mut self, now: Instant) {
+        if self.pong_deadline.take().is_some() {
+            self.last_rtt = self
+                .ping_sent_at
+                .map(|sent| now.saturating_duration_since(sent));
+        }
+    }
+
+    // --- inputs ---
+
+    /// Advances the timers to `now`: decays the recently-sent counters, makes a ping due, and
+    /// fails with [`MConnectionError::PongTimeout`] once `pong_timeout` has passed since an
+    /// unanswered ping (and keeps failing).
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MConnectionError> {
+        self.advance(now);
+        match self.pong_deadline {
+            Some(deadline) if now >= deadline => Err(MConnectionError::PongTimeout),
+            _ => Ok(()),
+        }
+    }
+
+    // --- outputs ---
+
+    /// Appends packets to `out`: first a due pong and ping (these never wait for the rate
+    /// limit, but count against it), then message packets up to [`BATCH_BYTES`] and the send
+    /// budget, channel by channel as the scheduler picks them. Message bytes are copied straight
+    /// from the queued `Bytes` into `out`; nothing is allocated per packet.
+    ///
+    /// Call it until it returns `bytes == 0`, writing `out` after each call and flushing when
+    /// `flush` is set (see [`Transmit`]).
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Transmit {
+        self.advance(now);
+        let start = out.len();
+        if self.pong_requested && now >= self.next_pong_at {
+            PacketRef::Pong.encode_framed(out);
+            self.pong_requested = false;
+            self.next_pong_at = now + self.flush_throttle;
+        }
+        if self.ping_due {
+            PacketRef::Ping.encode_framed(out);
+            self.ping_due = false;
+            self.ping_sent_at = Some(now);
+            self.pong_deadline.get_or_insert(now + self.pong_timeout);
+        }
+        let budget = self.data_budget(now);
+        let data_start = out.len();
+        while out.len() - data_start < budget && self.write_next_packet(out) {}
+
+        let bytes = out.len() - start;
+        self.bucket.consume(now, bytes as u64);
+        if bytes > 0 {
+            self.unflushed_since.get_or_insert(now);
+        }
+        let flush = match self.unflushed_since {
+            Some(since)
+                if !self.can_transmit(now)
+                    || now.saturating_duration_since(since) >= self.flush_throttle =>
+            {
+                self.unflushed_since = None;
+                true
+            }
+            _ => false,
+        };
+        Transmit { bytes, flush }
+    }
+
+    /// The next instant [`handle_timeout`](Self::handle_timeout) (then `poll_transmit`) must
+    /// run: the next ping, the pong deadline, the next decay while counters are non-zero, a
+    /// deferred pong, or the end of a rate-limit pause while messages wait. An instant in the
+    /// past means "now".
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next = self.next_ping;
+        let mut consider = |t: Instant| next = next.min(t);
+        if self.ping_due {
+            consider(self.last_now);
+        }
+        if let Some(deadline) = self.pong_deadline {
+            consider(deadline);
+        }
+        if self.pong_requested {
+            consider(self.next_pong_at);
+        }
+        if self.channels.iter().any(|c| c.recently_sent > 0) {
+            consider(self.next_decay);
+        }
+        if self.has_data() && !self.bucket.is_unlimited() {
+            let resume = self
+                .bucket
+                .available_at(self.last_now, self.resume_quantum)
+                .unwrap_or(self.last_now);
+            consider(resume);
+        }
+        Some(next)
+    }
+
+    // --- getters ---
+
+    /// Whether anything waits to be sent: a message (queued or partly sent), a due ping or a
+    /// requested pong. It may still have to wait for the rate limit or the pong spacing.
+    pub fn has_pending(&self) -> bool {
+        self.has_data() || self.ping_due || self.pong_requested
+    }
+
+    /// Messages waiting in `channel`'s queue (excluding one being split into packets), or
+    /// `None` for an unknown channel.
+    pub fn queued(&self, channel: u8) -> Option<usize> {
+        Some(self.channels[self.index.get(channel)?].queue.len())
+    }
+
+    /// The decaying count of bytes recently sent on `channel` (what the scheduler compares),
+    /// or `None` for an unknown channel.
+    pub fn recently_sent(&self, channel: u8) -> Option<u64> {
+        Some(self.channels[self.index.get(channel)?].recently_sent)
+    }
+
+    /// Round-trip time of the last ping that got its pong.
+    pub fn last_rtt(&self) -> Option<Duration> {
+        self.last_rtt
+    }
+
+    // --- helpers ---
+
+    fn has_data(&self) -> bool {
+        self.channels.iter().any(SendChannel::has_data)
+    }
+
+    /// Whether a `poll_transmit` at `now` would write something.
+    fn can_transmit(&self, now: Instant) -> bool {
+        self.ping_due
+            || (self.pong_requested && now >= self.next_pong_at)
+            || (self.has_data() && self.data_budget(now) > 0)
+    }
+
+    /// Message bytes allowed at `now`: a batch when unlimited; while rate limited, nothing until
+    /// `resume_quantum` bytes of budget are available, then up to the budget.
+    fn data_budget(&self, now: Instant) -> usize {
+        if self.bucket.is_unlimited() {
+            return BATCH_BYTES;
+        }
+        let available = self.bucket.available(now);
+        if available < self.resume_quantum {
+            return 0;
+        }
+        usize::try_from(available).map_or(BATCH_BYTES, |a| a.min(BATCH_BYTES))
+    }
+
+    fn advance(&mut self, now: Instant) {
+        self.last_now = self.last_now.max(now);
+        if now >= self.next_ping {
+            self.ping_due = true;
+            self.next_ping = now + self.ping_interval;
+        }
+        if now >= self.next_decay {
+            let late = now.duration_since(self.next_decay).as_nanos();
+            let period = DECAY_INTERVAL.as_nanos();
+            // After ~200 decays any u64 is 0; bound the loop for a driver that slept for days.
+            let decays = (late / period + 1).min(256);
+            for ch in &mut self.channels {
+                for _ in 0..decays {
+                    if ch.recently_sent == 0 {
+                        break;
+                    }
+                    ch.recently_sent = decay(ch.recently_sent);
+                }
+            }
+            // `late % period` < 2 s in nanoseconds, fits in u64.
+            let into_period = Duration::from_nanos((late % period) as u64);
+            self.next_decay = now + (DECAY_INTERVAL - into_period);
+        }
+    }
+
+    /// TM2's scheduling rule: among channels with data, the lowest `recently_sent / priority`,
+    /// ties to the earlier channel.
+    fn pick_channel(&self) -> Option<usize> {
+        let mut best: Option<(usize, &SendChannel)> = None;
+        for (pos, ch) in self.channels.iter().enumerate() {
+            if !ch.has_data() {
+                continue;
+            }
+            // a/pa < b/pb  <=>  a·pb < b·pa, exact in u128.
+            let better = best.is_none_or(|(_, b)| {
+                u128::from(ch.recently_sent) * u128::from(b.priority)
+                    < u128::from(b.recently_sent) * u128::from(ch.priority)
+            });
+            if better {
+                best = Some((pos, ch));
+            }
+        }
+        best.map(|(pos, _)| pos)
+    }
+
+    /// Writes the next packet of the scheduled channel; false when no channel has data.
+    fn write_next_packet(&mut self, out: &mut Vec<u8>) -> bool {
+        let Some(pos) = self.pick_channel() else {
+            return false;
+        };
+        let max_payload = self.max_payload;
+        let ch = &mut self.channels[pos];
+        let Some(mut msg) = ch.sending.take().or_else(|| ch.queue.pop_front()) else {
+            return false; // unreachable: pick_channel only returns channels with data
+        };
+        let eof = msg.len() <= max_payload;
+        let n = msg.len().min(max_payload);
+        let before = out.len();
+        packet::encode_msg(ch.id, eof, &msg[..n], out);
+        if !eof {
+            msg.advance(n);
+            ch.sending = Some(msg);
+        }
+        ch.recently_sent = ch.recently_sent.saturating_add((out.len() - before) as u64);
+        true
+    }
+}
+
+/// `floor(x × 0.8)` without overflow (TM2 multiplies as float and truncates).
+fn decay(x: u64) -> u64 {
+    x / 5 * 4 + x % 5 * 4 / 5
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mconn::packet::{Packet, decode_framed};
+
+    #[allow(clippy::disallowed_methods)] // tests build virtual instants from one real base
+    fn base() -> Instant {
+        Instant::now()
+    }
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn sender_with(
+        config: MConnConfig,
+        channels: &[ChannelDescriptor],
+        now: Instant,
+    ) -> MConnSender {
+        config.validate().unwrap();
+        let index = ChannelIndex::new(channels).unwrap();
+        MConnSender::new(&config, channels, index, now)
+    }
+
+    fn unlimited() -> MConnConfig {
+        MConnConfig {
+            send_rate: 0,
+            recv_rate: 0,
+            ..MConnConfig::default()
+        }
+    }
+
+    fn decode_all(mut bytes: &[u8]) -> Vec<Packet> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (p, used) = decode_framed(bytes, 1 << 20).unwrap().unwrap();
+            out.push(p.to_packet());
+            bytes = &bytes[used..];
+        }
+        out
+    }
+
+    /// Drains the sender at `now` the way a driver does; returns the packets and the flushes.
+    fn drain(tx: &mut MConnSender, now: Instant) -> (Vec<Packet>, usize) {
+        let mut out = Vec::new();
+        let mut flushes = 0;
+        loop {
+            let t = tx.poll_transmit(now, &mut out);
+            flushes += usize::from(t.flush);
+            if t.bytes == 0 {
+                break;
+            }
+        }
+        (decode_all(&out), flushes)
+    }
+
+    #[test]
+    fn unknown_channel_hands_the_message_back() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(1)], t0);
+        let err = tx.try_send(2, Bytes::from_static(b"x")).unwrap_err();
+        assert!(matches!(
+            err,
+            TrySendError::UnknownChannel { channel: 2, .. }
+        ));
+        assert_eq!(err.into_payload(), Bytes::from_static(b"x"));
+        assert!(!tx.can_send(2));
+    }
+
+    #[test]
+    fn full_queue_rejects_try_send_and_hands_the_message_back() {
+        let t0 = base();
+        let chans = [ChannelDescriptor::new(1).with_send_queue_capacity(2)];
+        let mut tx = sender_with(unlimited(), &chans, t0);
+        tx.try_send(1, Bytes::from_static(b"a")).unwrap();
+        assert!(
+            tx.can_send(1),
+            "capacity is the channel's, not TM2's default 1"
+        );
+        tx.try_send(1, Bytes::from_static(b"b")).unwrap();
+        assert!(!tx.can_send(1));
+        let err = tx.try_send(1, Bytes::from_static(b"c")).unwrap_err();
+        assert!(matches!(err, TrySendError::Full { channel: 1, .. }));
+        assert_eq!(err.into_payload(), Bytes::from_static(b"c"));
+        assert_eq!(tx.queued(1), Some(2));
+        // Once the scheduler took the messages there is room again.
+        let _ = drain(&mut tx, t0);
+        assert!(tx.can_send(1));
+    }
+
+    #[test]
+    fn messages_are_split_into_payload_sized_packets_with_eof_on_the_last() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(5)], t0);
+        let msg: Bytes = (0..2500u32).map(|i| i as u8).collect::<Vec<_>>().into();
+        tx.try_send(5, msg.clone()).unwrap();
+        let (packets, flushes) = drain(&mut tx, t0);
+        let expect = [(0, 1024, false), (1024, 2048, false), (2048, 2500, true)];
+        assert_eq!(packets.len(), 3);
+        for (p, (from, to, eof)) in packets.iter().zip(expect) {
+            assert_eq!(
+                p,
+                &Packet::Msg {
+                    channel: 5,
+                    eof,
+                    data: msg.slice(from..to)
+                }
+            );
+        }
+        assert_eq!(flushes, 1, "one flush once the queue drained");
+        assert!(!tx.has_pending());
+    }
+
+    #[test]
+    fn empty_message_is_one_empty_eof_packet() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(5)], t0);
+        tx.try_send(5, Bytes::new()).unwrap();
+        assert!(tx.has_pending());
+        let (packets, _) = drain(&mut tx, t0);
+        assert_eq!(
+            packets,
+            [Packet::Msg {
+                channel: 5,
+                eof: true,
+                data: Bytes::new()
+            }]
+        );
+    }
+
+    #[test]
+    fn idle_sender_writes_nothing_and_never_asks_to_flush() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(1)], t0);
+        let mut out = Vec::new();
+        assert_eq!(tx.poll_transmit(t0, &mut out), Transmit::default());
+        assert!(out.is_empty());
+        // Only the ping timer is armed on an idle connection.
+        assert_eq!(tx.poll_timeout(), Some(t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_batch_is_bounded_and_asks_for_another_call_without_flushing() {
+        let t0 = base();
+        let chans = [ChannelDescriptor::new(1).with_send_queue_capacity(4)];
+        let mut tx = sender_with(unlimited(), &chans, t0);
+        tx.try_send(1, Bytes::from(vec![7; 200_000])).unwrap();
+        let mut out = Vec::new();
+        let t = tx.poll_transmit(t0, &mut out);
+        assert!(
+            t.bytes >= BATCH_BYTES && t.bytes < BATCH_BYTES + 1033,
+            "{t:?}"
+        );
+        assert!(!t.flush, "more can go right now");
+        // A driver that keeps writing past flush_throttle is told to flush anyway.
+        let t = tx.poll_transmit(t0 + 100 * MS, &mut out);
+        assert!(t.bytes > 0 && t.flush, "{t:?}");
+    }
+
+    #[test]
+    fn higher_priority_channel_gets_proportionally_more_packets() {
+        let t0 = base();
+        let chans = [
+            ChannelDescriptor::new(1).with_priority(1),
+            ChannelDescriptor::new(2).with_priority(3),
+        ];
+        let mut tx = sender_with(unlimited(), &chans, t0);
+        tx.try_send(1, Bytes::from(vec![0; 40 * 1024])).unwrap();
+        tx.try_send(2, Bytes::from(vec![0; 40 * 1024])).unwrap();
+        let mut out = Vec::new();
+        let _ = tx.poll_transmit(t0, &mut out);
+        let order: Vec<u8> = decode_all(&out)[..8]
+            .iter()
+            .map(|p| match p {
+                Packet::Msg { channel, .. } => *channel,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        // Ties go to the earlier channel; then channel 2 may send 3 packets per packet of 1.
+        assert_eq!(order, [1, 2, 2, 2, 1, 2, 2, 2]);
+    }
+
+    #[test]
+    fn recently_sent_decays_by_a_fifth_every_two_seconds() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(1)], t0);
+        tx.try_send(1, Bytes::from(vec![0; 1024])).unwrap();
+        let _ = drain(&mut tx, t0);
+        assert_eq!(tx.recently_sent(1), Some(1033));
+        assert_eq!(tx.poll_timeout(), Some(t0 + DECAY_INTERVAL));
+        tx.handle_timeout(t0 + DECAY_INTERVAL - MS).unwrap();
+        assert_eq!(tx.recently_sent(1), Some(1033));
+        tx.handle_timeout(t0 + DECAY_INTERVAL).unwrap();
+        assert_eq!(tx.recently_sent(1), Some(826));
+        // Two periods late: two decays, and the next deadline stays on the 2 s grid.
+        tx.handle_timeout(t0 + 3 * DECAY_INTERVAL + 500 * MS)
+            .unwrap();
+        assert_eq!(tx.recently_sent(1), Some(528));
+        assert_eq!(tx.next_decay, t0 + 4 * DECAY_INTERVAL);
+        // Days later the counter is simply 0 (and the loop was bounded).
+        tx.handle_timeout(t0 + Duration::from_secs(86_400 * 30))
+            .unwrap();
+        assert_eq!(tx.recently_sent(1), Some(0));
+        assert_eq!(decay(u64::MAX), (u128::from(u64::MAX) * 4 / 5) as u64);
+        assert_eq!(decay(9), 7);
+    }
+
+    #[test]
+    fn missing_pong_times_out_exactly_after_pong_timeout() {
+        let t0 = base();
+        let config = MConnConfig {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(4),
+            ..unlimited()
+        };
+        let mut tx = sender_with(config, &[ChannelDescriptor::new(1)], t0);
+        let ping_at = t0 + Duration::from_secs(10);
+        assert_eq!(tx.poll_timeout(), Some(ping_at));
+        tx.handle_timeout(ping_at).unwrap();
+        let (packets, flushes) = drain(&mut tx, ping_at);
+        assert_eq!((packets, flushes), (vec![Packet::Ping], 1));
+        let deadline = ping_at + Duration::from_secs(4);
+        assert_eq!(tx.poll_timeout(), Some(deadline));
+        tx.handle_timeout(deadline - Duration::from_nanos(1))
+            .unwrap();
+        assert_eq!(
+            tx.handle_timeout(deadline),
+            Err(MConnectionError::PongTimeout)
+        );
+        assert_eq!(
+            tx.handle_timeout(deadline + MS),
+            Err(MConnectionError::PongTimeout)
+        );
+    }
+
+    #[test]
+    fn pong_in_time_clears_the_deadline_and_records_the_round_trip() {
+        let t0 = base();
+        let config = MConnConfig {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(4),
+            ..unlimited()
+        };
+        let mut tx = sender_with(config, &[ChannelDescriptor::new(1)], t0);
+        let ping_at = t0 + Duration::from_secs(10);
+        tx.handle_timeout(ping_at).unwrap();
+        let _ = drain(&mut tx, ping_at);
+        tx.handle_pong(ping_at + 30 * MS);
+        assert_eq!(tx.last_rtt(), Some(30 * MS));
+        assert_eq!(tx.poll_timeout(), Some(ping_at + Duration::from_secs(10)));
+        tx.handle_timeout(ping_at + Duration::from_secs(9)).unwrap();
+        // The next ping goes out on schedule.
+        tx.handle_timeout(ping_at + Duration::from_secs(10))
+            .unwrap();
+        let (packets, _) = drain(&mut tx, ping_at + Duration::from_secs(10));
+        assert_eq!(packets, [Packet::Ping]);
+    }
+
+    #[test]
+    fn unsolicited_pong_is_harmless() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(1)], t0);
+        tx.handle_pong(t0);
+        assert_eq!(tx.last_rtt(), None);
+        tx.handle_timeout(t0 + Duration::from_secs(1)).unwrap();
+    }
+
+    #[test]
+    fn ping_flood_yields_one_pong_per_flush_throttle() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(1)], t0);
+        for _ in 0..1000 {
+            tx.queue_pong();
+        }
+        let (packets, flushes) = drain(&mut tx, t0);
+        assert_eq!((packets, flushes), (vec![Packet::Pong], 1));
+        // More pings right away: the pong waits for the throttle, no extra flush now.
+        tx.queue_pong();
+        assert!(tx.has_pending());
+        assert_eq!(drain(&mut tx, t0 + 50 * MS), (vec![], 0));
+        assert_eq!(tx.poll_timeout(), Some(t0 + 100 * MS));
+        assert_eq!(drain(&mut tx, t0 + 100 * MS), (vec![Packet::Pong], 1));
+    }
+
+    #[test]
+    fn pong_rides_with_data_in_the_same_flush() {
+        let t0 = base();
+        let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(1)], t0);
+        tx.try_send(1, Bytes::from_static(b"hi")).unwrap();
+        tx.queue_pong();
+        let (packets, flushes) = drain(&mut tx, t0);
+        assert_eq!(packets.len(), 2);
+        assert_eq!(packets[0], Packet::Pong);
+        assert_eq!(flushes, 1);
+    }
+
+    #[test]
+    fn rate_limited_sender_pauses_flushes_and_says_when_to_resume() {
+        let t0 = base();
+        let config = MConnConfig {
+            send_rate: 100_000,
+            ..unlimited()
+        };
+        let chans = [ChannelDescriptor::new(1).with_send_queue_capacity(8)];
+        let mut tx = sender_with(config, &chans, t0);
+        // Burst: max(rate / 50, 2 × 1033) = 2066 bytes; resume quantum 1033 bytes.
+        tx.try_send(1, Bytes::from(vec![1; 10_000])).unwrap();
+        let mut out = Vec::new();
+        let t = tx.poll_transmit(t0, &mut out);
+        assert_eq!(
+            t,
+            Transmit {
+                bytes: 2 * 1033,
+                flush: true
+            }
+        );
+        assert_eq!(tx.poll_transmit(t0, &mut out).bytes, 0);
+        // 1033 bytes at 100 kB/s take 10.33 ms.
+        let resume = tx.poll_timeout().unwrap();
+        assert_eq!(resume, t0 + Duration::from_nanos(10_330_000));
+        assert_eq!(tx.poll_transmit(resume - MS, &mut out).bytes, 0);
+        let t = tx.poll_transmit(resume, &mut out);
+        assert_eq!(
+            t,
+            Transmit {
+                bytes: 1033,
+                flush: true
+            }
+        );
+    }
+}
