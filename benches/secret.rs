@@ -17,6 +17,8 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // Benchmark code: a failed unwrap aborts the run, which is right.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, black_box};
@@ -29,6 +31,7 @@ use tm2_p2p::actors::secret_stream::SecretStream;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
+use tokio::sync::Notify;
 
 const FRAME_PLAIN: usize = 1028;
 const WRITE: usize = 64 * 1024;
@@ -62,11 +65,15 @@ fn seal_frames(n: u64) -> Duration {
     start.elapsed()
 }
 
-/// A connected pair of secret streams: a writer and a task that reads and reports each
-/// completed round of `ROUND` bytes.
+/// A connected pair of secret streams: a writer, and a task that reads and counts bytes.
 struct StreamPair {
     writer: tm2_p2p::actors::secret_stream::SecretWriter<tokio::net::tcp::OwnedWriteHalf>,
-    rounds: tokio::sync::mpsc::Receiver<()>,
+    /// Bytes the reader has received so far.
+    received: Arc<AtomicU64>,
+    /// Woken by the reader after each read.
+    progress: Arc<Notify>,
+    /// Bytes the writer has sent so far.
+    sent: u64,
 }
 
 async fn stream_pair() -> StreamPair {
@@ -86,29 +93,27 @@ async fn stream_pair() -> StreamPair {
         .unwrap();
     let server = server.await.unwrap();
     let (_r, writer) = client.into_split();
-    let (mut reader, _w) = server.into_split();
-    let (tx, rounds) = tokio::sync::mpsc::channel(16);
+    let (mut reader, server_writer) = server.into_split();
+    let received = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Notify::new());
+    let (rx_count, rx_progress) = (received.clone(), progress.clone());
     tokio::spawn(async move {
-        let _keep = _w;
+        let _keep_open = server_writer;
         let mut buf = vec![0u8; 256 * 1024];
-        let mut got = 0usize;
-        loop {
-            let Ok(n) = reader.read(&mut buf).await else {
-                return;
-            };
+        while let Ok(n) = reader.read(&mut buf).await {
             if n == 0 {
                 return;
             }
-            got += n;
-            while got >= ROUND {
-                got -= ROUND;
-                if tx.send(()).await.is_err() {
-                    return;
-                }
-            }
+            rx_count.fetch_add(n as u64, Ordering::Release);
+            rx_progress.notify_one();
         }
     });
-    StreamPair { writer, rounds }
+    StreamPair {
+        writer,
+        received,
+        progress,
+        sent: 0,
+    }
 }
 
 impl StreamPair {
@@ -120,10 +125,11 @@ impl StreamPair {
             for _ in 0..ROUND / WRITE {
                 self.writer.write_all(&chunk).await.unwrap();
             }
-            self.writer.flush().await.unwrap();
         }
-        for _ in 0..rounds {
-            self.rounds.recv().await.unwrap();
+        self.writer.flush().await.unwrap();
+        self.sent += rounds * ROUND as u64;
+        while self.received.load(Ordering::Acquire) < self.sent {
+            self.progress.notified().await;
         }
         start.elapsed()
     }

@@ -24,6 +24,7 @@ use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -49,11 +50,13 @@ pub const KEY_FILE_MODE: u32 = 0o600;
 ///
 /// Holds the 32-byte seed (from which ring expands the signing key) and the derived key pair.
 /// `Debug` never prints the seed.
+#[derive(Clone)]
 pub struct NodeKey {
     /// The private seed; kept so the key can be written back in TM2's 64-byte layout.
     seed: [u8; SEED_LEN],
-    /// The expanded key pair used for signing.
-    pair: Ed25519KeyPair,
+    /// The expanded key pair used for signing, shared so that a clone (one per handshake in
+    /// progress) costs a reference count, not a key expansion.
+    pair: Arc<Ed25519KeyPair>,
 }
 
 /// Why a key could not be created.
@@ -160,7 +163,10 @@ impl NodeKey {
     /// Builds the key from a 32-byte Ed25519 seed.
     pub fn from_seed(seed: [u8; SEED_LEN]) -> Result<Self, KeyError> {
         let pair = Ed25519KeyPair::from_seed_unchecked(&seed).map_err(|_| KeyError::InvalidSeed)?;
-        Ok(Self { seed, pair })
+        Ok(Self {
+            seed,
+            pair: Arc::new(pair),
+        })
     }
 
     /// The 32-byte seed (private: handle with care).

@@ -153,10 +153,8 @@ impl ExpectEphemeral {
             .ok()
             .and_then(|public| public.as_ref().try_into().ok())
             .ok_or(HandshakeError::Internal("X25519 public key"))?;
-        // ring key pairs cannot be cloned; rebuilding from the seed that built `node_key`
-        // cannot fail.
-        let node_key = NodeKey::from_seed(*node_key.seed())
-            .map_err(|_| HandshakeError::Internal("copy of the node key"))?;
+        // A clone shares the expanded key pair: no key expansion per handshake.
+        let node_key = node_key.clone();
         let msg = wire::encode_ephemeral(&eph_public);
         let state = Self {
             node_key,
