@@ -100,6 +100,122 @@ impl From<bincode::error::DecodeError> for DecodeError {
     }
 }
 
+/// bincode's variable-length integer, used on its own as the length prefix of stream-framed
+/// messages (mconn packets, the NodeInfo exchange): values up to 250 in one byte, else a marker
+/// byte `fb`/`fc`/`fd` and the value as a little-endian `u16`/`u32`/`u64`.
+///
+/// [`varint::get`] accepts only the canonical (shortest) form, so one value has one encoding;
+/// bincode itself also accepts overlong forms.
+pub mod varint {
+    /// Largest value encoded in one byte (bincode's `SINGLE_BYTE_MAX`).
+    const SINGLE_MAX: u8 = 250;
+    /// Marker: a little-endian `u16` follows.
+    const U16: u8 = 0xfb;
+    /// Marker: a little-endian `u32` follows.
+    const U32: u8 = 0xfc;
+    /// Marker: a little-endian `u64` follows.
+    const U64: u8 = 0xfd;
+    /// The longest varint: marker + 8 bytes.
+    pub const MAX_LEN: usize = 9;
+
+    /// Why bytes are not a canonical varint.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum VarintError {
+        /// The first byte is `fe` or `ff`, which no varint starts with.
+        #[error("invalid varint marker")]
+        BadMarker,
+        /// The value would fit in a shorter form.
+        #[error("overlong varint")]
+        Overlong,
+    }
+
+    /// How many bytes the varint encoding of `v` takes.
+    pub const fn len(v: u64) -> usize {
+        if v <= SINGLE_MAX as u64 {
+            1
+        } else if v <= u16::MAX as u64 {
+            3
+        } else if v <= u32::MAX as u64 {
+            5
+        } else {
+            9
+        }
+    }
+
+    /// Appends the varint encoding of `v` to `out`.
+    pub fn put(out: &mut Vec<u8>, v: u64) {
+        // Each cast is checked by the range test before it.
+        if v <= u64::from(SINGLE_MAX) {
+            out.push(v as u8);
+        } else if v <= u64::from(u16::MAX) {
+            out.push(U16);
+            out.extend_from_slice(&(v as u16).to_le_bytes());
+        } else if v <= u64::from(u32::MAX) {
+            out.push(U32);
+            out.extend_from_slice(&(v as u32).to_le_bytes());
+        } else {
+            out.push(U64);
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// Reads a canonical varint from the start of `buf`: `Ok(None)` if `buf` ends inside it,
+    /// else the value and the number of bytes it took.
+    pub fn get(buf: &[u8]) -> Result<Option<(u64, usize)>, VarintError> {
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        let n = match first {
+            0..=SINGLE_MAX => return Ok(Some((u64::from(first), 1))),
+            U16 => 3,
+            U32 => 5,
+            U64 => 9,
+            _ => return Err(VarintError::BadMarker),
+        };
+        let Some(bytes) = buf.get(1..n) else {
+            return Ok(None);
+        };
+        let mut le = [0u8; 8];
+        le[..bytes.len()].copy_from_slice(bytes);
+        let value = u64::from_le_bytes(le);
+        if len(value) != n {
+            return Err(VarintError::Overlong);
+        }
+        Ok(Some((value, n)))
+    }
+
+    /// The header of a length-prefixed frame at the start of `buf`: `Ok(None)` until the prefix
+    /// is complete, then `(prefix length, total length)`. A frame whose total (prefix + body)
+    /// exceeds `max` is refused as soon as the prefix is read, before any of the body.
+    pub fn frame_header(buf: &[u8], max: usize) -> Result<Option<(usize, usize)>, FrameError> {
+        let Some((body, prefix)) = get(buf)? else {
+            return Ok(None);
+        };
+        let total = body.saturating_add(prefix as u64);
+        if total > max as u64 {
+            return Err(FrameError::TooLarge { len: total, max });
+        }
+        // Fits in usize: bounded by `max`.
+        Ok(Some((prefix, total as usize)))
+    }
+
+    /// Why a length-prefixed frame header is refused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+    pub enum FrameError {
+        /// The length prefix is not a canonical varint.
+        #[error("length prefix: {0}")]
+        Prefix(#[from] VarintError),
+        /// The frame (prefix + body) is larger than the receiver accepts.
+        #[error("frame of {len} bytes exceeds the limit of {max} bytes")]
+        TooLarge {
+            /// The announced total length.
+            len: u64,
+            /// The receiver's limit.
+            max: usize,
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,5 +308,58 @@ mod tests {
             let _ = decode::<Sample>(&bytes, 1024);
             let _ = decode::<Vec<String>>(&bytes, 1024);
         }
+    }
+
+    #[test]
+    fn varint_boundaries_round_trip_and_match_bincode() {
+        for v in [
+            0u64,
+            1,
+            250,
+            251,
+            0xffff,
+            0x1_0000,
+            0xffff_ffff,
+            0x1_0000_0000,
+            u64::MAX,
+        ] {
+            let mut out = Vec::new();
+            varint::put(&mut out, v);
+            assert_eq!(out.len(), varint::len(v), "{v}");
+            assert_eq!(out, encode(&v).unwrap(), "{v}");
+            assert_eq!(varint::get(&out), Ok(Some((v, out.len()))), "{v}");
+            for cut in 0..out.len() {
+                assert_eq!(varint::get(&out[..cut]), Ok(None), "{v} cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn varint_refuses_bad_markers_and_overlong_forms() {
+        assert_eq!(varint::get(&[0xfe]), Err(varint::VarintError::BadMarker));
+        assert_eq!(varint::get(&[0xff]), Err(varint::VarintError::BadMarker));
+        assert_eq!(
+            varint::get(&[0xfb, 5, 0]),
+            Err(varint::VarintError::Overlong)
+        );
+        assert_eq!(
+            varint::get(&[0xfc, 0xff, 0xff, 0, 0]),
+            Err(varint::VarintError::Overlong)
+        );
+    }
+
+    #[test]
+    fn frame_header_refuses_oversize_before_the_body() {
+        let mut buf = Vec::new();
+        varint::put(&mut buf, 10_000);
+        assert_eq!(
+            varint::frame_header(&buf, 10_002),
+            Err(varint::FrameError::TooLarge {
+                len: 10_003,
+                max: 10_002
+            })
+        );
+        assert_eq!(varint::frame_header(&buf, 10_003), Ok(Some((3, 10_003))));
+        assert_eq!(varint::frame_header(&buf[..2], 10), Ok(None));
     }
 }

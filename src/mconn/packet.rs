@@ -54,6 +54,8 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::codec::varint;
+
 /// Variant index of [`Packet::Ping`] on the wire.
 const PING: u8 = 0;
 /// Variant index of [`Packet::Pong`] on the wire.
@@ -61,16 +63,8 @@ const PONG: u8 = 1;
 /// Variant index of [`Packet::Msg`] on the wire.
 const MSG: u8 = 2;
 
-/// Largest value encoded in one varint byte (bincode's `SINGLE_BYTE_MAX`).
-const VARINT_SINGLE_MAX: u8 = 250;
-/// Varint marker: a little-endian `u16` follows.
-const VARINT_U16: u8 = 0xfb;
-/// Varint marker: a little-endian `u32` follows.
-const VARINT_U32: u8 = 0xfc;
-/// Varint marker: a little-endian `u64` follows.
-const VARINT_U64: u8 = 0xfd;
 /// Longest varint: marker + 8 bytes.
-pub const MAX_VARINT_LEN: usize = 9;
+pub const MAX_VARINT_LEN: usize = varint::MAX_LEN;
 
 /// One mconn packet, owned. The connection itself encodes and decodes through the borrowed
 /// fast path ([`encode_msg`], [`decode_framed`]); this type is for building and inspecting
@@ -196,20 +190,20 @@ pub fn max_packet_size(max_payload: usize) -> usize {
 /// Length of a framed `Msg` packet carrying `data_len` bytes.
 pub fn msg_framed_len(data_len: usize) -> usize {
     let body = msg_body_len(data_len);
-    varint_len(body as u64) + body
+    varint::len(body as u64) + body
 }
 
 fn msg_body_len(data_len: usize) -> usize {
-    3 + varint_len(data_len as u64) + data_len
+    3 + varint::len(data_len as u64) + data_len
 }
 
 /// Appends a framed `Msg` packet to `out`, copying `data` straight into it.
 pub fn encode_msg(channel: u8, eof: bool, data: &[u8], out: &mut Vec<u8>) {
     let body = msg_body_len(data.len());
-    out.reserve(varint_len(body as u64) + body);
-    put_varint(out, body as u64);
+    out.reserve(varint::len(body as u64) + body);
+    varint::put(out, body as u64);
     out.extend_from_slice(&[MSG, channel, u8::from(eof)]);
-    put_varint(out, data.len() as u64);
+    varint::put(out, data.len() as u64);
     out.extend_from_slice(data);
 }
 
@@ -239,29 +233,10 @@ pub fn framed_len(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, D
 
 /// `(prefix length, total length)` of the packet starting at `buf`, once the prefix is complete.
 fn frame_header(buf: &[u8], max_packet_size: usize) -> Result<Option<(usize, usize)>, DecodeError> {
-    let Some((body_len, prefix)) = get_varint(buf, "length prefix")? else {
-        return Ok(None);
-    };
-    let len = body_len.saturating_add(prefix as u64);
-    if len > max_packet_size as u64 {
-        return Err(DecodeError::TooLarge {
-            len,
-            max: max_packet_size,
-        });
-    }
-    // Fits in usize: bounded by max_packet_size.
-    Ok(Some((prefix, len as usize)))
-}
-
-/// How many bytes the varint starting with `first` takes, or `None` for an invalid marker.
-fn varint_len_from_marker(first: u8) -> Option<usize> {
-    match first {
-        0..=VARINT_SINGLE_MAX => Some(1),
-        VARINT_U16 => Some(3),
-        VARINT_U32 => Some(5),
-        VARINT_U64 => Some(9),
-        _ => None,
-    }
+    varint::frame_header(buf, max_packet_size).map_err(|e| match e {
+        varint::FrameError::TooLarge { len, max } => DecodeError::TooLarge { len, max },
+        varint::FrameError::Prefix(_) => DecodeError::Malformed("length prefix"),
+    })
 }
 
 /// Decodes a packet body (no length prefix): exactly one packet, nothing after it.
@@ -303,50 +278,10 @@ pub fn decode_body(body: &[u8]) -> Result<PacketRef<'_>, DecodeError> {
     }
 }
 
-fn varint_len(v: u64) -> usize {
-    if v <= u64::from(VARINT_SINGLE_MAX) {
-        1
-    } else if v <= u64::from(u16::MAX) {
-        3
-    } else if v <= u64::from(u32::MAX) {
-        5
-    } else {
-        9
-    }
-}
-
-fn put_varint(out: &mut Vec<u8>, v: u64) {
-    if v <= u64::from(VARINT_SINGLE_MAX) {
-        out.push(v as u8);
-    } else if v <= u64::from(u16::MAX) {
-        out.push(VARINT_U16);
-        out.extend_from_slice(&(v as u16).to_le_bytes());
-    } else if v <= u64::from(u32::MAX) {
-        out.push(VARINT_U32);
-        out.extend_from_slice(&(v as u32).to_le_bytes());
-    } else {
-        out.push(VARINT_U64);
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-}
-
-/// Reads a canonical varint from the start of `buf`: `Ok(None)` if `buf` ends inside it,
-/// `Ok(Some((value, bytes used)))`, or `Malformed(field)` for a bad marker or an overlong form.
+/// Reads a canonical varint from the start of `buf`; `Malformed(field)` for a bad marker or an
+/// overlong form.
 fn get_varint(buf: &[u8], field: &'static str) -> Result<Option<(u64, usize)>, DecodeError> {
-    let Some(&first) = buf.first() else {
-        return Ok(None);
-    };
-    let len = varint_len_from_marker(first).ok_or(DecodeError::Malformed(field))?;
-    let Some(bytes) = buf.get(1..len) else {
-        return Ok(None);
-    };
-    let mut le = [0u8; 8];
-    le[..bytes.len()].copy_from_slice(bytes);
-    let value = u64::from_le_bytes(le);
-    if len > 1 && varint_len(value) != len {
-        return Err(DecodeError::Malformed(field));
-    }
-    Ok(Some((if len == 1 { u64::from(first) } else { value }, len)))
+    varint::get(buf).map_err(|_| DecodeError::Malformed(field))
 }
 
 /// serde for the `data` field: a byte string (varint length + raw bytes in bincode), decoded
