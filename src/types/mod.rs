@@ -3,6 +3,7 @@
 mod net_address;
 mod node_info;
 mod peer_id;
+mod verify;
 
 pub use net_address::{
     DnsNameError, Host, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, NetAddress, NetAddressError,
@@ -12,6 +13,7 @@ pub use node_info::{
     P2P_PROTOCOL_VERSION, P2P_VERSION_NAME, VersionInfo,
 };
 pub use peer_id::{PEER_ID_LEN, PEER_ID_PREFIX, PeerId, PeerIdError};
+pub use verify::{PeerCheckError, verify_remote};
 
 use serde::{Deserialize, Serialize};
 

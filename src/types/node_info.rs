@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, DecodeError, EncodeError};
+use crate::codec::{self, DecodeError, EncodeError, varint};
 use crate::types::{NetAddress, PeerId};
 
 /// Largest encoded `NodeInfo` accepted, in bytes (TM2's `MaxNodeInfoSize`, `types/node_info.go`).
@@ -227,6 +227,41 @@ impl NodeInfo {
         codec::encode(self)
     }
 
+    /// Encodes for the NodeInfo exchange: `varint(len) body` (docs/PROTOCOL.md 2.1).
+    pub fn encode_framed(&self) -> Result<Vec<u8>, EncodeError> {
+        let body = self.encode()?;
+        let mut out = Vec::with_capacity(varint::MAX_LEN + body.len());
+        varint::put(&mut out, body.len() as u64);
+        out.extend_from_slice(&body);
+        Ok(out)
+    }
+
+    /// Reads the length prefix of a framed NodeInfo at the start of `buf`: `Ok(None)` until the
+    /// prefix is complete, then `(prefix length, body length)`. A body over
+    /// [`MAX_NODE_INFO_SIZE`] is refused here, before a byte of it is read.
+    pub fn frame_header(buf: &[u8]) -> Result<Option<(usize, usize)>, NodeInfoError> {
+        let max = varint::MAX_LEN + MAX_NODE_INFO_SIZE;
+        match varint::frame_header(buf, max) {
+            Ok(Some((prefix, total))) if total - prefix <= MAX_NODE_INFO_SIZE => {
+                Ok(Some((prefix, total - prefix)))
+            }
+            Ok(Some((prefix, total))) => Err(NodeInfoError::Decode(DecodeError::TooLarge {
+                len: total - prefix,
+                max: MAX_NODE_INFO_SIZE,
+            })),
+            Ok(None) => Ok(None),
+            Err(varint::FrameError::TooLarge { len, .. }) => {
+                Err(NodeInfoError::Decode(DecodeError::TooLarge {
+                    len: usize::try_from(len).unwrap_or(usize::MAX),
+                    max: MAX_NODE_INFO_SIZE,
+                }))
+            }
+            Err(varint::FrameError::Prefix(e)) => Err(NodeInfoError::Decode(
+                DecodeError::Malformed(format!("NodeInfo length prefix: {e}")),
+            )),
+        }
+    }
+
     /// Decodes bytes from a peer, refusing more than [`MAX_NODE_INFO_SIZE`] before reading
     /// anything. Does not [`validate`](Self::validate).
     pub fn decode(bytes: &[u8]) -> Result<Self, NodeInfoError> {
@@ -418,6 +453,38 @@ mod tests {
     use super::*;
     use crate::types::net_address::tests::arb_net_address;
     use proptest::prelude::*;
+
+    #[test]
+    fn framed_round_trip_and_header() {
+        let i = info();
+        let framed = i.encode_framed().unwrap();
+        let (prefix, body) = NodeInfo::frame_header(&framed).unwrap().unwrap();
+        assert_eq!(prefix + body, framed.len());
+        assert_eq!(NodeInfo::decode(&framed[prefix..]).unwrap(), i);
+        assert_eq!(NodeInfo::frame_header(&[]).unwrap(), None);
+        assert_eq!(NodeInfo::frame_header(&[0xfb, 0x01]).unwrap(), None);
+    }
+
+    #[test]
+    fn oversize_frame_is_refused_from_its_prefix() {
+        let mut buf = Vec::new();
+        varint::put(&mut buf, MAX_NODE_INFO_SIZE as u64 + 1);
+        let err = NodeInfo::frame_header(&buf).unwrap_err();
+        assert!(
+            matches!(err, NodeInfoError::Decode(DecodeError::TooLarge { .. })),
+            "{err:?}"
+        );
+        let mut buf = Vec::new();
+        varint::put(&mut buf, u64::MAX);
+        assert!(NodeInfo::frame_header(&buf).is_err());
+        assert!(NodeInfo::frame_header(&[0xff]).is_err());
+        let mut buf = Vec::new();
+        varint::put(&mut buf, MAX_NODE_INFO_SIZE as u64);
+        assert_eq!(
+            NodeInfo::frame_header(&buf).unwrap(),
+            Some((3, MAX_NODE_INFO_SIZE))
+        );
+    }
 
     #[test]
     fn bad_peer_bytes_are_the_peers_fault() {
