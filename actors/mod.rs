@@ -4,3 +4,4 @@
 
 pub mod clock;
 pub mod secret_stream;
+pub mod transport;

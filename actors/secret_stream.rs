@@ -117,6 +117,17 @@ impl SecretStream {
         PeerId::from_public_key(&self.remote_public_key)
     }
 
+    /// Both halves, borrowed at once (to write and read concurrently before splitting, as the
+    /// NodeInfo exchange does).
+    pub fn halves_mut(
+        &mut self,
+    ) -> (
+        &mut SecretReader<OwnedReadHalf>,
+        &mut SecretWriter<OwnedWriteHalf>,
+    ) {
+        (&mut self.reader, &mut self.writer)
+    }
+
     /// Splits into halves that can be moved to separate tasks.
     pub fn into_split(self) -> (SecretReader<OwnedReadHalf>, SecretWriter<OwnedWriteHalf>) {
         (self.reader, self.writer)

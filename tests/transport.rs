@@ -1,0 +1,266 @@
+//! Connection upgrade over loopback TCP: secret handshake, NodeInfo exchange and the checks
+//! that follow, with honest and hostile peers.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::time::Duration;
+
+use tm2_p2p::actors::secret_stream::SecretStream;
+use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, dial, upgrade};
+use tm2_p2p::codec::varint;
+use tm2_p2p::types::{Direction, NodeInfoError, PeerCheckError};
+use tm2_p2p::{NetAddress, NodeInfo, NodeKey, PeerId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn node_info(id: PeerId, port: u16, network: &str) -> NodeInfo {
+    let addr: NetAddress = format!("{id}@127.0.0.1:{port}").parse().unwrap();
+    NodeInfo::new(addr, network, vec![0x40, 0x50])
+}
+
+struct Listening {
+    listener: TcpListener,
+    key: NodeKey,
+    info: NodeInfo,
+}
+
+impl Listening {
+    async fn new(network: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let key = NodeKey::generate().unwrap();
+        let info = node_info(key.id(), listener.local_addr().unwrap().port(), network);
+        Self {
+            listener,
+            key,
+            info,
+        }
+    }
+
+    fn address(&self) -> NetAddress {
+        self.info.net_address.clone()
+    }
+
+    /// Accepts one connection and upgrades it, in the background.
+    fn accept_one(self) -> tokio::task::JoinHandle<Result<Upgraded, TransportError>> {
+        tokio::spawn(async move {
+            let (tcp, _) = self.listener.accept().await.unwrap();
+            upgrade(tcp, &self.key, &self.info, None, TIMEOUT).await
+        })
+    }
+}
+
+fn dialer(network: &str) -> (NodeKey, NodeInfo) {
+    let key = NodeKey::generate().unwrap();
+    let info = node_info(key.id(), 1, network);
+    (key, info)
+}
+
+#[tokio::test]
+async fn dial_and_accept_produce_verified_connections() {
+    let server = Listening::new("net").await;
+    let (addr, server_id) = (server.address(), server.key.id());
+    let accepted = server.accept_one();
+    let (key, info) = dialer("net");
+    let out = dial(&addr, &key, &info, TIMEOUT, TIMEOUT).await.unwrap();
+    let inb = accepted.await.unwrap().unwrap();
+    assert_eq!(out.id(), server_id);
+    assert_eq!(out.direction, Direction::Outbound);
+    assert_eq!(out.node_info.id(), server_id);
+    assert_eq!(inb.id(), key.id());
+    assert_eq!(inb.direction, Direction::Inbound);
+    assert_eq!(inb.node_info, info);
+}
+
+#[tokio::test]
+async fn a_peer_on_another_network_is_rejected_by_both_sides() {
+    let server = Listening::new("net-a").await;
+    let addr = server.address();
+    let accepted = server.accept_one();
+    let (key, info) = dialer("net-b");
+    let err = dial(&addr, &key, &info, TIMEOUT, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Rejected(PeerCheckError::Incompatible(_))
+        ),
+        "{err:?}"
+    );
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Rejected(PeerCheckError::Incompatible(_))
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_peer_fault());
+}
+
+#[tokio::test]
+async fn dialing_a_real_address_with_the_wrong_id_fails_with_id_mismatch() {
+    let server = Listening::new("net").await;
+    let real = server.address();
+    let _accepted = server.accept_one();
+    let wrong_id = NodeKey::generate().unwrap().id();
+    let addr = NetAddress::new(wrong_id, real.host().clone(), real.port()).unwrap();
+    let (key, info) = dialer("net");
+    let err = dial(&addr, &key, &info, TIMEOUT, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, TransportError::Rejected(PeerCheckError::DialedIdMismatch { dialed, .. }) if dialed == wrong_id),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn dialing_ourselves_is_refused() {
+    let server = Listening::new("net").await;
+    let addr = server.address();
+    let (key, info) = (server.key.clone(), server.info.clone());
+    let accepted = server.accept_one();
+    let err = dial(&addr, &key, &info, TIMEOUT, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Rejected(PeerCheckError::SelfConnection)
+        ),
+        "{err:?}"
+    );
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Rejected(PeerCheckError::SelfConnection)
+        ),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_node_info_claiming_another_id_is_refused() {
+    let server = Listening::new("net").await;
+    let addr = server.address();
+    let accepted = server.accept_one();
+    let key = NodeKey::generate().unwrap();
+    let impostor = node_info(NodeKey::generate().unwrap().id(), 1, "net");
+    let _ = dial(&addr, &key, &impostor, TIMEOUT, TIMEOUT).await;
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, TransportError::Rejected(PeerCheckError::IdMismatch { authenticated, .. }) if authenticated == key.id()),
+        "{err:?}"
+    );
+    assert!(err.is_peer_fault());
+}
+
+/// A peer that completes the secret handshake, then sends `bytes` instead of a NodeInfo.
+async fn raw_peer_sending(bytes: Vec<u8>) -> TransportError {
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let accepted = server.accept_one();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let stream = SecretStream::upgrade(tcp, &key, TIMEOUT).await.unwrap();
+    let (r, mut w) = stream.into_split();
+    w.write_all(&bytes).await.unwrap();
+    w.flush().await.unwrap();
+    let err = accepted.await.unwrap().unwrap_err();
+    // The connection stays open until the server has decided.
+    drop((r, w));
+    err
+}
+
+#[tokio::test]
+async fn an_oversize_node_info_prefix_is_refused_before_the_body() {
+    let mut bytes = Vec::new();
+    varint::put(&mut bytes, 10_241);
+    let err = raw_peer_sending(bytes).await;
+    assert!(
+        matches!(
+            err,
+            TransportError::NodeInfo(NodeInfoError::Decode(
+                tm2_p2p::codec::DecodeError::TooLarge { .. }
+            ))
+        ),
+        "{err:?}"
+    );
+    assert!(err.is_peer_fault());
+}
+
+#[tokio::test]
+async fn garbage_instead_of_node_info_is_a_decode_error() {
+    let mut bytes = Vec::new();
+    varint::put(&mut bytes, 16);
+    bytes.extend_from_slice(&[0xff; 16]);
+    let err = raw_peer_sending(bytes).await;
+    assert!(matches!(err, TransportError::NodeInfo(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_peer_silent_after_the_handshake_times_out_in_the_exchange() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let key = NodeKey::generate().unwrap();
+    let info = node_info(key.id(), addr.port(), "net");
+    let accepted = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        upgrade(tcp, &key, &info, None, Duration::from_millis(300)).await
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let peer_key = NodeKey::generate().unwrap();
+    let stream = SecretStream::upgrade(tcp, &peer_key, TIMEOUT)
+        .await
+        .unwrap();
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            TransportError::Timeout {
+                stage: Stage::NodeInfoExchange,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    drop(stream);
+}
+
+#[tokio::test]
+async fn bytes_sent_right_after_the_node_info_are_kept() {
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let accepted = server.accept_one();
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let stream = SecretStream::upgrade(tcp, &key, TIMEOUT).await.unwrap();
+    let (mut r, mut w) = stream.into_split();
+    // NodeInfo and the first application bytes in one write, as an eager peer would.
+    let mut bytes = node_info(key.id(), 1, "net").encode_framed().unwrap();
+    bytes.extend_from_slice(b"first packet");
+    w.write_all(&bytes).await.unwrap();
+    w.flush().await.unwrap();
+    let up = accepted.await.unwrap().unwrap();
+    let (mut reader, _writer) = up.stream.into_split();
+    let mut got = [0u8; 12];
+    reader.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"first packet");
+    let mut their_info = vec![0u8; 1];
+    r.read_exact(&mut their_info).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_dns_address_must_be_resolved_before_dialing() {
+    let id = NodeKey::generate().unwrap().id();
+    let addr: NetAddress = format!("{id}@localhost:1").parse().unwrap();
+    let (key, info) = dialer("net");
+    let err = dial(&addr, &key, &info, TIMEOUT, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, TransportError::Unresolved(_)), "{err:?}");
+}
