@@ -9,21 +9,269 @@
 //! 3. [`verify_remote`]: valid NodeInfo, authenticated key = claimed id, not ourselves, the
 //!    dialed id, compatible.
 //!
-//! The listener and the bounds on handshakes in progress live in the Transport actor; the
-//! functions here are what it runs for each socket.
+//! The [`Transport`] actor owns the listener. Every accepted socket first takes a handshake
+//! slot ([`HandshakeSlots`]: bounded in total and per remote IP); without one it is closed at
+//! once (TM2 starts an unbounded number of handshakes). Upgraded connections go to the
+//! `inbound` recipient (the Switch) with backpressure: the slot is held until the Switch took
+//! the connection. Failures go to the `rejected` recipient as [`InboundRejected`]. An accept
+//! error never stops accepting (TM2's loop ends for good on the first one); repeated errors
+//! back off up to a second so a full file table does not spin a core. Dials
+//! ([`Dial`]) run concurrently, each under the dial and handshake timeouts.
+//!
+//! | message | from | reply |
+//! | --- | --- | --- |
+//! | [`Dial`] | Dialer / Switch | `Result<Upgraded, TransportError>` |
+//! | [`InboundConnection`] (sent) | to the Switch | `()` |
+//! | [`InboundRejected`] (sent) | to the Switch | `()` |
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
+use actix::prelude::*;
+use slog::{Logger, debug, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::actors::secret_stream::{SecretStream, SecretStreamError};
 use crate::codec::varint;
 use crate::key::NodeKey;
+use crate::peers::{HandshakeSlots, SlotRefused};
 use crate::types::verify_remote;
 use crate::types::{Direction, NetAddress, NodeInfo, NodeInfoError, PeerCheckError, PeerId};
+
+/// Settings of the [`Transport`] actor (from [`crate::P2pConfig`]).
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Timeout of each upgrade stage (secret handshake, NodeInfo exchange). Default 3 s.
+    pub handshake_timeout: Duration,
+    /// Timeout of a dial's TCP connect. Default 3 s.
+    pub dial_timeout: Duration,
+    /// Inbound handshakes in progress at most. Default 64.
+    pub max_handshakes_in_progress: usize,
+    /// Inbound handshakes in progress from one IP at most. Default 8.
+    pub max_handshakes_per_ip: usize,
+}
+
+impl From<&crate::P2pConfig> for TransportConfig {
+    fn from(c: &crate::P2pConfig) -> Self {
+        Self {
+            handshake_timeout: c.handshake_timeout,
+            dial_timeout: c.dial_timeout,
+            max_handshakes_in_progress: c.max_handshakes_in_progress,
+            max_handshakes_per_ip: c.max_handshakes_per_ip,
+        }
+    }
+}
+
+/// The listener actor: accepts, bounds and upgrades inbound connections, and dials.
+pub struct Transport {
+    /// Our identity, shared with every upgrade in flight.
+    key: NodeKey,
+    /// Our NodeInfo (its listen address carries the bound port), shared likewise.
+    info: Arc<NodeInfo>,
+    /// Timeouts and limits.
+    config: TransportConfig,
+    /// The listener until `started` moves it into the accept task.
+    listener: Option<TcpListener>,
+    /// Inbound handshakes in progress.
+    slots: HandshakeSlots,
+    /// Where verified inbound connections go (the Switch).
+    inbound: Recipient<InboundConnection>,
+    /// Where refused inbound connections are reported (the Switch, which publishes them).
+    rejected: Recipient<InboundRejected>,
+    /// Rejection reports dropped because `rejected` was full (counted, never queued).
+    dropped_reports: u64,
+    /// Log of this node.
+    log: Logger,
+}
+
+impl Transport {
+    /// A transport accepting on `listener` (bound by the caller, so bind errors surface before
+    /// anything starts).
+    pub fn new(
+        listener: TcpListener,
+        key: NodeKey,
+        info: NodeInfo,
+        config: TransportConfig,
+        inbound: Recipient<InboundConnection>,
+        rejected: Recipient<InboundRejected>,
+        log: Logger,
+    ) -> Self {
+        let slots = HandshakeSlots::new(
+            config.max_handshakes_in_progress,
+            config.max_handshakes_per_ip,
+        );
+        Self {
+            key,
+            info: Arc::new(info),
+            config,
+            listener: Some(listener),
+            slots,
+            inbound,
+            rejected,
+            dropped_reports: 0,
+            log,
+        }
+    }
+
+    /// Reports a refused inbound connection without ever waiting or queueing.
+    fn report(&mut self, remote: SocketAddr, reason: InboundRejectReason) {
+        debug!(self.log, "inbound connection refused"; "remote" => %remote, "reason" => %reason);
+        if self
+            .rejected
+            .try_send(InboundRejected { remote, reason })
+            .is_err()
+        {
+            self.dropped_reports += 1;
+        }
+    }
+}
+
+impl Actor for Transport {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(listener) = self.listener.take() else {
+            return;
+        };
+        let me = ctx.address();
+        let log = self.log.clone();
+        // The accept loop lives in the actor's context: it ends (and the port is released)
+        // when the actor stops.
+        ctx.spawn(accept_loop(listener, me, log).into_actor(self));
+    }
+}
+
+/// Accepts until the actor is gone. Errors (a full file table, a connection reset before
+/// accept) are logged and retried after a pause that doubles up to one second.
+async fn accept_loop(listener: TcpListener, me: Addr<Transport>, log: Logger) {
+    let mut pause = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok((tcp, remote)) => {
+                pause = Duration::from_millis(5);
+                if me.send(Accepted { tcp, remote }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                warn!(log, "accept failed; still accepting"; "error" => %e, "retry_in" => ?pause);
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+/// A socket the accept loop took (internal).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Accepted {
+    /// The accepted socket.
+    tcp: TcpStream,
+    /// Its remote address.
+    remote: SocketAddr,
+}
+
+impl Handler<Accepted> for Transport {
+    type Result = ();
+
+    fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
+        let Accepted { tcp, remote } = msg;
+        if let Err(refused) = self.slots.try_acquire(remote.ip()) {
+            drop(tcp); // Closed at once: no handshake, no buffers.
+            self.report(remote, InboundRejectReason::NoHandshakeSlot(refused));
+            return;
+        }
+        let (key, info) = (self.key.clone(), self.info.clone());
+        let (timeout, inbound) = (self.config.handshake_timeout, self.inbound.clone());
+        let work = async move {
+            let up = upgrade(tcp, &key, &info, None, timeout).await?;
+            // Held in the slot until the Switch takes it: backpressure, not a queue.
+            inbound
+                .send(InboundConnection(up))
+                .await
+                .map_err(|_| TransportError::Io(io::Error::other("switch is gone")))
+        };
+        ctx.spawn(work.into_actor(self).map(move |result, act, _| {
+            act.slots.release(remote.ip());
+            if let Err(e) = result {
+                act.report(remote, InboundRejectReason::Upgrade(Arc::new(e)));
+            }
+        }));
+    }
+}
+
+/// Dials `addr` and upgrades the connection (TCP connect under the dial timeout, each upgrade
+/// stage under the handshake timeout). Dials run concurrently.
+#[derive(Message)]
+#[rtype(result = "Result<Upgraded, TransportError>")]
+pub struct Dial {
+    /// Where to dial; must hold an IP (resolve names first).
+    pub addr: NetAddress,
+}
+
+impl Handler<Dial> for Transport {
+    type Result = ResponseFuture<Result<Upgraded, TransportError>>;
+
+    fn handle(&mut self, msg: Dial, _: &mut Self::Context) -> Self::Result {
+        let (key, info, config) = (self.key.clone(), self.info.clone(), self.config.clone());
+        Box::pin(async move {
+            dial(
+                &msg.addr,
+                &key,
+                &info,
+                config.dial_timeout,
+                config.handshake_timeout,
+            )
+            .await
+        })
+    }
+}
+
+/// Stops the transport: no more accepts, the listener is closed (its port free to bind again)
+/// and upgrades in progress are dropped, closing their sockets. Dials already answered are
+/// unaffected.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for Transport {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+/// A verified inbound connection, sent to the Switch.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct InboundConnection(pub Upgraded);
+
+/// An inbound connection that did not become a peer, sent to the Switch (which publishes it as
+/// `SwitchEvent::InboundRejected`).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct InboundRejected {
+    /// The remote socket address.
+    pub remote: SocketAddr,
+    /// Why.
+    pub reason: InboundRejectReason,
+}
+
+/// Why an inbound connection was refused by the transport.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InboundRejectReason {
+    /// Too many handshakes in progress (in total or from this IP); closed without one.
+    #[error("no handshake slot: {0}")]
+    NoHandshakeSlot(SlotRefused),
+    /// The upgrade failed (handshake, NodeInfo, checks, timeout).
+    #[error("upgrade failed: {0}")]
+    Upgrade(Arc<TransportError>),
+}
 
 /// A connection that passed every check: encrypted, authenticated, compatible.
 #[derive(Debug)]

@@ -49,6 +49,7 @@ pub mod config;
 pub mod flowrate;
 pub mod key;
 pub mod mconn;
+pub mod peers;
 pub mod secret;
 pub mod types;
 

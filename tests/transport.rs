@@ -264,3 +264,206 @@ async fn a_dns_address_must_be_resolved_before_dialing() {
         .unwrap_err();
     assert!(matches!(err, TransportError::Unresolved(_)), "{err:?}");
 }
+
+mod actor {
+    use std::net::{IpAddr, SocketAddr};
+
+    use actix::prelude::*;
+    use tm2_p2p::actors::transport::{
+        Dial, InboundConnection, InboundRejectReason, InboundRejected, Stop, Transport,
+        TransportConfig,
+    };
+    use tokio::net::TcpSocket;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    /// Stands in for the Switch: forwards what the transport sends into bounded channels.
+    struct Collector {
+        inbound: mpsc::Sender<Upgraded>,
+        rejected: mpsc::Sender<InboundRejected>,
+    }
+
+    impl Actor for Collector {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<InboundConnection> for Collector {
+        type Result = ResponseFuture<()>;
+        fn handle(&mut self, msg: InboundConnection, _: &mut Self::Context) -> Self::Result {
+            let tx = self.inbound.clone();
+            Box::pin(async move {
+                let _ = tx.send(msg.0).await;
+            })
+        }
+    }
+
+    impl Handler<InboundRejected> for Collector {
+        type Result = ();
+        fn handle(&mut self, msg: InboundRejected, _: &mut Self::Context) {
+            let _ = self.rejected.try_send(msg);
+        }
+    }
+
+    struct Running {
+        addr: Addr<Transport>,
+        net: NetAddress,
+        inbound: mpsc::Receiver<Upgraded>,
+        rejected: mpsc::Receiver<InboundRejected>,
+    }
+
+    async fn start(config: TransportConfig) -> Running {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let key = NodeKey::generate().unwrap();
+        let info = node_info(key.id(), listener.local_addr().unwrap().port(), "net");
+        let net = info.net_address.clone();
+        let (in_tx, inbound) = mpsc::channel(64);
+        let (rej_tx, rejected) = mpsc::channel(1024);
+        let collector = Collector {
+            inbound: in_tx,
+            rejected: rej_tx,
+        }
+        .start();
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let addr = Transport::new(
+            listener,
+            key,
+            info,
+            config,
+            collector.clone().recipient(),
+            collector.recipient(),
+            log,
+        )
+        .start();
+        Running {
+            addr,
+            net,
+            inbound,
+            rejected,
+        }
+    }
+
+    fn config(handshake_timeout: Duration) -> TransportConfig {
+        TransportConfig {
+            handshake_timeout,
+            dial_timeout: TIMEOUT,
+            max_handshakes_in_progress: 64,
+            max_handshakes_per_ip: 8,
+        }
+    }
+
+    async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket
+            .bind(SocketAddr::new(IpAddr::from(source), 0))
+            .unwrap();
+        socket.connect(to).await.unwrap()
+    }
+
+    /// Waits for the server to close `tcp` (EOF or reset), within `within`.
+    async fn closed_within(mut tcp: TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 64];
+        tokio::time::timeout(within, async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
+    #[actix::test]
+    async fn accepted_connections_reach_the_switch_and_dials_work() {
+        let mut a = start(config(TIMEOUT)).await;
+        let b = start(config(TIMEOUT)).await;
+        let up = b
+            .addr
+            .send(Dial {
+                addr: a.net.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.id(), a.net.id());
+        let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(inbound.id(), b.net.id());
+        assert_eq!(inbound.direction, Direction::Inbound);
+        assert!(a.rejected.try_recv().is_err());
+    }
+
+    #[actix::test]
+    async fn a_flood_of_silent_sockets_is_bounded_closed_and_does_not_block_real_peers() {
+        const FLOOD: usize = 200;
+        let handshake_timeout = Duration::from_millis(800);
+        let mut a = start(config(handshake_timeout)).await;
+        let target = a.net.socket_addr().unwrap();
+        // 200 connections from 127.0.0.2 that never say a word.
+        let mut silent = Vec::with_capacity(FLOOD);
+        for _ in 0..FLOOD {
+            silent.push(connect_from([127, 0, 0, 2], target).await);
+        }
+        // A real node, from another loopback address, still gets in.
+        let b = start(config(TIMEOUT)).await;
+        let up = b
+            .addr
+            .send(Dial {
+                addr: a.net.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.id(), a.net.id());
+        let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(inbound.id(), b.net.id());
+        // Every silent socket is closed: 192 at once (no slot), 8 at the handshake timeout.
+        let mut closed = 0;
+        for tcp in silent {
+            if closed_within(tcp, handshake_timeout + TIMEOUT).await {
+                closed += 1;
+            }
+        }
+        assert_eq!(closed, FLOOD);
+        let (mut no_slot, mut timed_out) = (0, 0);
+        while let Ok(r) = a.rejected.try_recv() {
+            assert_eq!(r.remote.ip(), IpAddr::from([127, 0, 0, 2]));
+            match r.reason {
+                InboundRejectReason::NoHandshakeSlot(_) => no_slot += 1,
+                InboundRejectReason::Upgrade(e) => {
+                    assert!(
+                        matches!(*e, TransportError::Timeout { .. } | TransportError::Io(_)),
+                        "{e:?}"
+                    );
+                    timed_out += 1;
+                }
+            }
+        }
+        assert_eq!(no_slot, FLOOD - 8, "only 8 handshakes per IP at once");
+        assert_eq!(timed_out, 8);
+    }
+
+    #[actix::test]
+    async fn stopping_the_transport_releases_the_port() {
+        let a = start(config(TIMEOUT)).await;
+        let socket = a.net.socket_addr().unwrap();
+        a.addr.send(Stop).await.unwrap();
+        // Bind again: succeeds once the accept loop is gone.
+        let mut bound = None;
+        for _ in 0..100 {
+            if let Ok(l) = TcpListener::bind(socket).await {
+                bound = Some(l);
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(bound.is_some(), "port {socket} still taken");
+    }
+}

@@ -1,0 +1,5 @@
+//! Peers: admission decisions.
+
+mod handshakes;
+
+pub use handshakes::{HandshakeSlots, SlotRefused};
