@@ -50,6 +50,7 @@ pub mod dial;
 pub mod flowrate;
 pub mod key;
 pub mod mconn;
+pub mod peers;
 pub mod secret;
 pub mod types;
 
