@@ -46,6 +46,7 @@
 
 pub mod codec;
 pub mod config;
+pub mod dial;
 pub mod flowrate;
 pub mod key;
 pub mod mconn;
