@@ -86,11 +86,14 @@ pub struct P2pConfig {
     /// TM2's `private_peer_ids`.
     #[serde(deserialize_with = "private_peer_ids", serialize_with = "display_list")]
     pub private_peer_ids: Vec<PeerId>,
-    /// The most inbound peers connected at once; 0 accepts none. Default: 40, as TM2's
+    /// The most inbound peers connected at once, not counting persistent peers (which always
+    /// get in and take no slot); 0 accepts only persistent peers. Default: 40, as TM2's
     /// `max_num_inbound_peers`.
     pub max_num_inbound_peers: usize,
-    /// The most outbound peers connected at once; 0 dials none. Default: 10, as TM2's
-    /// `max_num_outbound_peers`.
+    /// The most outbound peers connected at once, not counting persistent peers (dialed
+    /// whatever the limit: the operator asked for them); 0 dials only persistent peers.
+    /// Default: 10, as TM2's `max_num_outbound_peers`, whose comment says it excludes
+    /// persistent peers while TM2's code counts them.
     pub max_num_outbound_peers: usize,
     /// Whether non-routable addresses (loopback, RFC 1918 private ranges, link-local, ...) may
     /// be shared and accepted by peer exchange. Set it for a local network whose nodes share
