@@ -1,5 +1,5 @@
 //! [`PeerConn`]: one verified connection to a peer, driving the sans-IO
-//! [`MConnection`](crate::mconn::MConnection) core over a [`SecretStream`].
+//! [`MConnection`] core over a [`SecretStream`].
 //!
 //! Protocol rules (scheduling, packets, limits, keep-alive) live in [`crate::mconn`]; this file
 //! only moves bytes and wakes tasks, following the driver protocol in the `mconn` module docs.
