@@ -1,0 +1,658 @@
+//! [`PeerConn`]: one verified connection to a peer, driving the sans-IO
+//! [`MConnection`] core over a [`SecretStream`].
+//!
+//! Protocol rules (scheduling, packets, limits, keep-alive) live in [`crate::mconn`]; this file
+//! only moves bytes and wakes tasks, following the driver protocol in the `mconn` module docs.
+//!
+//! ## Threads and ownership
+//!
+//! No packet goes through an actor mailbox. Two tokio tasks do the I/O, on the runtime given
+//! to [`PeerConn::start`] (a multi-thread runtime lets sealing and opening of many peers use
+//! all cores; by default, the caller's runtime):
+//!
+//! - the **writer task** owns the write half. The [`MConnSender`] (queues, scheduler, timers)
+//!   sits behind a `std::sync::Mutex` shared with every [`PeerHandle`]; the lock is held for
+//!   one `try_send` or one `poll_transmit` into the writer's own buffer, never across an
+//!   `await`. A [`Notify`] wakes the writer when a message is queued; it otherwise sleeps
+//!   until the core's `poll_timeout`. Another `Notify` wakes senders waiting for room.
+//! - the **reader task** owns the read half and the [`MConnReceiver`]; it relays pings and
+//!   pongs to the sender under the same lock and delivers whole messages to the channel's
+//!   reactor as [`Receive`]. Delivery is bounded per channel: messages are pushed into the
+//!   reactor's mailbox and every [`ACK_EVERY_MESSAGES`] messages (or [`ACK_EVERY_BYTES`]
+//!   bytes) one of them is sent with an answer; with [`MAX_ACKS`] answers outstanding the
+//!   reader waits for the oldest, so a slow reactor makes reads from this peer wait.
+//!
+//! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
+//! supervisor's recipient.
+//!
+//! ## Messages
+//!
+//! | receives | from | answer |
+//! | --- | --- | --- |
+//! | [`SendMessage`] | Switch, reactors | `true` once queued, `false` after `send_timeout` |
+//! | [`TrySendMessage`] | Switch, reactors | `true` if queued now |
+//! | [`Stop`] | Switch | — |
+//!
+//! It sends [`Receive`] to reactors and, exactly once when it ends, [`PeerStopped`] to its
+//! supervisor, after both tasks have ended (so no `Receive` from this connection follows it).
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use actix::dev::RecipientRequest;
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::future::Either;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::runtime::Handle;
+use tokio::sync::Notify;
+use tokio::task::{AbortHandle, JoinHandle};
+
+use super::clock;
+use super::reactor::{DisconnectReason, Receive};
+use super::secret_stream::SecretStream;
+use crate::config::P2pConfig;
+use crate::mconn::{
+    ChannelDescriptor, Event, MConnConfig, MConnConfigError, MConnReceiver, MConnSender,
+    MConnection, TrySendError,
+};
+use crate::types::PeerId;
+
+/// A delivery with an answer is requested after this many messages to one channel's reactor.
+pub const ACK_EVERY_MESSAGES: usize = 64;
+
+/// A delivery with an answer is requested after this many payload bytes to one channel's
+/// reactor (whichever of this and [`ACK_EVERY_MESSAGES`] comes first).
+pub const ACK_EVERY_BYTES: usize = 256 * 1024;
+
+/// Answered deliveries outstanding per channel before the reader waits for the oldest. A
+/// reactor's mailbox thus holds at most about `(MAX_ACKS + 1) ×` [`ACK_EVERY_MESSAGES`]
+/// messages, and `(MAX_ACKS + 1) × (`[`ACK_EVERY_BYTES`]` + recv_message_capacity)` bytes,
+/// per peer and channel. Two let the reactor work on one group while the next is delivered.
+pub const MAX_ACKS: usize = 2;
+
+/// Bytes the reader asks for per `read` (the secret stream yields at most one 1024-byte frame
+/// per call; other streams may yield more).
+const READ_CHUNK: usize = 4096;
+
+/// What a [`PeerConn`] needs besides the stream and channels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConnConfig {
+    /// The multiplexed connection's settings (payload size, keep-alive, flush, rates).
+    pub mconn: MConnConfig,
+    /// How long [`PeerHandle::send`] and [`SendMessage`] wait for room in a full channel
+    /// queue before answering false. Default 10 s (TM2's `defaultSendTimeout`).
+    pub send_timeout: Duration,
+}
+
+impl Default for PeerConnConfig {
+    fn default() -> Self {
+        Self {
+            mconn: MConnConfig::default(),
+            send_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl From<&P2pConfig> for PeerConnConfig {
+    fn from(c: &P2pConfig) -> Self {
+        Self {
+            mconn: MConnConfig {
+                max_packet_msg_payload_size: c.max_packet_msg_payload_size,
+                ping_interval: c.ping_interval,
+                pong_timeout: c.pong_timeout,
+                flush_throttle: c.flush_throttle_timeout,
+                send_rate: c.send_rate,
+                recv_rate: c.recv_rate,
+            },
+            send_timeout: c.send_timeout,
+        }
+    }
+}
+
+/// The actor of one peer connection. Created with [`PeerConn::start`]; see the module docs.
+pub struct PeerConn {
+    /// The state shared with the tasks and every [`PeerHandle`]; also answers the send
+    /// messages.
+    handle: PeerHandle,
+    /// Told once, in `stopping`, why the connection ended.
+    supervisor: Recipient<PeerStopped>,
+    /// The reader and writer tasks; aborted on [`Stop`] and when the actor goes away.
+    tasks: [AbortOnDrop; 2],
+    /// Set by the watcher future once both tasks have ended; only then is the end reported.
+    tasks_done: bool,
+    /// Set when [`PeerStopped`] has been sent, so it is sent once.
+    reported: bool,
+}
+
+impl PeerConn {
+    /// Starts the connection over an upgraded stream: its peer id is the authenticated one.
+    /// See [`start_split`](Self::start_split).
+    pub fn start(
+        stream: SecretStream,
+        config: PeerConnConfig,
+        channels: Vec<(ChannelDescriptor, Recipient<Receive>)>,
+        supervisor: Recipient<PeerStopped>,
+        io: Option<Handle>,
+    ) -> Result<(Addr<Self>, PeerHandle), MConnConfigError> {
+        let peer = stream.remote_id();
+        let (reader, writer) = stream.into_split();
+        Self::start_split(reader, writer, peer, config, channels, supervisor, io)
+    }
+
+    /// Starts the connection over any pair of stream halves (the secret stream's, after the
+    /// NodeInfo exchange). `channels` pairs each channel with the reactor its messages go to;
+    /// the descriptor order is the scheduler's tie-break. The reader and writer tasks run on
+    /// `io`, or on the current runtime when `None`.
+    ///
+    /// Fails, before any task starts, when the config or the channel set is invalid.
+    ///
+    /// # Panics
+    ///
+    /// Outside an actix system (like any actor creation).
+    pub fn start_split<R, W>(
+        reader: R,
+        writer: W,
+        peer: PeerId,
+        config: PeerConnConfig,
+        channels: Vec<(ChannelDescriptor, Recipient<Receive>)>,
+        supervisor: Recipient<PeerStopped>,
+        io: Option<Handle>,
+    ) -> Result<(Addr<Self>, PeerHandle), MConnConfigError>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let descriptors: Vec<ChannelDescriptor> = channels.iter().map(|(d, _)| *d).collect();
+        let (sender, receiver) =
+            MConnection::new(&config.mconn, &descriptors, clock::now())?.into_split();
+        let shared = Arc::new(Shared {
+            peer,
+            send_timeout: config.send_timeout,
+            state: Mutex::new(SendState {
+                sender,
+                reason: None,
+            }),
+            closed: AtomicBool::new(false),
+            writer_wake: Notify::new(),
+            room: Notify::new(),
+        });
+        let links = channels
+            .into_iter()
+            .map(|(d, reactor)| ReactorLink::new(d.id, reactor))
+            .collect();
+        let io = io.unwrap_or_else(Handle::current);
+        let reader_task = io.spawn(read_loop(shared.clone(), reader, receiver, links));
+        let writer_task = io.spawn(write_loop(shared.clone(), writer));
+        let handle = PeerHandle { shared };
+        let addr = Self::create(|ctx| {
+            let tasks = [
+                AbortOnDrop(reader_task.abort_handle()),
+                AbortOnDrop(writer_task.abort_handle()),
+            ];
+            let watcher = watch_tasks(handle.shared.clone(), reader_task, writer_task);
+            ctx.spawn(
+                actix::fut::wrap_future::<_, Self>(watcher).map(|(), act, ctx| {
+                    act.tasks_done = true;
+                    ctx.stop();
+                }),
+            );
+            Self {
+                handle: handle.clone(),
+                supervisor,
+                tasks,
+                tasks_done: false,
+                reported: false,
+            }
+        });
+        Ok((addr, handle))
+    }
+
+    /// Closes the connection with `reason` (unless it already ended) and aborts both tasks;
+    /// the watcher then stops the actor.
+    fn close(&self, reason: DisconnectReason) {
+        self.handle.shared.close(reason);
+        for task in &self.tasks {
+            task.0.abort();
+        }
+    }
+}
+
+impl Actor for PeerConn {
+    type Context = Context<Self>;
+
+    fn stopping(&mut self, _ctx: &mut Self::Context) -> Running {
+        if !self.tasks_done {
+            // Stopped from outside before the tasks ended: end them, and report only once
+            // they have (the watcher stops the actor again), so no `Receive` follows the report.
+            self.close(DisconnectReason::Shutdown);
+            return Running::Continue;
+        }
+        if !self.reported {
+            self.reported = true;
+            let reason = self
+                .handle
+                .shared
+                .reason()
+                .unwrap_or(DisconnectReason::Shutdown);
+            // A control message sent once per connection: it must not be lost to a full
+            // mailbox (a supervisor that misses it would keep a dead peer), so do_send.
+            #[allow(clippy::disallowed_methods)]
+            self.supervisor.do_send(PeerStopped {
+                peer: self.handle.shared.peer,
+                reason,
+            });
+        }
+        Running::Stop
+    }
+}
+
+impl fmt::Debug for PeerConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerConn")
+            .field("peer", &self.handle.shared.peer)
+            .field("tasks_done", &self.tasks_done)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sent once to the supervisor when a [`PeerConn`] has ended, after its tasks ended.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct PeerStopped {
+    /// The peer whose connection ended.
+    pub peer: PeerId,
+    /// Why: the first cause (an error of either task, or a [`Stop`]).
+    pub reason: DisconnectReason,
+}
+
+/// Queue `payload` on `channel`, waiting up to `send_timeout` for room. Answers false on
+/// timeout, for an unknown channel, or once the connection ended.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "bool")]
+pub struct SendMessage {
+    /// The channel id.
+    pub channel: u8,
+    /// The message.
+    pub payload: Bytes,
+}
+
+impl Handler<SendMessage> for PeerConn {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: SendMessage, _ctx: &mut Self::Context) -> Self::Result {
+        let handle = self.handle.clone();
+        Box::pin(async move { handle.send(msg.channel, msg.payload).await })
+    }
+}
+
+/// Queue `payload` on `channel` if there is room now. Answers false when the queue is full,
+/// for an unknown channel, or once the connection ended.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "bool")]
+pub struct TrySendMessage {
+    /// The channel id.
+    pub channel: u8,
+    /// The message.
+    pub payload: Bytes,
+}
+
+impl Handler<TrySendMessage> for PeerConn {
+    type Result = bool;
+
+    fn handle(&mut self, msg: TrySendMessage, _ctx: &mut Self::Context) -> bool {
+        self.handle.try_send(msg.channel, msg.payload)
+    }
+}
+
+/// End the connection now with `reason` (ignored if it already ended for another reason).
+/// Queued messages are dropped; the supervisor gets [`PeerStopped`] once the tasks ended.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Stop {
+    /// Reported in [`PeerStopped`]: typically [`DisconnectReason::Misbehaved`],
+    /// [`DisconnectReason::Stopped`] or [`DisconnectReason::Shutdown`].
+    pub reason: DisconnectReason,
+}
+
+impl Handler<Stop> for PeerConn {
+    type Result = ();
+
+    fn handle(&mut self, msg: Stop, _ctx: &mut Self::Context) {
+        self.close(msg.reason);
+    }
+}
+
+/// Sends to one peer without going through its actor: cheap to clone, usable from any thread.
+/// Reactors and the Switch's broadcast call it directly, so sending never blocks on, or
+/// queues in, the peer's mailbox.
+#[derive(Clone)]
+pub struct PeerHandle {
+    /// Shared with the connection's tasks.
+    shared: Arc<Shared>,
+}
+
+impl PeerHandle {
+    /// The peer's id.
+    pub fn id(&self) -> PeerId {
+        self.shared.peer
+    }
+
+    /// Queues `payload` on `channel` if its queue has room now. False when the queue is
+    /// full, the channel unknown, or the connection ended. Never blocks.
+    pub fn try_send(&self, channel: u8, payload: Bytes) -> bool {
+        matches!(self.shared.offer(channel, payload), Offer::Queued)
+    }
+
+    /// Queues `payload` on `channel`, waiting up to the configured `send_timeout` for room.
+    /// False on timeout, for an unknown channel, or once the connection ended.
+    pub async fn send(&self, channel: u8, payload: Bytes) -> bool {
+        self.send_timeout(channel, payload, self.shared.send_timeout)
+            .await
+    }
+
+    /// Like [`send`](Self::send) with an explicit timeout.
+    pub async fn send_timeout(&self, channel: u8, mut payload: Bytes, timeout: Duration) -> bool {
+        let deadline = clock::now()
+            .checked_add(timeout)
+            .map(tokio::time::Instant::from_std);
+        loop {
+            // Registered before trying, so room made in between is not missed.
+            let room = self.shared.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            match self.shared.offer(channel, payload) {
+                Offer::Queued => return true,
+                Offer::Refused => return false,
+                Offer::Full(back) => payload = back,
+            }
+            match deadline {
+                Some(at) => {
+                    if tokio::time::timeout_at(at, room).await.is_err() {
+                        return false;
+                    }
+                }
+                None => room.await,
+            }
+        }
+    }
+
+    /// Whether the connection has ended (every send answers false from then on).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+}
+
+impl fmt::Debug for PeerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerHandle")
+            .field("peer", &self.shared.peer)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// State shared by the actor, the tasks and the handles of one connection.
+struct Shared {
+    /// The peer's authenticated id.
+    peer: PeerId,
+    /// Default wait of [`PeerHandle::send`].
+    send_timeout: Duration,
+    /// The send half and the end reason, under one short-held lock.
+    state: Mutex<SendState>,
+    /// Mirrors `state.reason.is_some()` for lock-free checks.
+    closed: AtomicBool,
+    /// Wakes the writer: a message was queued, a pong requested, or the connection closed.
+    writer_wake: Notify,
+    /// Wakes senders waiting for room: the writer took messages out of the queues, or the
+    /// connection closed.
+    room: Notify,
+}
+
+/// The part of [`Shared`] behind the lock.
+struct SendState {
+    /// Queues, scheduler, keep-alive and send rate.
+    sender: MConnSender,
+    /// Why the connection ended: set once, by whoever ends it first.
+    reason: Option<DisconnectReason>,
+}
+
+/// What [`Shared::offer`] did with a message.
+enum Offer {
+    /// Queued; the writer was woken.
+    Queued,
+    /// The channel's queue is full; the message is handed back.
+    Full(Bytes),
+    /// Unknown channel or closed connection.
+    Refused,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, SendState> {
+        // A panic while holding the lock is a bug that also ends the task; the watcher then
+        // closes the connection, so the possibly inconsistent state is only read to refuse.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn offer(&self, channel: u8, payload: Bytes) -> Offer {
+        let result = {
+            let mut state = self.lock();
+            if state.reason.is_some() {
+                return Offer::Refused;
+            }
+            state.sender.try_send(channel, payload)
+        };
+        match result {
+            Ok(()) => {
+                self.writer_wake.notify_one();
+                Offer::Queued
+            }
+            Err(TrySendError::Full { payload, .. }) => Offer::Full(payload),
+            Err(TrySendError::UnknownChannel { .. }) => Offer::Refused,
+        }
+    }
+
+    /// Ends the connection with `reason` unless it already ended; wakes everyone waiting.
+    fn close(&self, reason: DisconnectReason) {
+        {
+            let mut state = self.lock();
+            if state.reason.is_some() {
+                return;
+            }
+            state.reason = Some(reason);
+        }
+        self.closed.store(true, Ordering::Release);
+        self.room.notify_waiters();
+        self.writer_wake.notify_one();
+    }
+
+    fn reason(&self) -> Option<DisconnectReason> {
+        self.lock().reason.clone()
+    }
+}
+
+/// Aborts a task when dropped (the actor going away, even without `stopping`, ends its I/O).
+struct AbortOnDrop(AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Waits for both tasks: when the first ends (its reason is already recorded, unless it
+/// panicked), the other is aborted and awaited.
+async fn watch_tasks(shared: Arc<Shared>, reader: JoinHandle<()>, writer: JoinHandle<()>) {
+    let (first, rest) = match futures::future::select(reader, writer).await {
+        Either::Left((r, w)) => (r, w),
+        Either::Right((w, r)) => (w, r),
+    };
+    if let Err(e) = first {
+        if e.is_panic() {
+            shared.close(DisconnectReason::Internal(
+                "a connection task panicked".into(),
+            ));
+        }
+    }
+    // Normally a no-op: the task that ended recorded why.
+    shared.close(DisconnectReason::Internal(
+        "a connection task ended without a reason".into(),
+    ));
+    rest.abort();
+    let _ = rest.await;
+}
+
+/// The writer task: drives the send half and writes to the socket (module docs of `mconn`,
+/// "Writer task").
+async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
+    // Grows to one batch (`BATCH_BYTES`, 64 KiB, plus a packet) under load.
+    let mut buf = Vec::new();
+    let reason = loop {
+        let now = clock::now();
+        let (transmit, next) = {
+            let mut state = shared.lock();
+            if state.reason.is_some() {
+                return;
+            }
+            if let Err(e) = state.sender.handle_timeout(now) {
+                break DisconnectReason::from(e);
+            }
+            let t = state.sender.poll_transmit(now, &mut buf);
+            let next = (t.bytes == 0)
+                .then(|| state.sender.poll_timeout())
+                .flatten();
+            (t, next)
+        };
+        if transmit.bytes > 0 {
+            // Messages left the queues: senders waiting for room may retry.
+            shared.room.notify_waiters();
+            if let Err(e) = io.write_all(&buf).await {
+                break e.into();
+            }
+            buf.clear();
+        }
+        if transmit.flush {
+            if let Err(e) = io.flush().await {
+                break e.into();
+            }
+        }
+        if transmit.bytes > 0 {
+            continue;
+        }
+        let wake = shared.writer_wake.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    () = wake => {}
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => wake.await,
+        }
+    };
+    shared.close(reason);
+}
+
+/// The reader task: reads, feeds the receive half, relays keep-alives and delivers messages
+/// (module docs of `mconn`, "Reader task").
+async fn read_loop<R: AsyncRead + Unpin>(
+    shared: Arc<Shared>,
+    mut io: R,
+    mut rx: MConnReceiver,
+    mut links: Vec<ReactorLink>,
+) {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let reason = loop {
+        while let Some(event) = rx.poll_event() {
+            match event {
+                Event::Received { channel, payload } => {
+                    if shared.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    if let Some(link) = links.iter_mut().find(|l| l.channel == channel) {
+                        link.deliver(shared.peer, payload).await;
+                    }
+                }
+                Event::PingReceived => {
+                    shared.lock().sender.queue_pong();
+                    shared.writer_wake.notify_one();
+                }
+                Event::PongReceived => shared.lock().sender.handle_pong(clock::now()),
+            }
+        }
+        if let Err(at) = rx.recv_ready(clock::now()) {
+            tokio::time::sleep_until(at.into()).await;
+            continue;
+        }
+        let n = match io.read(&mut buf).await {
+            Ok(0) => break DisconnectReason::RemoteClosed,
+            Ok(n) => n,
+            Err(e) => break e.into(),
+        };
+        if let Err(e) = rx.handle_bytes(clock::now(), &buf[..n]) {
+            break e.into();
+        }
+    };
+    shared.close(reason);
+}
+
+/// Delivery of one channel's messages to its reactor, bounded by answered deliveries.
+struct ReactorLink {
+    /// The channel id.
+    channel: u8,
+    /// The reactor.
+    reactor: Recipient<Receive>,
+    /// Answers of deliveries not yet awaited, oldest first; at most [`MAX_ACKS`].
+    acks: VecDeque<RecipientRequest<Receive>>,
+    /// Messages pushed since the last answered delivery.
+    since_ack: usize,
+    /// Payload bytes pushed since the last answered delivery.
+    bytes_since_ack: usize,
+}
+
+impl ReactorLink {
+    fn new(channel: u8, reactor: Recipient<Receive>) -> Self {
+        Self {
+            channel,
+            reactor,
+            acks: VecDeque::with_capacity(MAX_ACKS),
+            since_ack: 0,
+            bytes_since_ack: 0,
+        }
+    }
+
+    /// Pushes one message into the reactor's mailbox, in order; waits first if [`MAX_ACKS`]
+    /// answered deliveries are outstanding.
+    async fn deliver(&mut self, peer: PeerId, payload: Bytes) {
+        self.since_ack += 1;
+        self.bytes_since_ack += payload.len();
+        let msg = Receive {
+            channel: self.channel,
+            peer,
+            payload,
+        };
+        if self.since_ack < ACK_EVERY_MESSAGES && self.bytes_since_ack < ACK_EVERY_BYTES {
+            // Bounded by the answered deliveries below, not by actix's mailbox capacity: at
+            // most ACK_EVERY_MESSAGES pushes separate two answered ones. (`try_send` would
+            // need a way to wait for room, which actix only offers through `send`.)
+            #[allow(clippy::disallowed_methods)]
+            self.reactor.do_send(msg);
+            return;
+        }
+        self.since_ack = 0;
+        self.bytes_since_ack = 0;
+        while self.acks.len() >= MAX_ACKS {
+            if let Some(oldest) = self.acks.pop_front() {
+                // A closed reactor answers at once with an error: nothing to wait for.
+                let _ = oldest.await;
+            }
+        }
+        // `send` on a fresh clone: actix's `send` from a sender that an earlier push "parked"
+        // (mailbox at capacity) returns a future that is never woken; a new clone is never
+        // parked, so the message is pushed now, in order, and the answer wakes us.
+        self.acks.push_back(self.reactor.clone().send(msg));
+    }
+}

@@ -1,0 +1,169 @@
+//! What a reactor sees of the network: [`Receive`] (a whole message from a peer) and
+//! [`DisconnectReason`] (why a peer connection ended, with its policy methods).
+//!
+//! These are shared by the [`PeerConn`](super::peer_conn::PeerConn) actor, which produces
+//! them, and the Switch and reactors, which consume them.
+
+use std::io;
+
+use actix::Message;
+use bytes::Bytes;
+
+use crate::mconn::MConnectionError;
+use crate::secret::FrameError;
+use crate::types::PeerId;
+
+/// A whole message a peer sent on one of the reactor's channels. Sent by the peer's
+/// [`PeerConn`](super::peer_conn::PeerConn) in the order the peer sent them on that channel.
+///
+/// A reactor handles it quickly or not: a reactor that falls behind makes reads from that peer
+/// wait (a bounded number of messages are in its mailbox per peer and channel), as TM2's
+/// inline `Receive` does, rather than queueing without limit.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct Receive {
+    /// The channel the message arrived on.
+    pub channel: u8,
+    /// The peer that sent it (the id its key authenticated).
+    pub peer: PeerId,
+    /// The message. One owned buffer, never reused behind the reactor's back.
+    pub payload: Bytes,
+}
+
+/// Why a peer connection ended. Reported exactly once per connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DisconnectReason {
+    /// The peer closed or reset the TCP connection.
+    #[error("connection closed by the peer")]
+    RemoteClosed,
+    /// Reading or writing the socket failed for another reason.
+    #[error("i/o error ({kind:?}): {message}")]
+    Io {
+        /// The error's kind.
+        kind: io::ErrorKind,
+        /// The error's text.
+        message: String,
+    },
+    /// A secret-connection frame failed to open (tampered, truncated, bad length) or the
+    /// nonces ran out.
+    #[error("secret connection: {0}")]
+    Secret(FrameError),
+    /// The peer broke the mconn protocol: a garbled packet, an unknown channel, a message over
+    /// the channel's `recv_message_capacity`.
+    #[error("protocol violation: {0}")]
+    Protocol(MConnectionError),
+    /// The peer did not answer our ping within `pong_timeout`.
+    #[error("no pong within the pong timeout")]
+    PongTimeout,
+    /// A reactor or the Switch judged the peer's messages bad (`StopPeerForError`).
+    #[error("peer misbehaved: {0}")]
+    Misbehaved(String),
+    /// Stopped on request of this node, not because of the peer (e.g. a duplicate connection
+    /// or an operator command).
+    #[error("stopped: {0}")]
+    Stopped(String),
+    /// The node is shutting down.
+    #[error("node shutting down")]
+    Shutdown,
+    /// A bug in this node (a connection task panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl DisconnectReason {
+    /// Whether the peer is to blame (its address deserves a bad mark), as opposed to the
+    /// network, a silent but possibly honest peer, or this node.
+    pub fn is_peer_fault(&self) -> bool {
+        match self {
+            Self::Secret(e) => e.is_peer_fault(),
+            Self::Protocol(e) => e.is_peer_fault(),
+            Self::Misbehaved(_) => true,
+            Self::RemoteClosed
+            | Self::Io { .. }
+            | Self::PongTimeout
+            | Self::Stopped(_)
+            | Self::Shutdown
+            | Self::Internal(_) => false,
+        }
+    }
+}
+
+impl From<MConnectionError> for DisconnectReason {
+    fn from(e: MConnectionError) -> Self {
+        match e {
+            MConnectionError::PongTimeout => Self::PongTimeout,
+            other => Self::Protocol(other),
+        }
+    }
+}
+
+impl From<io::Error> for DisconnectReason {
+    /// A [`FrameError`] carried by the secret stream becomes [`Secret`](Self::Secret); a
+    /// closed, reset or truncated connection becomes [`RemoteClosed`](Self::RemoteClosed).
+    fn from(e: io::Error) -> Self {
+        if let Some(frame) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<FrameError>())
+        {
+            return Self::Secret(*frame);
+        }
+        match e.kind() {
+            io::ErrorKind::UnexpectedEof
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => Self::RemoteClosed,
+            kind => Self::Io {
+                kind,
+                message: e.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_errors_inside_io_errors_keep_their_type() {
+        let e = io::Error::new(io::ErrorKind::InvalidData, FrameError::Decrypt);
+        let reason = DisconnectReason::from(e);
+        assert_eq!(reason, DisconnectReason::Secret(FrameError::Decrypt));
+        assert!(reason.is_peer_fault());
+    }
+
+    #[test]
+    fn closed_and_reset_connections_are_remote_closed_and_not_a_fault() {
+        for kind in [io::ErrorKind::ConnectionReset, io::ErrorKind::BrokenPipe] {
+            let reason = DisconnectReason::from(io::Error::from(kind));
+            assert_eq!(reason, DisconnectReason::RemoteClosed);
+            assert!(!reason.is_peer_fault());
+        }
+        let other = DisconnectReason::from(io::Error::other("boom"));
+        assert!(matches!(
+            other,
+            DisconnectReason::Io {
+                kind: io::ErrorKind::Other,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn pong_timeout_is_its_own_reason_and_protocol_errors_are_faults() {
+        assert_eq!(
+            DisconnectReason::from(MConnectionError::PongTimeout),
+            DisconnectReason::PongTimeout
+        );
+        assert!(!DisconnectReason::PongTimeout.is_peer_fault());
+        let big = DisconnectReason::from(MConnectionError::MessageTooLarge {
+            channel: 1,
+            len: 2,
+            max: 1,
+        });
+        assert!(matches!(big, DisconnectReason::Protocol(_)));
+        assert!(big.is_peer_fault());
+        assert!(DisconnectReason::Misbehaved("bad block".into()).is_peer_fault());
+        assert!(!DisconnectReason::Stopped("duplicate".into()).is_peer_fault());
+    }
+}
