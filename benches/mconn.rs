@@ -19,14 +19,16 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // Benchmark code: a failed unwrap aborts the run, which is right.
 
+mod common;
+use common::{FRAME_PLAIN, seal_frames};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use criterion::{Criterion, Throughput, black_box};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+use criterion::{Criterion, Throughput};
 use tm2_p2p::NodeKey;
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
 use tm2_p2p::actors::reactor::Receive;
@@ -36,7 +38,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Handle, Runtime};
 use tokio::sync::Notify;
 
-const FRAME_PLAIN: usize = 1028;
 const CHANNEL: u8 = 0x01;
 const SMALL: usize = 256;
 const LARGE: usize = 1 << 20;
@@ -54,26 +55,6 @@ fn io_runtime() -> Handle {
     })
     .handle()
     .clone()
-}
-
-/// Seals `n` frames on this thread; returns the time taken (as benches/secret.rs).
-fn seal_frames(n: u64) -> Duration {
-    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7; 32]).unwrap());
-    let mut frame = [0u8; FRAME_PLAIN];
-    let start = Instant::now();
-    for i in 0..n {
-        let mut nonce = [0u8; 12];
-        nonce[4..].copy_from_slice(&i.to_le_bytes());
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
-                &mut frame,
-            )
-            .unwrap();
-        let _ = black_box(tag);
-    }
-    start.elapsed()
 }
 
 /// What the counting reactor has seen; shared with the benchmark driver.

@@ -17,12 +17,14 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // Benchmark code: a failed unwrap aborts the run, which is right.
 
+mod common;
+use common::{FRAME_PLAIN, seal_frames};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, black_box};
-use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::rand::SystemRandom;
 use ring::signature::{ED25519, Ed25519KeyPair};
@@ -33,7 +35,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::Notify;
 
-const FRAME_PLAIN: usize = 1028;
 const WRITE: usize = 64 * 1024;
 const ROUND: usize = 4 * 1024 * 1024;
 
@@ -43,26 +44,6 @@ fn runtime() -> Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// Seals `n` frames; returns the time taken.
-fn seal_frames(n: u64) -> Duration {
-    let key = LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &[7; 32]).unwrap());
-    let mut frame = [0u8; FRAME_PLAIN];
-    let start = Instant::now();
-    for i in 0..n {
-        let mut nonce = [0u8; 12];
-        nonce[4..].copy_from_slice(&i.to_le_bytes());
-        let tag = key
-            .seal_in_place_separate_tag(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::empty(),
-                &mut frame,
-            )
-            .unwrap();
-        let _ = black_box(tag);
-    }
-    start.elapsed()
 }
 
 /// A connected pair of secret streams: a writer, and a task that reads and counts bytes.

@@ -160,10 +160,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    #[allow(clippy::disallowed_methods)] // tests build virtual instants from one real base
-    fn base() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::base;
 
     const MS: Duration = Duration::from_millis(1);
 

@@ -54,6 +54,9 @@ pub mod peers;
 pub mod secret;
 pub mod types;
 
+#[cfg(test)]
+mod testing;
+
 // The actix runtime lives in the top-level actors/ directory so that the layering is visible in
 // the tree; it is a module of this library behind the `runtime` feature, which also owns the
 // actix and tokio dependencies (see docs/ARCHITECTURE.md).

@@ -204,10 +204,7 @@ mod tests {
 
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // tests build virtual instants from one real base
-    fn base() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::base;
 
     const S: Duration = Duration::from_secs(1);
     const TEN_MIN: Duration = Duration::from_secs(600);

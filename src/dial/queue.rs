@@ -244,10 +244,7 @@ mod tests {
     use super::*;
     use crate::types::Host;
 
-    #[allow(clippy::disallowed_methods)] // tests build virtual instants from one real base
-    fn base() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::base;
 
     const S: Duration = Duration::from_secs(1);
 

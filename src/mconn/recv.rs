@@ -337,10 +337,7 @@ mod tests {
     use proptest::prelude::*;
     use std::time::Duration;
 
-    #[allow(clippy::disallowed_methods)] // tests build virtual instants from one real base
-    fn base() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::base;
 
     fn receiver_with(
         config: MConnConfig,

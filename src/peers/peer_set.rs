@@ -336,10 +336,7 @@ mod tests {
 
     use super::*;
 
-    #[allow(clippy::disallowed_methods)] // tests build virtual instants from one real base
-    fn base() -> Instant {
-        Instant::now()
-    }
+    use crate::testing::base;
 
     const LOCAL: u8 = 100;
 
