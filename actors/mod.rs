@@ -3,6 +3,7 @@
 //! The clock is read in exactly one place, [`clock`]; everything else receives `now`.
 
 pub mod clock;
+pub mod events;
 pub mod peer_conn;
 pub mod reactor;
 pub mod secret_stream;
