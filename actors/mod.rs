@@ -4,7 +4,9 @@
 
 pub mod clock;
 pub mod events;
+pub mod node;
 pub mod peer_conn;
 pub mod reactor;
 pub mod secret_stream;
+pub mod switch;
 pub mod transport;

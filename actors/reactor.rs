@@ -1,13 +1,21 @@
-//! What a reactor sees of the network: [`Receive`] (a whole message from a peer) and
+//! What a reactor sees of the network: [`PeerAdded`] (a peer joined, with a [`PeerInfo`] to
+//! talk to it), [`Receive`] (a whole message from a peer), [`PeerRemoved`] (it left) and
 //! [`DisconnectReason`] (why a peer connection ended, with its policy methods).
+//!
+//! Per peer and reactor the Switch guarantees: `PeerAdded` before any `Receive`, and
+//! `PeerRemoved` exactly once, after the last `Receive`.
 //!
 //! These are shared by the [`PeerConn`](super::peer_conn::PeerConn) actor, which produces
 //! them, and the Switch and reactors, which consume them.
 
 use std::io;
+use std::net::SocketAddr;
 
 use actix::Message;
 use bytes::Bytes;
+
+use crate::actors::peer_conn::PeerHandle;
+use crate::types::{Direction, NodeInfo};
 
 use crate::mconn::MConnectionError;
 use crate::secret::FrameError;
@@ -28,6 +36,46 @@ pub struct Receive {
     pub peer: PeerId,
     /// The message. One owned buffer, never reused behind the reactor's back.
     pub payload: Bytes,
+}
+
+/// A peer joined: sent to every registered reactor before any [`Receive`] from that peer (and
+/// to a reactor registered later, for every peer already connected).
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PeerAdded {
+    /// Who the peer is and how to send to it.
+    pub peer: PeerInfo,
+}
+
+/// A peer left: sent exactly once to every reactor that got [`PeerAdded`] for it, after the
+/// last [`Receive`] from it.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct PeerRemoved {
+    /// The peer.
+    pub peer: PeerId,
+    /// Why its connection ended.
+    pub reason: DisconnectReason,
+}
+
+/// What a reactor knows about a connected peer.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The peer's id (authenticated by the handshake).
+    pub id: PeerId,
+    /// The NodeInfo it sent (validated and compatible with ours).
+    pub node_info: NodeInfo,
+    /// Who dialed.
+    pub direction: Direction,
+    /// Whether the operator listed it as a persistent peer.
+    pub persistent: bool,
+    /// Whether its address must never be shared by peer exchange.
+    pub private: bool,
+    /// The remote end of its TCP connection.
+    pub socket_addr: SocketAddr,
+    /// Sends to this peer directly (no mailbox hop): `try_send` never waits, `send` waits up
+    /// to the send timeout for room.
+    pub handle: PeerHandle,
 }
 
 /// Why a peer connection ended. Reported exactly once per connection.

@@ -21,6 +21,8 @@
 //! | message | from | reply |
 //! | --- | --- | --- |
 //! | [`Dial`] | Dialer / Switch | `Result<Upgraded, TransportError>` |
+//! | [`UpdateNodeInfo`] | Switch | `()` |
+//! | [`Stop`] | Switch | `()` |
 //! | [`InboundConnection`] (sent) | to the Switch | `()` |
 //! | [`InboundRejected`] (sent) | to the Switch | `()` |
 
@@ -243,6 +245,21 @@ impl Handler<Stop> for Transport {
 
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+/// Replaces the NodeInfo sent in later handshakes (the Switch sends it when a reactor
+/// registers, so new connections advertise its channels). Upgrades already running keep the
+/// NodeInfo they started with.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct UpdateNodeInfo(pub NodeInfo);
+
+impl Handler<UpdateNodeInfo> for Transport {
+    type Result = ();
+
+    fn handle(&mut self, msg: UpdateNodeInfo, _: &mut Self::Context) {
+        self.info = Arc::new(msg.0);
     }
 }
 

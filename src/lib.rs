@@ -64,6 +64,18 @@ mod testing;
 #[path = "../actors/mod.rs"]
 pub mod actors;
 
+#[cfg(feature = "runtime")]
+pub use actors::{
+    events::{DialError, EventStream, InboundRejection, SwitchEvent},
+    node::{Node, SwitchBuilder},
+    peer_conn::PeerHandle,
+    reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive},
+    switch::{
+        Broadcast, DialPeers, GetPeers, PeerSetSnapshot, RegisterReactor, SendTo, Shutdown,
+        StopPeerForError, Switch, SwitchError, TrySendTo,
+    },
+};
 pub use config::P2pConfig;
 pub use key::NodeKey;
+pub use mconn::ChannelDescriptor;
 pub use types::{Direction, NetAddress, NodeInfo, PeerId};

@@ -1,0 +1,180 @@
+//! [`SwitchBuilder`] and [`Node`]: how a host program starts and stops a node.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use tm2_p2p::{NodeKey, P2pConfig, SwitchBuilder};
+//! let node = SwitchBuilder::new(P2pConfig::default(), NodeKey::generate()?)
+//!     .network("my-chain")
+//!     .spawn() // binds first, so a bind error surfaces here
+//!     .await?;
+//! println!("listening as {}", node.net_address());
+//! node.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+use std::net::SocketAddr;
+
+use actix::prelude::*;
+use slog::{Logger, o};
+use tokio::net::TcpListener;
+use tokio::runtime::Handle;
+
+use crate::actors::events::{EventBus, EventStream, SwitchEvent};
+use crate::actors::switch::{Shutdown, Switch, SwitchError};
+use crate::actors::transport::{Transport, TransportConfig};
+use crate::config::P2pConfig;
+use crate::key::NodeKey;
+use crate::types::{NetAddress, NodeInfo};
+
+/// Builds and spawns a node: its Transport (listener) and Switch.
+#[derive(Debug)]
+pub struct SwitchBuilder {
+    /// The p2p configuration.
+    config: P2pConfig,
+    /// The node's identity.
+    key: NodeKey,
+    /// The network (chain id) put in our NodeInfo; peers on another network are refused.
+    network: String,
+    /// The node's log; discards by default.
+    log: Logger,
+    /// Where connection tasks run; the current runtime by default.
+    io: Option<Handle>,
+}
+
+impl SwitchBuilder {
+    /// A builder for a node with `config` and identity `key`, on the network `""` until
+    /// [`network`](Self::network) is called.
+    pub fn new(config: P2pConfig, key: NodeKey) -> Self {
+        Self {
+            config,
+            key,
+            network: String::new(),
+            log: Logger::root(slog::Discard, o!()),
+            io: None,
+        }
+    }
+
+    /// The network (chain id) advertised in our NodeInfo.
+    pub fn network(mut self, network: impl Into<String>) -> Self {
+        self.network = network.into();
+        self
+    }
+
+    /// The node's logger.
+    pub fn logger(mut self, log: Logger) -> Self {
+        self.log = log;
+        self
+    }
+
+    /// Runs the connections' reader and writer tasks on `handle` (a multi-thread tokio runtime
+    /// the host owns), so that encryption of many peers uses every core. By default they run on
+    /// the current (actix) runtime. See docs/PERFORMANCE.md, "mconn".
+    pub fn io_runtime(mut self, handle: Handle) -> Self {
+        self.io = Some(handle);
+        self
+    }
+
+    /// Validates the config, binds the listen address, and starts the Transport and the Switch
+    /// on the current actix arbiter. A bind error is returned here, before anything runs.
+    pub async fn spawn(self) -> Result<Node, SwitchError> {
+        let Self {
+            config,
+            key,
+            network,
+            log,
+            io,
+        } = self;
+        config.validate()?;
+        let listener =
+            TcpListener::bind(config.laddr)
+                .await
+                .map_err(|source| SwitchError::Bind {
+                    addr: config.laddr,
+                    source,
+                })?;
+        let bound = listener.local_addr().map_err(|source| SwitchError::Bind {
+            addr: config.laddr,
+            source,
+        })?;
+        let advertised = config.external_address.unwrap_or(bound);
+        let net_address =
+            NetAddress::from_socket_addr(key.id(), advertised).map_err(|e| SwitchError::Bind {
+                addr: advertised,
+                source: std::io::Error::other(e),
+            })?;
+        let mut info = NodeInfo::new(net_address.clone(), network, Vec::new());
+        info.moniker.clone_from(&config.moniker);
+        let log = log.new(o!("node" => key.id().to_string()));
+        let events = EventBus::new();
+        let transport_config = TransportConfig::from(&config);
+        let switch = Switch::create({
+            let events = events.clone();
+            let info = info.clone();
+            move |ctx| {
+                let transport = Transport::new(
+                    listener,
+                    key,
+                    info.clone(),
+                    transport_config,
+                    ctx.address().recipient(),
+                    ctx.address().recipient(),
+                    log.clone(),
+                )
+                .start();
+                Switch::new(config, info, transport, events, io, log)
+            }
+        });
+        Ok(Node {
+            switch,
+            net_address,
+            local_addr: bound,
+            events,
+        })
+    }
+}
+
+/// A running node: the address of its Switch, the address it listens on, and its events.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// The Switch actor.
+    switch: Addr<Switch>,
+    /// Our id and the address peers can dial.
+    net_address: NetAddress,
+    /// The socket address actually bound.
+    local_addr: SocketAddr,
+    /// The event publisher.
+    events: EventBus,
+}
+
+impl Node {
+    /// The Switch: send it `RegisterReactor`, `DialPeers`, `Broadcast`, ...
+    pub fn switch(&self) -> Addr<Switch> {
+        self.switch.clone()
+    }
+
+    /// `id@ip:port` as advertised to peers (the bound port, even when the config said 0).
+    pub fn net_address(&self) -> NetAddress {
+        self.net_address.clone()
+    }
+
+    /// The socket address the listener is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// A bounded subscription to the events `filter` accepts, from now on; a subscriber that
+    /// falls behind gets [`SwitchEvent::Lagged`].
+    pub fn subscribe(
+        &self,
+        filter: impl Fn(&SwitchEvent) -> bool + Send + Sync + 'static,
+    ) -> EventStream {
+        self.events.subscribe(filter)
+    }
+
+    /// Stops the node gracefully: stops accepting, closes every peer (reactors get
+    /// `PeerRemoved`), waits for them, then stops the Switch. The listen port is free again
+    /// when this returns.
+    pub async fn shutdown(&self) {
+        let _ = self.switch.send(Shutdown).await;
+    }
+}

@@ -1,0 +1,803 @@
+//! The [`Switch`] actor: the peer set, the reactors by channel, and the events.
+//!
+//! It owns no socket. The Transport hands it verified connections ([`InboundConnection`],
+//! or the answer to a [`Dial`]); it admits them by the rules of [`PeerSet`] (limits,
+//! duplicates with the simultaneous-dial tie-break, ourselves), starts a [`PeerConn`] for each
+//! and tells the reactors. A [`PeerConn`] reports once, with [`PeerStopped`], when its
+//! connection ended; only then is the peer removed and the reactors told.
+//!
+//! Ordering promises to each reactor, per peer: [`PeerAdded`] before any [`Receive`], and
+//! [`PeerRemoved`] exactly once after the last [`Receive`]. The first holds because the
+//! connection's reader is held at a gate until `PeerAdded` is in every reactor's mailbox; the
+//! second because a `PeerConn` reports [`PeerStopped`] only after its reader ended.
+//!
+//! | message | from | reply |
+//! | --- | --- | --- |
+//! | [`RegisterReactor`] | host | `Result<(), SwitchError>` |
+//! | [`DialPeers`] | host, peer exchange | `()` (outcomes are events) |
+//! | [`Broadcast`] | reactors | `()` (never waits; full queues drop, counted) |
+//! | [`SendTo`] / [`TrySendTo`] | reactors | `bool` |
+//! | [`GetPeers`] | anyone | [`PeerSetSnapshot`] |
+//! | [`StopPeerForError`] | reactors | `()` (idempotent) |
+//! | [`Shutdown`] | the node handle | `()` once every peer has stopped |
+//! | [`InboundConnection`], [`InboundRejected`] | Transport | `()` |
+//! | [`PeerStopped`] | PeerConn | `()` |
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use futures::channel::oneshot;
+use slog::{Logger, debug, info};
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::runtime::Handle;
+
+use crate::actors::clock;
+use crate::actors::events::{DialError, EventBus, InboundRejection, SwitchEvent};
+use crate::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped, Stop};
+use crate::actors::reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive};
+use crate::actors::transport::{
+    Dial, InboundConnection, InboundRejected, Stop as StopTransport, Transport, TransportError,
+    UpdateNodeInfo, Upgraded,
+};
+use crate::config::P2pConfig;
+use crate::mconn::{ChannelDescriptor, MAX_CHANNELS, MConnConfigError};
+use crate::peers::{Admission, PeerEntry, PeerLimits, PeerSet, RejectReason};
+use crate::types::{Host, NetAddress, NodeInfo, PeerId};
+
+/// Errors the Switch answers synchronously.
+#[derive(Debug, thiserror::Error)]
+pub enum SwitchError {
+    /// Another reactor already claimed this channel (TM2 silently ignores the second claim).
+    #[error("channel {0:#04x} is already claimed by reactor {1:?}")]
+    DuplicateChannel(u8, String),
+    /// A channel descriptor is invalid (zero priority or capacity, the same id twice).
+    #[error("invalid channel: {0}")]
+    InvalidChannel(#[from] MConnConfigError),
+    /// All reactors together would have more than 16 channels (NodeInfo's limit).
+    #[error("more than {MAX_CHANNELS} channels in total")]
+    TooManyChannels,
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The node is shutting down.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+}
+
+/// The Switch's per-peer state, kept in the [`PeerSet`].
+#[derive(Debug)]
+struct PeerState {
+    /// The connection actor.
+    conn: Addr<PeerConn>,
+    /// Sends to the peer without a mailbox hop.
+    handle: PeerHandle,
+    /// What the peer told us about itself.
+    node_info: NodeInfo,
+}
+
+/// A registered reactor.
+struct Reactor {
+    /// Its name, for errors and logs.
+    name: String,
+    /// The channels it claimed, in its order.
+    channels: Vec<ChannelDescriptor>,
+    /// Where its messages go.
+    recipients: ReactorRecipients,
+}
+
+/// The three recipients of a reactor actor.
+#[derive(Clone)]
+pub struct ReactorRecipients {
+    /// Gets [`PeerAdded`].
+    added: Recipient<PeerAdded>,
+    /// Gets [`PeerRemoved`].
+    removed: Recipient<PeerRemoved>,
+    /// Gets [`Receive`] for the reactor's channels.
+    receive: Recipient<Receive>,
+}
+
+/// The Switch actor; spawned by [`SwitchBuilder`](crate::actors::node::SwitchBuilder).
+pub struct Switch {
+    /// The p2p configuration (validated).
+    config: P2pConfig,
+    /// Our NodeInfo; its channels are the registered reactors' channels.
+    info: NodeInfo,
+    /// The transport (listener, dials).
+    transport: Addr<Transport>,
+    /// Reactors in registration order (the scheduler's tie-break order of their channels).
+    reactors: Vec<Reactor>,
+    /// Channel id -> index in `reactors`.
+    channel_owner: HashMap<u8, usize>,
+    /// Connected peers.
+    peers: PeerSet<PeerState>,
+    /// Peers asked to stop, whose [`PeerStopped`] has not arrived yet.
+    stopping: HashSet<PeerId>,
+    /// A connection that won the simultaneous-dial tie-break, waiting for the connection it
+    /// replaces to stop.
+    replacing: HashMap<PeerId, (Upgraded, NetAddress)>,
+    /// Dials in flight (not yet answered by the transport).
+    dialing: HashSet<PeerId>,
+    /// Ids of persistent peers.
+    persistent: HashSet<PeerId>,
+    /// Ids of private peers.
+    private: HashSet<PeerId>,
+    /// The event publisher.
+    events: EventBus,
+    /// Where connection tasks run (`None`: the current runtime).
+    io: Option<Handle>,
+    /// Broadcast messages not queued because a peer's queue was full.
+    broadcast_drops: u64,
+    /// Set by [`Shutdown`]: answered once every peer has stopped.
+    shutdown: Option<oneshot::Sender<()>>,
+    /// The node's log.
+    log: Logger,
+}
+
+impl Switch {
+    /// A switch for `info` (our NodeInfo without channels), using `transport`.
+    pub(crate) fn new(
+        config: P2pConfig,
+        info: NodeInfo,
+        transport: Addr<Transport>,
+        events: EventBus,
+        io: Option<Handle>,
+        log: Logger,
+    ) -> Self {
+        let local = info.id();
+        let persistent = config.persistent_peers.iter().map(NetAddress::id).collect();
+        let private = config.private_peer_ids.iter().copied().collect();
+        let limits = PeerLimits::from_config(&config);
+        Self {
+            config,
+            info,
+            transport,
+            reactors: Vec::new(),
+            channel_owner: HashMap::new(),
+            peers: PeerSet::new(local, limits),
+            stopping: HashSet::new(),
+            replacing: HashMap::new(),
+            dialing: HashSet::new(),
+            persistent,
+            private,
+            events,
+            io,
+            broadcast_drops: 0,
+            shutdown: None,
+            log,
+        }
+    }
+
+    /// Every channel with the reactor it belongs to, in registration order.
+    fn channels(&self) -> Vec<(ChannelDescriptor, Recipient<Receive>)> {
+        self.reactors
+            .iter()
+            .flat_map(|r| {
+                r.channels
+                    .iter()
+                    .map(|d| (*d, r.recipients.receive.clone()))
+            })
+            .collect()
+    }
+
+    /// Admits a verified connection, or says why not (the connection is then dropped, which
+    /// closes it).
+    fn admit(
+        &mut self,
+        up: Upgraded,
+        listen_addr: NetAddress,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), RejectReason> {
+        let id = up.id();
+        let persistent = self.persistent.contains(&id);
+        match self.peers.admit(id, up.direction, persistent)? {
+            Admission::New => {
+                self.start_peer(up, listen_addr, ctx);
+                Ok(())
+            }
+            Admission::ReplaceExisting { .. } => {
+                // Both nodes keep the connection the tie-break picks: stop ours, start the new
+                // one once the old one has reported.
+                self.stop_peer(
+                    id,
+                    DisconnectReason::Stopped("replaced by a simultaneous connection".into()),
+                );
+                self.replacing.insert(id, (up, listen_addr));
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts the connection actor of an admitted peer and tells the reactors.
+    fn start_peer(&mut self, up: Upgraded, listen_addr: NetAddress, ctx: &mut Context<Self>) {
+        let id = up.id();
+        let Upgraded {
+            stream,
+            node_info,
+            remote_addr,
+            direction,
+        } = up;
+        let (reader, writer) = stream.into_split();
+        let (gate, reader) = GatedReader::new(reader);
+        let started = PeerConn::start_split(
+            reader,
+            writer,
+            id,
+            PeerConnConfig::from(&self.config),
+            self.channels(),
+            ctx.address().recipient(),
+            self.io.clone(),
+        );
+        let (conn, handle) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                // Our own channel set is invalid: a bug, since RegisterReactor validated it.
+                slog::error!(self.log, "cannot start peer connection"; "peer" => %id, "error" => %e);
+                return;
+            }
+        };
+        let info = PeerInfo {
+            id,
+            node_info: node_info.clone(),
+            direction,
+            persistent: self.persistent.contains(&id),
+            private: self.private.contains(&id),
+            socket_addr: remote_addr,
+            handle: handle.clone(),
+        };
+        let entry = PeerEntry {
+            listen_addr,
+            direction,
+            persistent: info.persistent,
+            private: info.private,
+            socket_addr: remote_addr,
+            connected_at: clock::now(),
+            data: PeerState {
+                conn,
+                handle,
+                node_info,
+            },
+        };
+        if self.peers.add(entry).is_err() {
+            // admit() checked; cannot happen. Dropping the gate ends the connection.
+            return;
+        }
+        for reactor in &self.reactors {
+            // Control message, at most one per reactor and connection; it must be in the
+            // mailbox before the gate opens, which a bounded `try_send` cannot promise.
+            #[allow(clippy::disallowed_methods)]
+            reactor
+                .recipients
+                .added
+                .do_send(PeerAdded { peer: info.clone() });
+        }
+        gate.open();
+        info!(self.log, "peer connected"; "peer" => %id, "direction" => ?direction, "remote" => %remote_addr);
+        self.events.publish(SwitchEvent::PeerConnected {
+            peer: id,
+            direction,
+            remote: remote_addr,
+        });
+    }
+
+    /// Asks a peer's connection to stop (once); its [`PeerStopped`] finishes the removal.
+    fn stop_peer(&mut self, id: PeerId, reason: DisconnectReason) {
+        let Some(entry) = self.peers.get(&id) else {
+            return;
+        };
+        if !self.stopping.insert(id) {
+            return;
+        }
+        // Control message to one connection actor, once per peer (guarded by `stopping`).
+        #[allow(clippy::disallowed_methods)]
+        entry.data.conn.do_send(Stop { reason });
+    }
+
+    /// Publishes a refused inbound connection.
+    fn inbound_rejected(&self, remote: SocketAddr, reason: InboundRejection) {
+        debug!(self.log, "inbound connection refused"; "remote" => %remote, "reason" => %reason);
+        self.events
+            .publish(SwitchEvent::InboundRejected { remote, reason });
+    }
+
+    /// Answers a pending [`Shutdown`] once every peer has gone.
+    fn maybe_finish_shutdown(&mut self, ctx: &mut Context<Self>) {
+        if self.peers.is_empty()
+            && let Some(done) = self.shutdown.take()
+        {
+            let _ = done.send(());
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for Switch {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Reactors and connection actors talk to the Switch all the time; a larger mailbox
+        // absorbs bursts (each sender is still bounded by actix's per-sender backpressure).
+        ctx.set_mailbox_capacity(1024);
+    }
+}
+
+/// Registers a reactor actor for its channels. Fails if a channel is already claimed or the
+/// descriptors are invalid. A reactor registered while peers are connected gets [`PeerAdded`]
+/// for each of them; its channels are advertised to peers that connect from then on.
+#[derive(Message)]
+#[rtype(result = "Result<(), SwitchError>")]
+pub struct RegisterReactor {
+    /// The reactor's name (logs and errors).
+    name: String,
+    /// Its channels.
+    channels: Vec<ChannelDescriptor>,
+    /// Its recipients.
+    recipients: ReactorRecipients,
+}
+
+impl RegisterReactor {
+    /// Registers actor `addr`, which handles [`PeerAdded`], [`PeerRemoved`] and [`Receive`], for
+    /// `channels`.
+    pub fn new<A>(name: impl Into<String>, channels: Vec<ChannelDescriptor>, addr: &Addr<A>) -> Self
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<PeerAdded>
+            + Handler<PeerRemoved>
+            + Handler<Receive>,
+    {
+        Self {
+            name: name.into(),
+            channels,
+            recipients: ReactorRecipients {
+                added: addr.clone().recipient(),
+                removed: addr.clone().recipient(),
+                receive: addr.clone().recipient(),
+            },
+        }
+    }
+}
+
+impl Handler<RegisterReactor> for Switch {
+    type Result = Result<(), SwitchError>;
+
+    fn handle(&mut self, msg: RegisterReactor, _: &mut Self::Context) -> Self::Result {
+        if self.shutdown.is_some() {
+            return Err(SwitchError::ShuttingDown);
+        }
+        let mut seen = HashSet::new();
+        for d in &msg.channels {
+            d.validate()?;
+            if let Some(&owner) = self.channel_owner.get(&d.id) {
+                return Err(SwitchError::DuplicateChannel(
+                    d.id,
+                    self.reactors[owner].name.clone(),
+                ));
+            }
+            if !seen.insert(d.id) {
+                return Err(SwitchError::DuplicateChannel(d.id, msg.name.clone()));
+            }
+        }
+        if self.channel_owner.len() + msg.channels.len() > MAX_CHANNELS {
+            return Err(SwitchError::TooManyChannels);
+        }
+        let index = self.reactors.len();
+        for d in &msg.channels {
+            self.channel_owner.insert(d.id, index);
+            self.info.channels.push(d.id);
+        }
+        // Connected peers: the new reactor hears of each of them.
+        for entry in self.peers.iter() {
+            let info = PeerInfo {
+                id: entry.id(),
+                node_info: entry.data.node_info.clone(),
+                direction: entry.direction,
+                persistent: entry.persistent,
+                private: entry.private,
+                socket_addr: entry.socket_addr,
+                handle: entry.data.handle.clone(),
+            };
+            // Control message, once per connected peer at registration.
+            #[allow(clippy::disallowed_methods)]
+            msg.recipients.added.do_send(PeerAdded { peer: info });
+        }
+        self.reactors.push(Reactor {
+            name: msg.name,
+            channels: msg.channels,
+            recipients: msg.recipients,
+        });
+        // New handshakes advertise the new channels.
+        #[allow(clippy::disallowed_methods)] // Control message, once per registration.
+        self.transport.do_send(UpdateNodeInfo(self.info.clone()));
+        Ok(())
+    }
+}
+
+/// Dials each address (names are resolved first). Outcomes arrive as
+/// [`SwitchEvent::PeerConnected`] or [`SwitchEvent::DialFailed`].
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct DialPeers(pub Vec<NetAddress>);
+
+impl Handler<DialPeers> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: DialPeers, ctx: &mut Self::Context) {
+        for addr in msg.0 {
+            let id = addr.id();
+            if self.shutdown.is_some() {
+                self.events.publish(SwitchEvent::DialFailed {
+                    address: addr,
+                    error: DialError::Shutdown,
+                });
+                continue;
+            }
+            let persistent = self.persistent.contains(&id);
+            let in_flight = self.dialing.len();
+            let refused = if self.dialing.contains(&id) {
+                Err(RejectReason::Duplicate)
+            } else {
+                self.peers.can_dial(id, persistent, in_flight)
+            };
+            if let Err(reason) = refused {
+                self.events.publish(SwitchEvent::DialFailed {
+                    address: addr,
+                    error: DialError::Refused(reason),
+                });
+                continue;
+            }
+            self.dialing.insert(id);
+            let transport = self.transport.clone();
+            let dial = async move {
+                let result = async {
+                    let resolved = resolve(&addr).await.map_err(TransportError::Io)?;
+                    transport
+                        .send(Dial { addr: resolved })
+                        .await
+                        .map_err(|_| TransportError::Io(io::Error::other("transport stopped")))?
+                }
+                .await;
+                match result {
+                    Ok(up) => Ok((up, addr)),
+                    Err(e) => Err((Arc::new(e), addr)),
+                }
+            };
+            ctx.spawn(dial.into_actor(self).map(move |result, act, ctx| {
+                act.dialing.remove(&id);
+                if act.shutdown.is_some() {
+                    let address = match result {
+                        Ok((_, addr)) | Err((_, addr)) => addr,
+                    };
+                    act.events.publish(SwitchEvent::DialFailed {
+                        address,
+                        error: DialError::Shutdown,
+                    });
+                    return;
+                }
+                match result {
+                    Ok((up, addr)) => {
+                        if let Err(reason) = act.admit(up, addr.clone(), ctx) {
+                            act.events.publish(SwitchEvent::DialFailed {
+                                address: addr,
+                                error: DialError::Rejected(reason),
+                            });
+                        }
+                    }
+                    Err((e, addr)) => {
+                        debug!(act.log, "dial failed"; "address" => %addr, "error" => %e);
+                        act.events.publish(SwitchEvent::DialFailed {
+                            address: addr,
+                            error: DialError::Transport(e),
+                        });
+                    }
+                }
+            }));
+        }
+    }
+}
+
+/// Resolves a DNS host to its first IP (an explicit step, never inside a decoder).
+async fn resolve(addr: &NetAddress) -> io::Result<NetAddress> {
+    if let Host::Dns(_) = addr.host() {
+        let socket = tokio::net::lookup_host(addr.dial_string())
+            .await?
+            .next()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name has no address"))?;
+        return NetAddress::from_socket_addr(addr.id(), socket)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+    }
+    Ok(addr.clone())
+}
+
+/// Sends `payload` on `channel` to every connected peer that advertised the channel. Never
+/// waits: a peer whose queue is full misses this message (counted), the others are unaffected.
+/// Every peer gets one reference to the same buffer, and successive broadcasts reach each peer
+/// in the order they were sent.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Broadcast {
+    /// The channel.
+    pub channel: u8,
+    /// The message (shared, not copied, between peers).
+    pub payload: Bytes,
+}
+
+impl Handler<Broadcast> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: Broadcast, _: &mut Self::Context) {
+        for entry in self.peers.iter() {
+            if self.stopping.contains(&entry.id())
+                || !entry.data.node_info.channels.contains(&msg.channel)
+            {
+                continue;
+            }
+            if !entry.data.handle.try_send(msg.channel, msg.payload.clone()) {
+                self.broadcast_drops += 1;
+            }
+        }
+    }
+}
+
+/// Sends to one peer, waiting up to the send timeout for room. Answers false for an unknown
+/// peer or channel, a full queue after the timeout, or a stopped peer.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "bool")]
+pub struct SendTo {
+    /// The peer.
+    pub peer: PeerId,
+    /// The channel.
+    pub channel: u8,
+    /// The message.
+    pub payload: Bytes,
+}
+
+impl Handler<SendTo> for Switch {
+    type Result = ResponseFuture<bool>;
+
+    fn handle(&mut self, msg: SendTo, _: &mut Self::Context) -> Self::Result {
+        let handle = self.peers.get(&msg.peer).map(|e| e.data.handle.clone());
+        Box::pin(async move {
+            match handle {
+                Some(h) => h.send(msg.channel, msg.payload).await,
+                None => false,
+            }
+        })
+    }
+}
+
+/// Sends to one peer if its queue has room now. Answers false otherwise, for an unknown peer
+/// or channel, or a stopped peer.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "bool")]
+pub struct TrySendTo {
+    /// The peer.
+    pub peer: PeerId,
+    /// The channel.
+    pub channel: u8,
+    /// The message.
+    pub payload: Bytes,
+}
+
+impl Handler<TrySendTo> for Switch {
+    type Result = bool;
+
+    fn handle(&mut self, msg: TrySendTo, _: &mut Self::Context) -> bool {
+        self.peers
+            .get(&msg.peer)
+            .is_some_and(|e| e.data.handle.try_send(msg.channel, msg.payload))
+    }
+}
+
+/// Asks for a snapshot of the connected peers.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "PeerSetSnapshot")]
+pub struct GetPeers;
+
+/// The connected peers at one moment.
+#[derive(Debug, Clone, MessageResponse)]
+pub struct PeerSetSnapshot {
+    /// Every connected peer.
+    pub peers: Vec<PeerInfo>,
+    /// How many dialed us.
+    pub inbound: usize,
+    /// How many we dialed.
+    pub outbound: usize,
+    /// Broadcast messages dropped so far because a peer's queue was full.
+    pub broadcast_drops: u64,
+}
+
+impl Handler<GetPeers> for Switch {
+    type Result = PeerSetSnapshot;
+
+    fn handle(&mut self, _: GetPeers, _: &mut Self::Context) -> PeerSetSnapshot {
+        let peers = self
+            .peers
+            .iter()
+            .map(|e| PeerInfo {
+                id: e.id(),
+                node_info: e.data.node_info.clone(),
+                direction: e.direction,
+                persistent: e.persistent,
+                private: e.private,
+                socket_addr: e.socket_addr,
+                handle: e.data.handle.clone(),
+            })
+            .collect();
+        PeerSetSnapshot {
+            peers,
+            inbound: self.peers.num_inbound(),
+            outbound: self.peers.num_outbound(),
+            broadcast_drops: self.broadcast_drops,
+        }
+    }
+}
+
+/// Disconnects a peer that misbehaved. Idempotent: a second request for the same peer (or
+/// one for an unknown peer) does nothing, so one `PeerDisconnected` is published (TM2 emits
+/// two).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct StopPeerForError {
+    /// The peer.
+    pub peer: PeerId,
+    /// What it did (reported as [`DisconnectReason::Misbehaved`]).
+    pub reason: String,
+}
+
+impl Handler<StopPeerForError> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: StopPeerForError, _: &mut Self::Context) {
+        self.stop_peer(msg.peer, DisconnectReason::Misbehaved(msg.reason));
+    }
+}
+
+/// Stops the node gracefully: no more accepts or dials, every peer closed (reactors get
+/// `PeerRemoved`), then the Switch stops. Answered once every peer has stopped.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+impl Handler<Shutdown> for Switch {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
+        let (tx, rx) = oneshot::channel();
+        if self.shutdown.is_none() {
+            self.shutdown = Some(tx);
+            // Control message, once.
+            #[allow(clippy::disallowed_methods)]
+            self.transport.do_send(StopTransport);
+            let ids: Vec<PeerId> = self.peers.ids().collect();
+            for id in ids {
+                self.stop_peer(id, DisconnectReason::Shutdown);
+            }
+            self.replacing.clear();
+            self.maybe_finish_shutdown(ctx);
+        } else {
+            drop(tx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
+    }
+}
+
+impl Handler<InboundConnection> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: InboundConnection, ctx: &mut Self::Context) {
+        let up = msg.0;
+        if self.shutdown.is_some() {
+            return; // Dropping the connection closes it.
+        }
+        let remote = up.remote_addr;
+        let listen_addr = up.node_info.net_address.clone();
+        if let Err(reason) = self.admit(up, listen_addr, ctx) {
+            self.inbound_rejected(remote, InboundRejection::PeerSet(reason));
+        }
+    }
+}
+
+impl Handler<InboundRejected> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: InboundRejected, _: &mut Self::Context) {
+        self.inbound_rejected(msg.remote, InboundRejection::Transport(msg.reason));
+    }
+}
+
+impl Handler<PeerStopped> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerStopped, ctx: &mut Self::Context) {
+        let PeerStopped { peer, reason } = msg;
+        self.stopping.remove(&peer);
+        // `remove` answers once per connection: the rest runs exactly once.
+        if self.peers.remove(&peer).is_some() {
+            for reactor in &self.reactors {
+                // Control message, once per reactor and connection; it must follow every
+                // Receive of this connection, which are already in the mailbox.
+                #[allow(clippy::disallowed_methods)]
+                reactor.recipients.removed.do_send(PeerRemoved {
+                    peer,
+                    reason: reason.clone(),
+                });
+            }
+            info!(self.log, "peer disconnected"; "peer" => %peer, "reason" => %reason);
+            self.events
+                .publish(SwitchEvent::PeerDisconnected { peer, reason });
+        }
+        if let Some((up, listen_addr)) = self.replacing.remove(&peer) {
+            if let Err(reason) = self.admit(up, listen_addr, ctx) {
+                debug!(self.log, "replacement connection refused"; "peer" => %peer, "reason" => %reason);
+            }
+        }
+        self.maybe_finish_shutdown(ctx);
+    }
+}
+
+/// A reader that yields nothing until its gate opens: holds a new connection's reads until the
+/// reactors have been told about the peer. After that, one branch per read.
+struct GatedReader<R> {
+    /// The wrapped reader.
+    inner: R,
+    /// `Some` until the gate opens (or is dropped, which ends the connection).
+    gate: Option<oneshot::Receiver<()>>,
+}
+
+/// Opens a [`GatedReader`].
+struct Gate(oneshot::Sender<()>);
+
+impl Gate {
+    fn open(self) {
+        let _ = self.0.send(());
+    }
+}
+
+impl<R> GatedReader<R> {
+    fn new(inner: R) -> (Gate, Self) {
+        let (tx, rx) = oneshot::channel();
+        (
+            Gate(tx),
+            Self {
+                inner,
+                gate: Some(rx),
+            },
+        )
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for GatedReader<R> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(gate) = &mut this.gate {
+            match Pin::new(gate).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(())) => this.gate = None,
+                Poll::Ready(Err(_)) => {
+                    return Poll::Ready(Err(io::Error::other("connection abandoned before start")));
+                }
+            }
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}

@@ -1,0 +1,527 @@
+//! Several nodes in one process on 127.0.0.1, port 0: the Switch's public API end to end.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tm2_p2p::{
+    Broadcast, ChannelDescriptor, DialError, DialPeers, DisconnectReason, GetPeers,
+    InboundRejection, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId, PeerRemoved,
+    Receive, RegisterReactor, StopPeerForError, SwitchBuilder, SwitchError, SwitchEvent,
+};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What a test reactor saw, in order.
+#[derive(Debug, Clone)]
+enum Seen {
+    Added(PeerId),
+    Received(PeerId, u8, Bytes),
+    Removed(PeerId, DisconnectReason),
+}
+
+/// A reactor that records everything into a bounded channel.
+struct Recorder {
+    tx: mpsc::Sender<Seen>,
+}
+
+impl Actor for Recorder {
+    type Context = Context<Self>;
+}
+
+impl Handler<PeerAdded> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: PeerAdded, _: &mut Self::Context) {
+        self.tx.try_send(Seen::Added(msg.peer.id)).unwrap();
+    }
+}
+
+impl Handler<PeerRemoved> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: PeerRemoved, _: &mut Self::Context) {
+        self.tx
+            .try_send(Seen::Removed(msg.peer, msg.reason))
+            .unwrap();
+    }
+}
+
+impl Handler<Receive> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
+        self.tx
+            .try_send(Seen::Received(msg.peer, msg.channel, msg.payload))
+            .unwrap();
+    }
+}
+
+struct TestNode {
+    node: Node,
+    events: tm2_p2p::EventStream,
+}
+
+fn config() -> P2pConfig {
+    P2pConfig {
+        laddr: "127.0.0.1:0".parse().unwrap(),
+        allow_non_routable: true,
+        ..P2pConfig::default()
+    }
+}
+
+async fn spawn(config: P2pConfig, network: &str) -> TestNode {
+    let node = SwitchBuilder::new(config, NodeKey::generate().unwrap())
+        .network(network)
+        .spawn()
+        .await
+        .unwrap();
+    // Subscribe before acting, so no event is missed.
+    let events = node.subscribe(|_| true);
+    TestNode { node, events }
+}
+
+/// Registers a recording reactor for `channels`; returns what it sees.
+async fn reactor(node: &Node, name: &str, channels: &[u8]) -> mpsc::Receiver<Seen> {
+    let (tx, rx) = mpsc::channel(100_000);
+    let addr = Recorder { tx }.start();
+    let descs = channels
+        .iter()
+        .map(|&c| ChannelDescriptor::new(c).with_send_queue_capacity(2_000))
+        .collect();
+    node.switch()
+        .send(RegisterReactor::new(name, descs, &addr))
+        .await
+        .unwrap()
+        .unwrap();
+    rx
+}
+
+impl TestNode {
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        mut pred: impl FnMut(&SwitchEvent) -> bool,
+    ) -> SwitchEvent {
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                let e = self.events.recv().await.expect("node gone");
+                if pred(&e) {
+                    return e;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+    }
+
+    async fn connected_to(&mut self, peer: PeerId) {
+        self.wait_for(
+            "PeerConnected",
+            |e| matches!(e, SwitchEvent::PeerConnected { peer: p, .. } if *p == peer),
+        )
+        .await;
+    }
+
+    fn id(&self) -> PeerId {
+        self.node.net_address().id()
+    }
+
+    fn dial(&self, addr: NetAddress) {
+        #[allow(clippy::disallowed_methods)] // Test: a fire-and-forget command.
+        self.node.switch().do_send(DialPeers(vec![addr]));
+    }
+}
+
+async fn next_seen(rx: &mut mpsc::Receiver<Seen>) -> Seen {
+    tokio::time::timeout(TIMEOUT, rx.recv())
+        .await
+        .expect("timed out")
+        .expect("reactor gone")
+}
+
+/// Connects `a` to `b` (a dials) and waits until both report it.
+async fn connect(a: &mut TestNode, b: &mut TestNode) {
+    a.dial(b.node.net_address());
+    let (ida, idb) = (a.id(), b.id());
+    a.connected_to(idb).await;
+    b.connected_to(ida).await;
+}
+
+#[actix::test]
+async fn two_nodes_exchange_on_two_reactors_both_ways() {
+    let mut a = spawn(config(), "net").await;
+    let mut b = spawn(config(), "net").await;
+    let mut a1 = reactor(&a.node, "one", &[0x40]).await;
+    let mut a2 = reactor(&a.node, "two", &[0x41]).await;
+    let mut b1 = reactor(&b.node, "one", &[0x40]).await;
+    let mut b2 = reactor(&b.node, "two", &[0x41]).await;
+    connect(&mut a, &mut b).await;
+    for rx in [&mut a1, &mut a2] {
+        assert!(matches!(next_seen(rx).await, Seen::Added(p) if p == b.id()));
+    }
+    for rx in [&mut b1, &mut b2] {
+        assert!(matches!(next_seen(rx).await, Seen::Added(p) if p == a.id()));
+    }
+    let peers = a.node.switch().send(GetPeers).await.unwrap();
+    assert_eq!(peers.peers.len(), 1);
+    let to_b = &peers.peers[0].handle;
+    assert!(to_b.send(0x40, Bytes::from_static(b"a->b on 40")).await);
+    assert!(to_b.send(0x41, Bytes::from_static(b"a->b on 41")).await);
+    let peers = b.node.switch().send(GetPeers).await.unwrap();
+    let to_a = &peers.peers[0].handle;
+    assert!(to_a.send(0x40, Bytes::from_static(b"b->a on 40")).await);
+    assert!(to_a.send(0x41, Bytes::from_static(b"b->a on 41")).await);
+    assert!(
+        matches!(next_seen(&mut b1).await, Seen::Received(p, 0x40, m) if p == a.id() && m == "a->b on 40")
+    );
+    assert!(
+        matches!(next_seen(&mut b2).await, Seen::Received(p, 0x41, m) if p == a.id() && m == "a->b on 41")
+    );
+    assert!(
+        matches!(next_seen(&mut a1).await, Seen::Received(p, 0x40, m) if p == b.id() && m == "b->a on 40")
+    );
+    assert!(
+        matches!(next_seen(&mut a2).await, Seen::Received(p, 0x41, m) if p == b.id() && m == "b->a on 41")
+    );
+}
+
+#[actix::test]
+async fn a_thousand_broadcasts_from_a_hub_reach_four_leaves_in_order() {
+    let mut hub = spawn(config(), "net").await;
+    let _hub_rx = reactor(&hub.node, "gossip", &[0x30]).await;
+    let mut leaves = Vec::new();
+    for _ in 0..4 {
+        let mut leaf = spawn(config(), "net").await;
+        let rx = reactor(&leaf.node, "gossip", &[0x30]).await;
+        connect(&mut leaf, &mut hub).await;
+        leaves.push((leaf, rx));
+    }
+    for i in 0..1000u32 {
+        #[allow(clippy::disallowed_methods)] // Test: Broadcast is fire-and-forget.
+        hub.node.switch().do_send(Broadcast {
+            channel: 0x30,
+            payload: Bytes::from(i.to_le_bytes().to_vec()),
+        });
+    }
+    for (_, rx) in &mut leaves {
+        assert!(matches!(next_seen(rx).await, Seen::Added(_)));
+        for i in 0..1000u32 {
+            match next_seen(rx).await {
+                Seen::Received(_, 0x30, m) => {
+                    assert_eq!(m.as_ref(), i.to_le_bytes(), "message {i}")
+                }
+                other => panic!("expected message {i}, got {other:?}"),
+            }
+        }
+    }
+    let snap = hub.node.switch().send(GetPeers).await.unwrap();
+    assert_eq!(snap.inbound, 4);
+    assert_eq!(snap.broadcast_drops, 0);
+}
+
+#[actix::test]
+async fn the_inbound_limit_refuses_the_third_peer_and_closes_its_connection() {
+    let mut cfg = config();
+    cfg.max_num_inbound_peers = 2;
+    let mut hub = spawn(cfg, "net").await;
+    let _r = reactor(&hub.node, "r", &[0x40]).await;
+    for _ in 0..2 {
+        let mut n = spawn(config(), "net").await;
+        let _r = reactor(&n.node, "r", &[0x40]).await;
+        connect(&mut n, &mut hub).await;
+    }
+    let mut third = spawn(config(), "net").await;
+    let _r = reactor(&third.node, "r", &[0x40]).await;
+    third.dial(hub.node.net_address());
+    let e = hub
+        .wait_for("InboundRejected", |e| {
+            matches!(e, SwitchEvent::InboundRejected { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            e,
+            SwitchEvent::InboundRejected {
+                reason: InboundRejection::PeerSet(tm2_p2p::peers::RejectReason::MaxInbound {
+                    max: 2
+                }),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The third node's connection is closed by the hub: it sees the peer go.
+    let hub_id = hub.id();
+    third
+        .wait_for("the hub to close", |e| {
+            matches!(e, SwitchEvent::PeerDisconnected { peer, .. } if *peer == hub_id)
+                || matches!(e, SwitchEvent::DialFailed { .. })
+        })
+        .await;
+    assert_eq!(hub.node.switch().send(GetPeers).await.unwrap().inbound, 2);
+}
+
+#[actix::test]
+async fn a_node_on_another_network_is_refused_with_the_reason_on_both_sides() {
+    let mut a = spawn(config(), "net-a").await;
+    let _r = reactor(&a.node, "r", &[0x40]).await;
+    let mut b = spawn(config(), "net-b").await;
+    let _r = reactor(&b.node, "r", &[0x40]).await;
+    b.dial(a.node.net_address());
+    let e = b
+        .wait_for("DialFailed", |e| {
+            matches!(e, SwitchEvent::DialFailed { .. })
+        })
+        .await;
+    assert!(format!("{e:?}").contains("NetworkMismatch"), "{e:?}");
+    let e = a
+        .wait_for("InboundRejected", |e| {
+            matches!(e, SwitchEvent::InboundRejected { .. })
+        })
+        .await;
+    assert!(format!("{e:?}").contains("NetworkMismatch"), "{e:?}");
+}
+
+#[actix::test]
+async fn dialing_a_real_address_with_the_wrong_id_fails_with_an_id_mismatch() {
+    let a = spawn(config(), "net").await;
+    let _r = reactor(&a.node, "r", &[0x40]).await;
+    let mut b = spawn(config(), "net").await;
+    let _r = reactor(&b.node, "r", &[0x40]).await;
+    let real = a.node.net_address();
+    let wrong = NetAddress::new(
+        NodeKey::generate().unwrap().id(),
+        real.host().clone(),
+        real.port(),
+    )
+    .unwrap();
+    b.dial(wrong);
+    let e = b
+        .wait_for("DialFailed", |e| {
+            matches!(e, SwitchEvent::DialFailed { .. })
+        })
+        .await;
+    assert!(format!("{e:?}").contains("DialedIdMismatch"), "{e:?}");
+}
+
+#[actix::test]
+async fn dialing_yourself_is_refused() {
+    let mut a = spawn(config(), "net").await;
+    let _r = reactor(&a.node, "r", &[0x40]).await;
+    a.dial(a.node.net_address());
+    let e = a
+        .wait_for("DialFailed", |e| {
+            matches!(e, SwitchEvent::DialFailed { .. })
+        })
+        .await;
+    assert!(
+        matches!(
+            e,
+            SwitchEvent::DialFailed {
+                error: DialError::Refused(tm2_p2p::peers::RejectReason::SelfConnection),
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+#[actix::test]
+async fn stop_peer_for_error_twice_gives_one_disconnect() {
+    let mut a = spawn(config(), "net").await;
+    let mut ra = reactor(&a.node, "r", &[0x40]).await;
+    let mut b = spawn(config(), "net").await;
+    let _rb = reactor(&b.node, "r", &[0x40]).await;
+    connect(&mut a, &mut b).await;
+    let bid = b.id();
+    for _ in 0..2 {
+        a.node
+            .switch()
+            .send(StopPeerForError {
+                peer: bid,
+                reason: "bad block".into(),
+            })
+            .await
+            .unwrap();
+    }
+    let e = a
+        .wait_for("PeerDisconnected", |e| {
+            matches!(e, SwitchEvent::PeerDisconnected { .. })
+        })
+        .await;
+    assert!(
+        matches!(&e, SwitchEvent::PeerDisconnected { peer, reason: DisconnectReason::Misbehaved(r) } if *peer == bid && r == "bad block"),
+        "{e:?}"
+    );
+    assert!(matches!(next_seen(&mut ra).await, Seen::Added(_)));
+    assert!(
+        matches!(next_seen(&mut ra).await, Seen::Removed(p, DisconnectReason::Misbehaved(_)) if p == bid)
+    );
+    // A third request, after the removal, does nothing either.
+    a.node
+        .switch()
+        .send(StopPeerForError {
+            peer: bid,
+            reason: "again".into(),
+        })
+        .await
+        .unwrap();
+    // Nothing more: the next event is one we cause now.
+    let mut c = spawn(config(), "net").await;
+    let _rc = reactor(&c.node, "r", &[0x40]).await;
+    connect(&mut c, &mut a).await;
+    while let Some(e) = a.events.try_recv() {
+        assert!(
+            !matches!(e, SwitchEvent::PeerDisconnected { .. }),
+            "second disconnect: {e:?}"
+        );
+    }
+    assert!(ra.try_recv().map_or(true, |s| matches!(s, Seen::Added(_))));
+}
+
+#[actix::test]
+async fn a_late_reactor_gets_peer_added_for_connected_peers() {
+    let mut a = spawn(config(), "net").await;
+    let _r = reactor(&a.node, "early", &[0x40]).await;
+    let mut b = spawn(config(), "net").await;
+    let _r = reactor(&b.node, "early", &[0x40]).await;
+    connect(&mut a, &mut b).await;
+    let mut late = reactor(&a.node, "late", &[0x41]).await;
+    assert!(matches!(next_seen(&mut late).await, Seen::Added(p) if p == b.id()));
+}
+
+#[actix::test]
+async fn a_channel_claimed_twice_is_an_error() {
+    let a = spawn(config(), "net").await;
+    let _r = reactor(&a.node, "first", &[0x40]).await;
+    let (tx, _rx) = mpsc::channel(1);
+    let addr = Recorder { tx }.start();
+    let err = a
+        .node
+        .switch()
+        .send(RegisterReactor::new(
+            "second",
+            vec![ChannelDescriptor::new(0x40)],
+            &addr,
+        ))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, SwitchError::DuplicateChannel(0x40, ref owner) if owner == "first"),
+        "{err:?}"
+    );
+}
+
+#[actix::test]
+async fn after_shutdown_the_port_can_be_bound_again_and_peers_were_told() {
+    let mut a = spawn(config(), "net").await;
+    let mut ra = reactor(&a.node, "r", &[0x40]).await;
+    let mut b = spawn(config(), "net").await;
+    let _rb = reactor(&b.node, "r", &[0x40]).await;
+    connect(&mut a, &mut b).await;
+    let port = a.node.local_addr();
+    a.node.shutdown().await;
+    assert!(matches!(next_seen(&mut ra).await, Seen::Added(_)));
+    assert!(matches!(
+        next_seen(&mut ra).await,
+        Seen::Removed(_, DisconnectReason::Shutdown)
+    ));
+    let aid = a.id();
+    b.wait_for(
+        "a to go",
+        |e| matches!(e, SwitchEvent::PeerDisconnected { peer, .. } if *peer == aid),
+    )
+    .await;
+    tokio::net::TcpListener::bind(port)
+        .await
+        .expect("port released");
+}
+
+#[actix::test]
+async fn simultaneous_dials_leave_one_connection_twenty_times() {
+    for round in 0..20 {
+        let mut a = spawn(config(), "net").await;
+        let _ra = reactor(&a.node, "r", &[0x40]).await;
+        let mut b = spawn(config(), "net").await;
+        let _rb = reactor(&b.node, "r", &[0x40]).await;
+        a.dial(b.node.net_address());
+        b.dial(a.node.net_address());
+        let (ida, idb) = (a.id(), b.id());
+        a.connected_to(idb).await;
+        b.connected_to(ida).await;
+        // Let both sides settle: wait until each reports exactly one peer and the same
+        // connection (one side outbound, the other inbound), bounded in time.
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let pa = a.node.switch().send(GetPeers).await.unwrap();
+            let pb = b.node.switch().send(GetPeers).await.unwrap();
+            let settled = pa.peers.len() == 1
+                && pb.peers.len() == 1
+                && pa.outbound + pb.outbound == 1
+                && pa.inbound + pb.inbound == 1
+                && !pa.peers[0].handle.is_closed()
+                && !pb.peers[0].handle.is_closed();
+            if settled {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: {pa:?} / {pb:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The surviving connection works.
+        let pa = a.node.switch().send(GetPeers).await.unwrap();
+        assert!(
+            pa.peers[0]
+                .handle
+                .send(0x40, Bytes::from_static(b"hi"))
+                .await,
+            "round {round}"
+        );
+        a.node.shutdown().await;
+        b.node.shutdown().await;
+    }
+}
+
+async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(IpAddr::from(source), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[actix::test]
+async fn two_hundred_silent_connections_do_not_stop_real_nodes_and_are_closed() {
+    let mut cfg = config();
+    cfg.handshake_timeout = Duration::from_millis(800);
+    let mut a = spawn(cfg, "net").await;
+    let _ra = reactor(&a.node, "r", &[0x40]).await;
+    let target = a.node.local_addr();
+    let mut silent = Vec::new();
+    for _ in 0..200 {
+        silent.push(connect_from([127, 0, 0, 2], target).await);
+    }
+    let mut b = spawn(config(), "net").await;
+    let _rb = reactor(&b.node, "r", &[0x40]).await;
+    connect(&mut b, &mut a).await;
+    for mut tcp in silent {
+        let mut buf = [0u8; 16];
+        let closed = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a silent connection stayed open");
+    }
+}
