@@ -38,8 +38,12 @@ use crate::types::PeerId;
 /// 66 KiB, the size of TM2's write buffer): one `write` syscall per batch instead of per frame.
 pub const WRITE_BATCH_FRAMES: usize = 64;
 
-/// How many frames the reader's buffer holds, so one `read` syscall can bring in many frames.
+/// How many frames the reader's buffer holds at most, so one `read` syscall can bring in many
+/// frames.
 pub const READ_BUFFER_FRAMES: usize = 64;
+
+/// How many frames the reader's buffer holds at first (it grows while the peer sends fast).
+pub const INITIAL_READ_FRAMES: usize = 2;
 
 /// Size of the buffer the handshake reads into: the largest handshake input (a 35-byte
 /// ephemeral-key message plus a 1044-byte auth frame) with room for the peer's first frames.
@@ -196,8 +200,10 @@ pub struct SecretWriter<W> {
     pending: [u8; DATA_MAX],
     /// Bytes used in `pending`.
     pending_len: usize,
-    /// Sealed frames waiting for the socket, `WRITE_BATCH_FRAMES` frames long.
-    out: Box<[u8]>,
+    /// Sealed frames waiting for the socket. Grows a frame at a time up to
+    /// `WRITE_BATCH_FRAMES` frames as writes need it, so an idle connection holds about one
+    /// frame, not a whole batch.
+    out: Vec<u8>,
     /// End of the sealed bytes in `out`.
     out_len: usize,
     /// How much of `out[..out_len]` the socket has taken.
@@ -214,7 +220,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
             sealer,
             pending: [0; DATA_MAX],
             pending_len: 0,
-            out: vec![0; WRITE_BATCH_FRAMES * FRAME_LEN].into_boxed_slice(),
+            out: Vec::new(),
             out_len: 0,
             out_pos: 0,
             failed: None,
@@ -226,6 +232,12 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         &self.io
     }
 
+    /// Bytes this half holds for buffering (its batch of sealed frames); about one frame while
+    /// the connection is idle, at most `WRITE_BATCH_FRAMES` frames.
+    pub fn buffer_len(&self) -> usize {
+        self.out.len()
+    }
+
     /// Gives back the socket half, dropping anything not yet flushed.
     pub fn into_inner(self) -> W {
         self.io
@@ -234,7 +246,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
     /// Seals the partly filled frame into the next free slot of `out` (the caller made sure
     /// there is one).
     fn seal_pending(&mut self) -> io::Result<()> {
-        let at = self.out_len;
+        let at = self.claim_slot();
         let result = seal_at(
             &mut self.sealer,
             &mut self.out,
@@ -248,7 +260,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
     /// Seals `data` (at most `DATA_MAX` bytes) straight from the caller's buffer into the next
     /// free slot of `out`.
     fn seal_direct(&mut self, data: &[u8]) -> io::Result<()> {
-        let at = self.out_len;
+        let at = self.claim_slot();
         let result = seal_at(&mut self.sealer, &mut self.out, at, data);
         self.after_seal(result)
     }
@@ -266,9 +278,19 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         }
     }
 
-    /// True when `out` has room for one more frame.
+    /// True when the batch has room for one more frame.
     fn has_slot(&self) -> bool {
-        self.out_len + FRAME_LEN <= self.out.len()
+        self.out_len + FRAME_LEN <= WRITE_BATCH_FRAMES * FRAME_LEN
+    }
+
+    /// The offset of the next frame slot, growing `out` to hold it (the caller checked
+    /// [`has_slot`](Self::has_slot)).
+    fn claim_slot(&mut self) -> usize {
+        let at = self.out_len;
+        if self.out.len() < at + FRAME_LEN {
+            self.out.resize(at + FRAME_LEN, 0);
+        }
+        at
     }
 
     /// Writes all sealed frames to the socket.
@@ -366,9 +388,11 @@ pub struct SecretReader<R> {
     io: R,
     /// Opens each frame with the next receive nonce.
     opener: FrameOpener,
-    /// Ciphertext read from the socket, `READ_BUFFER_FRAMES` frames long. Frames are opened in
-    /// place, so the plaintext being handed out also lives here.
-    buf: Box<[u8]>,
+    /// Ciphertext read from the socket. Frames are opened in place, so the plaintext being
+    /// handed out also lives here. Starts at [`INITIAL_READ_FRAMES`] frames and doubles, up to
+    /// [`READ_BUFFER_FRAMES`], whenever a read fills it: an idle connection stays small, a busy
+    /// one reads many frames per syscall.
+    buf: Vec<u8>,
     /// Start of unopened ciphertext in `buf`.
     start: usize,
     /// End of the bytes read into `buf`.
@@ -388,8 +412,9 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
     /// Like [`SecretReader::new`], starting with ciphertext already read from the socket (what
     /// the handshake read past the auth frame; at most a few frames).
     pub fn with_leftover(io: R, opener: FrameOpener, leftover: &[u8]) -> Self {
-        let cap = (READ_BUFFER_FRAMES * FRAME_LEN).max(leftover.len().next_multiple_of(FRAME_LEN));
-        let mut buf = vec![0; cap].into_boxed_slice();
+        let cap = (INITIAL_READ_FRAMES * FRAME_LEN)
+            .max(leftover.len().next_multiple_of(FRAME_LEN) + FRAME_LEN);
+        let mut buf = vec![0; cap];
         buf[..leftover.len()].copy_from_slice(leftover);
         Self {
             io,
@@ -405,6 +430,12 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
     /// The socket half.
     pub fn get_ref(&self) -> &R {
         &self.io
+    }
+
+    /// Bytes this half holds for buffering: [`INITIAL_READ_FRAMES`] frames while the peer is
+    /// quiet, at most [`READ_BUFFER_FRAMES`] frames.
+    pub fn buffer_len(&self) -> usize {
+        self.buf.len()
     }
 
     /// Opens the frame at `start`, which is complete in `buf`.
@@ -458,9 +489,15 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecretReader<R> {
                 this.end -= this.start;
                 this.start = 0;
             }
+            let space = this.buf.len() - this.end;
             let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
             ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
             let n = rb.filled().len();
+            if n == space && this.buf.len() < READ_BUFFER_FRAMES * FRAME_LEN {
+                // The socket had at least as much as we could take: read more at once next time.
+                let grown = (this.buf.len() * 2).min(READ_BUFFER_FRAMES * FRAME_LEN);
+                this.buf.resize(grown, 0);
+            }
             if n == 0 {
                 if this.end > 0 {
                     return Poll::Ready(Err(io::Error::new(

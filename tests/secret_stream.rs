@@ -88,6 +88,36 @@ async fn ten_megabytes_each_way_arrive_intact() {
 }
 
 #[tokio::test]
+async fn buffers_stay_small_while_idle_and_grow_under_load() {
+    use tm2_p2p::actors::secret_stream::{
+        INITIAL_READ_FRAMES, READ_BUFFER_FRAMES, WRITE_BATCH_FRAMES,
+    };
+    let (a, b, _, _) = connected_pair().await;
+    let (_ar, mut aw) = a.into_split();
+    let (mut br, _bw) = b.into_split();
+    aw.write_all(b"ping").await.unwrap();
+    aw.flush().await.unwrap();
+    let mut got = [0u8; 4];
+    br.read_exact(&mut got).await.unwrap();
+    // An idle connection: one frame of write buffer, the initial read buffer.
+    assert_eq!(aw.buffer_len(), FRAME_LEN);
+    assert_eq!(br.buffer_len(), INITIAL_READ_FRAMES * FRAME_LEN);
+    // Under load both grow, to their caps at most.
+    let data = pseudo_random(4 * 1024 * 1024, 3);
+    let writer = tokio::spawn(async move {
+        aw.write_all(&data).await.unwrap();
+        aw.flush().await.unwrap();
+        aw
+    });
+    let mut sink = vec![0u8; 4 * 1024 * 1024];
+    br.read_exact(&mut sink).await.unwrap();
+    let aw = writer.await.unwrap();
+    assert_eq!(aw.buffer_len(), WRITE_BATCH_FRAMES * FRAME_LEN);
+    assert!(br.buffer_len() > INITIAL_READ_FRAMES * FRAME_LEN);
+    assert!(br.buffer_len() <= READ_BUFFER_FRAMES * FRAME_LEN);
+}
+
+#[tokio::test]
 async fn small_writes_share_frames() {
     let (a, b, _, _) = connected_pair().await;
     let (_ar, mut aw) = a.into_split();
