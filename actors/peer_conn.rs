@@ -25,12 +25,35 @@
 //! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
 //! supervisor's recipient.
 //!
+//! ## Adding a channel to a live connection
+//!
+//! [`PeerHandle::add_channel`] (or [`AddChannel`]) gives the connection a new channel and its
+//! reactor, for a reactor registered after the peer connected. Under the send lock it adds the
+//! channel to the [`MConnSender`] (which checks it: valid, unique id, at most
+//! [`MAX_CHANNELS`](crate::mconn::MAX_CHANNELS)), appends it to a pending list in the same
+//! locked state and sets an `AtomicBool`. The reader task owns the [`MConnReceiver`] and the
+//! reactor map, so it applies the pending list itself: after each `read` returns and before
+//! the chunk goes to `handle_bytes`, it loads the flag (one atomic load per chunk, no lock,
+//! nothing per packet) and, if set, takes the list under the lock and adds each channel to the
+//! receiver and the map.
+//!
+//! **Guarantee:** once `add_channel` returned `Ok`, messages may be sent on the channel, and
+//! every packet on it that is completed by a chunk the reader reads after that is accepted and
+//! delivered to the new reactor: that chunk's flag check comes after the `Ok`. This includes a
+//! packet whose first bytes were read and buffered earlier, since the receiver matches a
+//! packet to its channel only once it is complete. A packet on the channel completed by a
+//! chunk read before the `Ok` is `UnknownChannel` and ends the connection, as before. So the
+//! remote may use the channel as soon as this side's `add_channel` returned, and this side as
+//! soon as the remote's did: whoever adds channels on both ends (the Switch, from the peers'
+//! NodeInfo) must not send on a channel before the other end has it.
+//!
 //! ## Messages
 //!
 //! | receives | from | answer |
 //! | --- | --- | --- |
 //! | [`SendMessage`] | Switch, reactors | `true` once queued, `false` after `send_timeout` |
 //! | [`TrySendMessage`] | Switch, reactors | `true` if queued now |
+//! | [`AddChannel`] | Switch | `Ok` once added; see [`PeerHandle::add_channel`] |
 //! | [`Stop`] | Switch | — |
 //!
 //! It sends [`Receive`] to reactors and, exactly once when it ends, [`PeerStopped`] to its
@@ -175,8 +198,10 @@ impl PeerConn {
             state: Mutex::new(SendState {
                 sender,
                 reason: None,
+                added: Vec::new(),
             }),
             closed: AtomicBool::new(false),
+            channels_added: AtomicBool::new(false),
             writer_wake: Notify::new(),
             room: Notify::new(),
         });
@@ -308,6 +333,36 @@ impl Handler<TrySendMessage> for PeerConn {
     }
 }
 
+/// Add a channel and its reactor to the live connection; see [`PeerHandle::add_channel`].
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "Result<(), AddChannelError>")]
+pub struct AddChannel {
+    /// The new channel.
+    pub desc: ChannelDescriptor,
+    /// Where messages arriving on it go.
+    pub reactor: Recipient<Receive>,
+}
+
+impl Handler<AddChannel> for PeerConn {
+    type Result = Result<(), AddChannelError>;
+
+    fn handle(&mut self, msg: AddChannel, _ctx: &mut Self::Context) -> Self::Result {
+        self.handle.add_channel(msg.desc, msg.reactor)
+    }
+}
+
+/// Why [`PeerHandle::add_channel`] refused a channel. The connection is unaffected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AddChannelError {
+    /// The descriptor is invalid, its id is in use on this connection, or the connection has
+    /// [`MAX_CHANNELS`](crate::mconn::MAX_CHANNELS) channels already.
+    #[error("channel refused: {0}")]
+    Config(#[from] MConnConfigError),
+    /// The connection has ended.
+    #[error("the connection has ended")]
+    Closed,
+}
+
 /// End the connection now with `reason` (ignored if it already ended for another reason).
 /// Queued messages are dropped; the supervisor gets [`PeerStopped`] once the tasks ended.
 #[derive(Debug, Clone, Message)]
@@ -380,6 +435,33 @@ impl PeerHandle {
         }
     }
 
+    /// Adds channel `desc` to the live connection, delivering what arrives on it to `reactor`.
+    /// Same checks as at start (a valid descriptor, an id not in use, at most
+    /// [`MAX_CHANNELS`](crate::mconn::MAX_CHANNELS)); the channel goes last in the scheduler's
+    /// tie-break order; messages in flight on other channels are untouched. Never blocks on
+    /// I/O: it takes the send lock briefly.
+    ///
+    /// Once it returns `Ok`, sends on the channel are accepted, and every packet on it that
+    /// the reader reads from then on is delivered to `reactor` (the exact guarantee is in the
+    /// [module docs](self#adding-a-channel-to-a-live-connection)). The remote must add the
+    /// channel too before this side sends on it.
+    pub fn add_channel(
+        &self,
+        desc: ChannelDescriptor,
+        reactor: Recipient<Receive>,
+    ) -> Result<(), AddChannelError> {
+        let mut state = self.shared.lock();
+        if state.reason.is_some() {
+            return Err(AddChannelError::Closed);
+        }
+        state.sender.add_channel(desc)?;
+        // Under the lock, so the reader sees the additions in the sender's order, and the
+        // flag is never cleared with an addition left in the list.
+        state.added.push((desc, reactor));
+        self.shared.channels_added.store(true, Ordering::Release);
+        Ok(())
+    }
+
     /// Whether the connection has ended (every send answers false from then on).
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
@@ -405,6 +487,8 @@ struct Shared {
     state: Mutex<SendState>,
     /// Mirrors `state.reason.is_some()` for lock-free checks.
     closed: AtomicBool,
+    /// Set when `state.added` is not empty; the reader checks it once per read chunk.
+    channels_added: AtomicBool,
     /// Wakes the writer: a message was queued, a pong requested, or the connection closed.
     writer_wake: Notify,
     /// Wakes senders waiting for room: the writer took messages out of the queues, or the
@@ -418,6 +502,9 @@ struct SendState {
     sender: MConnSender,
     /// Why the connection ended: set once, by whoever ends it first.
     reason: Option<DisconnectReason>,
+    /// Channels added to `sender` that the reader has not yet added to its receiver and
+    /// reactor map, in the order they were added.
+    added: Vec<(ChannelDescriptor, Recipient<Receive>)>,
 }
 
 /// What [`Shared::offer`] did with a message.
@@ -592,11 +679,41 @@ async fn read_loop<R: AsyncRead + Unpin>(
             Ok(n) => n,
             Err(e) => break e.into(),
         };
+        // After the read, before decoding: a channel added while the read waited is known
+        // to the receiver when this chunk's packets are matched (module docs, "Adding a
+        // channel").
+        if shared.channels_added.load(Ordering::Acquire) {
+            if let Err(reason) = apply_added_channels(&shared, &mut rx, &mut links) {
+                break reason;
+            }
+        }
         if let Err(e) = rx.handle_bytes(clock::now(), &buf[..n]) {
             break e.into();
         }
     };
     shared.close(reason);
+}
+
+/// Adds the channels [`PeerHandle::add_channel`] gave the sender to the receiver and the
+/// reactor map. The receiver cannot refuse one: it started with the sender's channel set and
+/// gets the same additions in the same order (the sender checked them).
+fn apply_added_channels(
+    shared: &Shared,
+    rx: &mut MConnReceiver,
+    links: &mut Vec<ReactorLink>,
+) -> Result<(), DisconnectReason> {
+    let added = {
+        let mut state = shared.lock();
+        shared.channels_added.store(false, Ordering::Relaxed);
+        std::mem::take(&mut state.added)
+    };
+    for (desc, reactor) in added {
+        rx.add_channel(desc).map_err(|e| {
+            DisconnectReason::Internal(format!("receiver refused a channel the sender took: {e}"))
+        })?;
+        links.push(ReactorLink::new(desc.id, reactor));
+    }
+    Ok(())
 }
 
 /// Delivery of one channel's messages to its reactor, bounded by answered deliveries.

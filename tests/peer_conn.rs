@@ -1,6 +1,7 @@
 //! The `PeerConn` actor over real loopback TCP after a real secret handshake: messages of every
 //! size both ways, rate limits, refusals after a stop, the one-report-per-connection rule,
-//! hostile and silent peers, and backpressure from a slow reactor.
+//! hostile and silent peers, backpressure from a slow reactor, and channels added to a live
+//! connection.
 //!
 //! Tests wait on events (a reactor's progress, a supervisor's reports) with generous timeouts;
 //! the only timed waits are ones the scenario needs (time must pass for pings and rates).
@@ -15,11 +16,12 @@ use bytes::Bytes;
 use tm2_p2p::NodeKey;
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::peer_conn::{
-    PeerConn, PeerConnConfig, PeerHandle, PeerStopped, SendMessage, Stop, TrySendMessage,
+    AddChannel, AddChannelError, PeerConn, PeerConnConfig, PeerHandle, PeerStopped, SendMessage,
+    Stop, TrySendMessage,
 };
 use tm2_p2p::actors::reactor::{DisconnectReason, Receive};
 use tm2_p2p::actors::secret_stream::SecretStream;
-use tm2_p2p::mconn::{ChannelDescriptor, MConnConfig, MConnectionError};
+use tm2_p2p::mconn::{ChannelDescriptor, MConnConfig, MConnConfigError, MConnectionError};
 use tm2_p2p::types::PeerId;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::{Handle, Runtime};
@@ -761,4 +763,194 @@ async fn an_invalid_channel_set_is_refused_before_anything_starts() {
         err,
         tm2_p2p::mconn::MConnConfigError::DuplicateChannel(0x01)
     );
+}
+
+// ---- adding a channel to a live connection ----
+
+/// Sends `messages` on `channel` in order, each waiting for room.
+fn spawn_sends(
+    handle: &PeerHandle,
+    channel: u8,
+    messages: Vec<Bytes>,
+) -> tokio::task::JoinHandle<()> {
+    let handle = handle.clone();
+    tokio::spawn(async move {
+        for m in messages {
+            assert!(handle.send(channel, m).await, "send on {channel:#x}");
+        }
+    })
+}
+
+/// The payloads a reactor received, checking each came on `channel`.
+async fn payloads(reactor: &Reactor, channel: u8) -> Vec<Bytes> {
+    let got = reactor.addr.send(Take).await.unwrap();
+    got.into_iter()
+        .map(|r| {
+            assert_eq!(r.channel, channel, "a message reached the wrong reactor");
+            r.payload
+        })
+        .collect()
+}
+
+#[actix::test]
+async fn a_channel_added_on_both_sides_carries_messages_both_ways_while_the_first_keeps_working() {
+    const OLD: u8 = 0x01;
+    const NEW: u8 = 0x02;
+    let chans = [ChannelDescriptor::new(OLD).with_send_queue_capacity(4)];
+    let sup = Sup::start();
+    let (mut a, mut b) = pair(
+        (unlimited(), &chans),
+        (unlimited(), &chans),
+        &sup,
+        Some(io_runtime()),
+    )
+    .await;
+    let sizes = [0, 1, 1024, 1025, 3000, 64 * 1024];
+    let batch = |channel: u8, seed: u8| -> Vec<Bytes> {
+        (0..4u8)
+            .flat_map(|round| sizes.map(|len| pattern(len, seed ^ channel ^ round)))
+            .collect()
+    };
+    // Traffic on the old channel, both ways, keeps flowing while the channel is added.
+    let old_a_to_b = batch(OLD, 0xa0);
+    let old_b_to_a = batch(OLD, 0xb0);
+    let old_senders = [
+        spawn_sends(&a.handle, OLD, old_a_to_b.clone()),
+        spawn_sends(&b.handle, OLD, old_b_to_a.clone()),
+    ];
+    // B's reader is typically parked in `read` here: the addition must be applied before the
+    // next chunk is decoded, without any traffic on the new channel to wake it.
+    let mut new_a = Reactor::start(true, None);
+    let mut new_b = Reactor::start(true, None);
+    let desc = ChannelDescriptor::new(NEW)
+        .with_priority(5)
+        .with_send_queue_capacity(2);
+    a.handle.add_channel(desc, new_a.recipient()).unwrap();
+    b.addr
+        .send(AddChannel {
+            desc,
+            reactor: new_b.recipient(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let new_a_to_b = batch(NEW, 0xa1);
+    let new_b_to_a = batch(NEW, 0xb1);
+    let new_senders = [
+        spawn_sends(&a.handle, NEW, new_a_to_b.clone()),
+        spawn_sends(&b.handle, NEW, new_b_to_a.clone()),
+    ];
+    for s in old_senders.into_iter().chain(new_senders) {
+        s.await.unwrap();
+    }
+    let n = sizes.len() * 4;
+    a.reactor
+        .wait_for("old-channel messages at A", |p| p.count == n)
+        .await;
+    b.reactor
+        .wait_for("old-channel messages at B", |p| p.count == n)
+        .await;
+    new_a
+        .wait_for("new-channel messages at A", |p| p.count == n)
+        .await;
+    new_b
+        .wait_for("new-channel messages at B", |p| p.count == n)
+        .await;
+    assert!(
+        payloads(&b.reactor, OLD).await == old_a_to_b,
+        "old channel A->B"
+    );
+    assert!(
+        payloads(&a.reactor, OLD).await == old_b_to_a,
+        "old channel B->A"
+    );
+    assert!(
+        payloads(&new_b, NEW).await == new_a_to_b,
+        "new channel A->B"
+    );
+    assert!(
+        payloads(&new_a, NEW).await == new_b_to_a,
+        "new channel B->A"
+    );
+    assert_eq!(*sup.count.borrow(), 0, "{:?}", sup.addr.send(Stops).await);
+}
+
+#[actix::test]
+async fn adding_a_duplicate_or_a_seventeenth_channel_fails_and_the_connection_stays_up() {
+    let chans = [ChannelDescriptor::new(0x01)];
+    let sup = Sup::start();
+    let (a, mut b) = pair((unlimited(), &chans), (unlimited(), &chans), &sup, None).await;
+    let extra = Reactor::start(false, None);
+    assert_eq!(
+        a.handle
+            .add_channel(ChannelDescriptor::new(0x01), extra.recipient()),
+        Err(AddChannelError::Config(MConnConfigError::DuplicateChannel(
+            0x01
+        )))
+    );
+    assert_eq!(
+        a.handle.add_channel(
+            ChannelDescriptor::new(0x02).with_priority(0),
+            extra.recipient()
+        ),
+        Err(AddChannelError::Config(MConnConfigError::ZeroPriority(
+            0x02
+        )))
+    );
+    // 0x01 plus fifteen more make the maximum of sixteen.
+    for id in 0x02..=0x10 {
+        a.handle
+            .add_channel(ChannelDescriptor::new(id), extra.recipient())
+            .unwrap();
+    }
+    let seventeenth = AddChannel {
+        desc: ChannelDescriptor::new(0x11),
+        reactor: extra.recipient(),
+    };
+    assert_eq!(
+        a.addr.send(seventeenth).await.unwrap(),
+        Err(AddChannelError::Config(MConnConfigError::TooManyChannels {
+            count: 17,
+            max: 16
+        }))
+    );
+    assert_eq!(
+        a.handle
+            .add_channel(ChannelDescriptor::new(0x10), extra.recipient()),
+        Err(AddChannelError::Config(MConnConfigError::DuplicateChannel(
+            0x10
+        )))
+    );
+    // Refusals changed nothing: the first channel still works.
+    assert!(a.handle.send(0x01, Bytes::from_static(b"still here")).await);
+    b.reactor.wait_for("the message", |p| p.count == 1).await;
+    assert_eq!(*sup.count.borrow(), 0);
+}
+
+#[actix::test]
+async fn adding_a_channel_to_an_ended_connection_fails() {
+    let chans = [ChannelDescriptor::new(0x01)];
+    let mut sup = Sup::start();
+    let (a, b) = pair(
+        (unlimited(), &chans),
+        (unlimited(), &chans),
+        &sup,
+        Some(io_runtime()),
+    )
+    .await;
+    a.addr
+        .send(Stop {
+            reason: DisconnectReason::Shutdown,
+        })
+        .await
+        .unwrap();
+    sup.wait_stopped(a.handle.id()).await;
+    sup.wait_stopped(b.handle.id()).await;
+    let reactor = Reactor::start(false, None);
+    for handle in [&a.handle, &b.handle] {
+        assert_eq!(
+            handle.add_channel(ChannelDescriptor::new(0x02), reactor.recipient()),
+            Err(AddChannelError::Closed)
+        );
+    }
 }

@@ -134,6 +134,30 @@ impl ChannelIndex {
         Ok(Self(index))
     }
 
+    /// Validates `desc` against a connection that has `len` channels (indexed here) and
+    /// records it at position `len`, i.e. last in the scheduler's tie-break order. The same
+    /// checks as [`new`](Self::new): the descriptor itself, a unique id, at most
+    /// [`MAX_CHANNELS`]. On error nothing changes.
+    pub(crate) fn insert(
+        &mut self,
+        desc: &ChannelDescriptor,
+        len: usize,
+    ) -> Result<(), MConnConfigError> {
+        desc.validate()?;
+        if self.get(desc.id).is_some() {
+            return Err(MConnConfigError::DuplicateChannel(desc.id));
+        }
+        if len >= MAX_CHANNELS {
+            return Err(MConnConfigError::TooManyChannels {
+                count: len + 1,
+                max: MAX_CHANNELS,
+            });
+        }
+        // len < MAX_CHANNELS (16) < NONE, checked above.
+        self.0[usize::from(desc.id)] = len as u8;
+        Ok(())
+    }
+
     /// The position of channel `id`, if the connection has it.
     pub(crate) fn get(&self, id: u8) -> Option<usize> {
         match self.0[usize::from(id)] {
@@ -189,6 +213,30 @@ mod tests {
             MConnConfigError::TooManyChannels { count: 17, max: 16 }
         );
         assert!(ChannelIndex::new(&chans[..16]).is_ok());
+    }
+
+    #[test]
+    fn insert_checks_like_new_and_appends_last() {
+        let mut idx = ChannelIndex::new(&[ChannelDescriptor::new(5)]).unwrap();
+        assert_eq!(
+            idx.insert(&ChannelDescriptor::new(5), 1),
+            Err(MConnConfigError::DuplicateChannel(5))
+        );
+        assert_eq!(
+            idx.insert(&ChannelDescriptor::new(6).with_priority(0), 1),
+            Err(MConnConfigError::ZeroPriority(6))
+        );
+        assert_eq!(idx.get(6), None, "a refused descriptor leaves no trace");
+        idx.insert(&ChannelDescriptor::new(6), 1).unwrap();
+        assert_eq!(idx.get(6), Some(1));
+        for (len, id) in (2..16).zip(7u8..) {
+            idx.insert(&ChannelDescriptor::new(id), len).unwrap();
+        }
+        assert_eq!(
+            idx.insert(&ChannelDescriptor::new(0xee), 16),
+            Err(MConnConfigError::TooManyChannels { count: 17, max: 16 })
+        );
+        assert_eq!(idx.get(0xee), None);
     }
 
     #[test]

@@ -43,6 +43,17 @@ impl MConnection {
         })
     }
 
+    /// Adds a channel to both halves of the live connection: see
+    /// [`MConnSender::add_channel`] and [`MConnReceiver::add_channel`]. Same checks as
+    /// [`new`](Self::new); the channel goes last in the scheduler's tie-break order. Both
+    /// halves accept it or, on error, neither changes.
+    pub fn add_channel(&mut self, desc: ChannelDescriptor) -> Result<(), MConnConfigError> {
+        // The halves were built from one channel set and only grow together (here), so their
+        // indexes are equal and the receiver accepts whatever the sender accepted.
+        self.sender.add_channel(desc)?;
+        self.receiver.add_channel(desc)
+    }
+
     /// The two halves, for a writer task and a reader task.
     pub fn into_split(self) -> (MConnSender, MConnReceiver) {
         (self.sender, self.receiver)
@@ -467,6 +478,150 @@ mod tests {
             Err(TrySendError::Full { channel: 1, .. })
         ));
         assert!(conn.has_pending());
+    }
+
+    // --- adding channels to a live connection ---
+
+    #[test]
+    fn an_added_channel_carries_messages_both_ways_and_the_old_ones_keep_working() {
+        let old = [ChannelDescriptor::new(0x01).with_send_queue_capacity(4)];
+        let mut pair = Pair::new(&MConnConfig::default(), &old, &old);
+        pair.max_chunk = 100;
+        // A multi-packet message on the old channel is in flight (partly written, partly
+        // reassembled) while the channel is added.
+        let big = message(0x01, 0, 10_000);
+        pair.a.conn.try_send(0x01, big.clone()).unwrap();
+        let mut out = Vec::new();
+        let _ = pair.a.conn.poll_transmit(pair.now, &mut out);
+        let first_part = out.len() / 2;
+        pair.b
+            .conn
+            .handle_bytes(pair.now, &out[..first_part])
+            .unwrap();
+        pair.a.in_flight.extend_from_slice(&out[first_part..]);
+
+        let new = ChannelDescriptor::new(0x02)
+            .with_priority(3)
+            .with_send_queue_capacity(4);
+        pair.a.conn.add_channel(new).unwrap();
+        pair.b.conn.add_channel(new).unwrap();
+        assert!(pair.a.conn.can_send(0x02));
+        assert_eq!(pair.a.conn.sender().queued(0x02), Some(0));
+
+        // The message in flight on the old channel completes intact.
+        pair.drive_until(Duration::from_secs(1), |p| !p.b.received.is_empty());
+        let mut messages = vec![(0x01, big)];
+        for seq in 1..6 {
+            messages.push((0x02, message(0x02, seq, 1500)));
+            messages.push((0x01, message(0x01, seq, 700)));
+        }
+        send_all(&mut pair, &messages[1..], Duration::from_secs(5));
+        assert_eq!(by_channel(&pair.b.received), by_channel(&messages));
+
+        let back = message(0x02, 99, 3000);
+        pair.b.conn.try_send(0x02, back.clone()).unwrap();
+        pair.drive_until(Duration::from_secs(1), |p| !p.a.received.is_empty());
+        assert_eq!(pair.a.received, [(0x02, back)]);
+        assert_eq!((&pair.a.error, &pair.b.error), (&None, &None));
+    }
+
+    #[test]
+    fn an_added_channel_goes_last_in_the_tie_break() {
+        let now = base();
+        let mut conn = MConnection::new(&unlimited(), &[ChannelDescriptor::new(9)], now).unwrap();
+        conn.add_channel(ChannelDescriptor::new(1)).unwrap();
+        conn.try_send(1, Bytes::from_static(b"new")).unwrap();
+        conn.try_send(9, Bytes::from_static(b"old")).unwrap();
+        let mut out = Vec::new();
+        let _ = conn.poll_transmit(now, &mut out);
+        let (first, _) = packet::decode_framed(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(
+            first.to_packet(),
+            Packet::Msg {
+                channel: 9,
+                eof: true,
+                data: Bytes::from_static(b"old")
+            },
+            "equal recently-sent ÷ priority: the channel declared first goes first"
+        );
+    }
+
+    #[test]
+    fn adding_a_duplicate_or_invalid_channel_is_refused_and_changes_nothing() {
+        let now = base();
+        let chans = [ChannelDescriptor::new(1), ChannelDescriptor::new(2)];
+        let mut conn = MConnection::new(&unlimited(), &chans, now).unwrap();
+        assert_eq!(
+            conn.add_channel(ChannelDescriptor::new(2).with_priority(7)),
+            Err(MConnConfigError::DuplicateChannel(2))
+        );
+        assert_eq!(
+            conn.add_channel(ChannelDescriptor::new(3).with_send_queue_capacity(0)),
+            Err(MConnConfigError::ZeroCapacity {
+                channel: 3,
+                field: "send_queue_capacity"
+            })
+        );
+        assert!(!conn.can_send(3));
+        let (mut tx, mut rx) = conn.into_split();
+        assert_eq!(
+            tx.add_channel(ChannelDescriptor::new(1)),
+            Err(MConnConfigError::DuplicateChannel(1))
+        );
+        assert_eq!(
+            rx.add_channel(ChannelDescriptor::new(1)),
+            Err(MConnConfigError::DuplicateChannel(1))
+        );
+    }
+
+    #[test]
+    fn a_seventeenth_channel_is_refused() {
+        let now = base();
+        let mut conn = MConnection::new(&unlimited(), &[ChannelDescriptor::new(0)], now).unwrap();
+        for id in 1..16 {
+            conn.add_channel(ChannelDescriptor::new(id)).unwrap();
+        }
+        assert_eq!(
+            conn.add_channel(ChannelDescriptor::new(16)),
+            Err(MConnConfigError::TooManyChannels { count: 17, max: 16 })
+        );
+        assert!(conn.can_send(15) && !conn.can_send(16));
+    }
+
+    #[test]
+    fn a_packet_on_a_channel_only_the_sender_added_is_still_an_unknown_channel() {
+        let chans = [ChannelDescriptor::new(1)];
+        let mut pair = Pair::new(&unlimited(), &chans, &chans);
+        pair.a.conn.add_channel(ChannelDescriptor::new(2)).unwrap();
+        pair.a
+            .conn
+            .try_send(2, Bytes::from_static(b"early"))
+            .unwrap();
+        pair.drive_until(Duration::from_secs(1), |_| false);
+        assert_eq!(pair.b.error, Some(MConnectionError::UnknownChannel(2)));
+        assert!(pair.b.received.is_empty());
+    }
+
+    #[test]
+    fn a_packet_split_across_reads_is_accepted_if_the_channel_is_added_before_it_completes() {
+        let chans = [ChannelDescriptor::new(1)];
+        let now = base();
+        let mut tx = MConnection::new(&unlimited(), &chans, now).unwrap();
+        let mut rx = MConnection::new(&unlimited(), &chans, now).unwrap();
+        tx.add_channel(ChannelDescriptor::new(2)).unwrap();
+        tx.try_send(2, Bytes::from_static(b"straddles")).unwrap();
+        let mut out = Vec::new();
+        let _ = tx.poll_transmit(now, &mut out);
+        rx.handle_bytes(now, &out[..4]).unwrap();
+        rx.add_channel(ChannelDescriptor::new(2)).unwrap();
+        rx.handle_bytes(now, &out[4..]).unwrap();
+        assert_eq!(
+            rx.poll_event(),
+            Some(Event::Received {
+                channel: 2,
+                payload: Bytes::from_static(b"straddles")
+            })
+        );
     }
 
     // --- delivery ---

@@ -45,6 +45,15 @@
 //! 3. Read from the secret connection (up to the driver's buffer size) and pass the plaintext
 //!    to `handle_bytes(now, bytes)`; an error ends the connection. Go to 1.
 //!
+//! **Adding a channel** (a reactor registered after the connection started): call
+//! `add_channel(desc)` on both halves ([`MConnSender::add_channel`] under the writer's lock,
+//! [`MConnReceiver::add_channel`] in the reader task between two `handle_bytes` calls), or on
+//! [`MConnection::add_channel`]. The checks are those of construction; the channel goes last in
+//! the scheduler's tie-break order; other channels' messages in flight are untouched. A packet
+//! is matched to its channel when `handle_bytes` completes it, so the receiver must add the
+//! channel before the call that completes the peer's first packet on it, or that packet is
+//! [`MConnectionError::UnknownChannel`] as on any connection without the channel.
+//!
 //! A single-task driver (and the tests) can use [`MConnection`] whole: it answers pings and
 //! pongs itself, so its `poll_event` yields only `Received`.
 //!

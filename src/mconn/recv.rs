@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::channel::{ChannelDescriptor, ChannelIndex};
-use super::config::MConnConfig;
+use super::config::{MConnConfig, MConnConfigError};
 use super::error::MConnectionError;
 use super::packet::{self, PacketRef};
 use super::rate_bucket;
@@ -38,7 +38,8 @@ pub enum Event {
 
 /// The receive half of a connection. Owned by the task that reads from the socket.
 ///
-/// Input: [`handle_bytes`](Self::handle_bytes). Outputs: [`poll_event`](Self::poll_event) and
+/// Inputs: [`handle_bytes`](Self::handle_bytes) and [`add_channel`](Self::add_channel).
+/// Outputs: [`poll_event`](Self::poll_event) and
 /// [`recv_ready`](Self::recv_ready). The calling protocol is in the
 /// [module docs](super#driving-the-core).
 #[derive(Debug)]
@@ -113,6 +114,17 @@ struct RecvChannel {
     buf: Vec<u8>,
 }
 
+impl RecvChannel {
+    fn new(d: &ChannelDescriptor) -> Self {
+        Self {
+            id: d.id,
+            buffer_capacity: d.recv_buffer_capacity.min(d.recv_message_capacity),
+            message_capacity: d.recv_message_capacity,
+            buf: Vec::new(),
+        }
+    }
+}
+
 impl MConnReceiver {
     /// Builds the receive half; `config` and `channels` must already be validated (see
     /// [`MConnection::new`](super::MConnection::new)).
@@ -125,15 +137,7 @@ impl MConnReceiver {
         let max_packet_size = packet::max_packet_size(config.max_packet_msg_payload_size);
         let (bucket, resume_quantum) = rate_bucket(config.recv_rate, max_packet_size, now);
         Self {
-            channels: channels
-                .iter()
-                .map(|d| RecvChannel {
-                    id: d.id,
-                    buffer_capacity: d.recv_buffer_capacity.min(d.recv_message_capacity),
-                    message_capacity: d.recv_message_capacity,
-                    buf: Vec::new(),
-                })
-                .collect(),
+            channels: channels.iter().map(RecvChannel::new).collect(),
             index,
             max_packet_size,
             partial: Vec::new(),
@@ -144,7 +148,22 @@ impl MConnReceiver {
         }
     }
 
-    // --- input ---
+    // --- inputs ---
+
+    /// Adds a channel to the live connection, with the checks of construction: a valid
+    /// descriptor, an id not in use, at most [`MAX_CHANNELS`](super::MAX_CHANNELS) channels.
+    /// On error nothing changes.
+    ///
+    /// Packets are looked up when [`handle_bytes`](Self::handle_bytes) has a whole one, so
+    /// every packet on the channel completed by a `handle_bytes` call after this one is
+    /// accepted, including one whose first bytes were buffered earlier; a packet on it
+    /// completed before this call was `UnknownChannel`, which ended the connection. Messages
+    /// being reassembled on other channels are untouched.
+    pub fn add_channel(&mut self, desc: ChannelDescriptor) -> Result<(), MConnConfigError> {
+        self.index.insert(&desc, self.channels.len())?;
+        self.channels.push(RecvChannel::new(&desc));
+        Ok(())
+    }
 
     /// Feeds bytes read from the (decrypted) stream, received at `now`: decodes every whole
     /// packet into events and keeps an incomplete packet's start for the next call. Counts the

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes};
 
 use super::channel::{ChannelDescriptor, ChannelIndex};
-use super::config::MConnConfig;
+use super::config::{MConnConfig, MConnConfigError};
 use super::error::MConnectionError;
 use super::packet::{self, PacketRef};
 use super::rate_bucket;
@@ -25,6 +25,7 @@ pub const DECAY_INTERVAL: Duration = Duration::from_secs(2);
 ///
 /// Inputs: [`try_send`](Self::try_send) (from reactors), [`queue_pong`](Self::queue_pong) and
 /// [`handle_pong`](Self::handle_pong) (relayed from the receiver's events),
+/// [`add_channel`](Self::add_channel),
 /// [`handle_timeout`](Self::handle_timeout). Outputs: [`poll_transmit`](Self::poll_transmit)
 /// and [`poll_timeout`](Self::poll_timeout). The calling protocol is in the
 /// [module docs](super#driving-the-core).
@@ -85,6 +86,17 @@ struct SendChannel {
 }
 
 impl SendChannel {
+    fn new(d: &ChannelDescriptor) -> Self {
+        Self {
+            id: d.id,
+            priority: d.priority,
+            capacity: d.send_queue_capacity,
+            queue: VecDeque::with_capacity(d.send_queue_capacity.min(64)),
+            sending: None,
+            recently_sent: 0,
+        }
+    }
+
     fn has_data(&self) -> bool {
         self.sending.is_some() || !self.queue.is_empty()
     }
@@ -145,17 +157,7 @@ impl MConnSender {
         let max_packet = packet::max_packet_size(config.max_packet_msg_payload_size);
         let (bucket, resume_quantum) = rate_bucket(config.send_rate, max_packet, now);
         Self {
-            channels: channels
-                .iter()
-                .map(|d| SendChannel {
-                    id: d.id,
-                    priority: d.priority,
-                    capacity: d.send_queue_capacity,
-                    queue: VecDeque::with_capacity(d.send_queue_capacity.min(64)),
-                    sending: None,
-                    recently_sent: 0,
-                })
-                .collect(),
+            channels: channels.iter().map(SendChannel::new).collect(),
             index,
             max_payload: config.max_packet_msg_payload_size,
             ping_interval: config.ping_interval,
@@ -177,6 +179,20 @@ impl MConnSender {
     }
 
     // --- commands ---
+
+    /// Adds a channel to the live connection, with the checks of construction: a valid
+    /// descriptor, an id not in use, at most [`MAX_CHANNELS`](super::MAX_CHANNELS) channels.
+    /// The channel goes last in the scheduler's tie-break order and starts with nothing
+    /// recently sent; queued and partly sent messages of the other channels are untouched.
+    /// On error nothing changes.
+    ///
+    /// The peer's receiver must have the channel before our packets on it reach it, or it
+    /// closes the connection with `UnknownChannel`.
+    pub fn add_channel(&mut self, desc: ChannelDescriptor) -> Result<(), MConnConfigError> {
+        self.index.insert(&desc, self.channels.len())?;
+        self.channels.push(SendChannel::new(&desc));
+        Ok(())
+    }
 
     /// Queues `payload` on `channel` if its queue has room. Never blocks; a full queue hands
     /// the message back ([`TrySendError::Full`]). The driver then wakes the writer.
