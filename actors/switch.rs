@@ -399,7 +399,8 @@ impl Handler<RegisterReactor> for Switch {
             self.channel_owner.insert(d.id, index);
             self.info.channels.push(d.id);
         }
-        // Connected peers: the new reactor hears of each of them.
+        // Connected peers: the new reactor hears of each of them, then its channels are added
+        // to their connections (after PeerAdded is queued, so no Receive can come first).
         for entry in self.peers.iter() {
             let info = PeerInfo {
                 id: entry.id(),
@@ -413,6 +414,17 @@ impl Handler<RegisterReactor> for Switch {
             // Control message, once per connected peer at registration.
             #[allow(clippy::disallowed_methods)]
             msg.recipients.added.do_send(PeerAdded { peer: info });
+            for d in &msg.channels {
+                if let Err(e) = entry
+                    .data
+                    .handle
+                    .add_channel(*d, msg.recipients.receive.clone())
+                {
+                    // Validated above, so only a connection that just ended gets here; its
+                    // PeerStopped is on the way.
+                    debug!(self.log, "channel not added to a closing connection"; "peer" => %entry.id(), "error" => %e);
+                }
+            }
         }
         self.reactors.push(Reactor {
             name: msg.name,
@@ -553,7 +565,8 @@ impl Handler<Broadcast> for Switch {
 }
 
 /// Sends to one peer, waiting up to the send timeout for room. Answers false for an unknown
-/// peer or channel, a full queue after the timeout, or a stopped peer.
+/// peer, a channel the peer did not advertise (it would drop the connection, as TM2's
+/// `Peer.Send` guards), a full queue after the timeout, or a stopped peer.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "bool")]
 pub struct SendTo {
@@ -569,7 +582,11 @@ impl Handler<SendTo> for Switch {
     type Result = ResponseFuture<bool>;
 
     fn handle(&mut self, msg: SendTo, _: &mut Self::Context) -> Self::Result {
-        let handle = self.peers.get(&msg.peer).map(|e| e.data.handle.clone());
+        let handle = self
+            .peers
+            .get(&msg.peer)
+            .filter(|e| e.data.node_info.channels.contains(&msg.channel))
+            .map(|e| e.data.handle.clone());
         Box::pin(async move {
             match handle {
                 Some(h) => h.send(msg.channel, msg.payload).await,
@@ -579,8 +596,8 @@ impl Handler<SendTo> for Switch {
     }
 }
 
-/// Sends to one peer if its queue has room now. Answers false otherwise, for an unknown peer
-/// or channel, or a stopped peer.
+/// Sends to one peer if its queue has room now. Answers false otherwise, for an unknown peer,
+/// a channel the peer did not advertise, or a stopped peer.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "bool")]
 pub struct TrySendTo {
@@ -596,9 +613,10 @@ impl Handler<TrySendTo> for Switch {
     type Result = bool;
 
     fn handle(&mut self, msg: TrySendTo, _: &mut Self::Context) -> bool {
-        self.peers
-            .get(&msg.peer)
-            .is_some_and(|e| e.data.handle.try_send(msg.channel, msg.payload))
+        self.peers.get(&msg.peer).is_some_and(|e| {
+            e.data.node_info.channels.contains(&msg.channel)
+                && e.data.handle.try_send(msg.channel, msg.payload)
+        })
     }
 }
 

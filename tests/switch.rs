@@ -392,6 +392,41 @@ async fn a_late_reactor_gets_peer_added_for_connected_peers() {
     connect(&mut a, &mut b).await;
     let mut late = reactor(&a.node, "late", &[0x41]).await;
     assert!(matches!(next_seen(&mut late).await, Seen::Added(p) if p == b.id()));
+    // b never advertised 0x41: the Switch refuses to send there rather than let b drop us.
+    let refused = a
+        .node
+        .switch()
+        .send(tm2_p2p::SendTo {
+            peer: b.id(),
+            channel: 0x41,
+            payload: Bytes::from_static(b"x"),
+        })
+        .await
+        .unwrap();
+    assert!(!refused);
+    // A node that connects after the registration has the channel both ways.
+    let mut c = spawn(config(), "net").await;
+    let _c0 = reactor(&c.node, "early", &[0x40]).await;
+    let mut c1 = reactor(&c.node, "late", &[0x41]).await;
+    connect(&mut c, &mut a).await;
+    assert!(matches!(next_seen(&mut late).await, Seen::Added(p) if p == c.id()));
+    assert!(matches!(next_seen(&mut c1).await, Seen::Added(p) if p == a.id()));
+    let sent = a
+        .node
+        .switch()
+        .send(tm2_p2p::SendTo {
+            peer: c.id(),
+            channel: 0x41,
+            payload: Bytes::from_static(b"late hello"),
+        })
+        .await
+        .unwrap();
+    assert!(sent);
+    assert!(
+        matches!(next_seen(&mut c1).await, Seen::Received(p, 0x41, m) if p == a.id() && m == "late hello")
+    );
+    // And the old peer's connection is still up.
+    assert_eq!(a.node.switch().send(GetPeers).await.unwrap().peers.len(), 2);
 }
 
 #[actix::test]
