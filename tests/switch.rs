@@ -560,3 +560,58 @@ async fn two_hundred_silent_connections_do_not_stop_real_nodes_and_are_closed() 
         assert!(closed.is_ok(), "a silent connection stayed open");
     }
 }
+
+#[actix::test]
+async fn a_peer_that_stops_reading_loses_broadcasts_alone_and_they_are_counted() {
+    const N: u32 = 400;
+    let mut hub = spawn(config(), "net").await;
+    // The hub queues at most 8 messages per peer on this channel.
+    let (tx, _hub_rx) = mpsc::channel(100_000);
+    let recorder = Recorder { tx }.start();
+    let desc = ChannelDescriptor::new(0x30).with_send_queue_capacity(8);
+    hub.node
+        .switch()
+        .send(RegisterReactor::new("gossip", vec![desc], &recorder))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut good = spawn(config(), "net").await;
+    let mut good_rx = reactor(&good.node, "gossip", &[0x30]).await;
+    connect(&mut good, &mut hub).await;
+    assert!(matches!(next_seen(&mut good_rx).await, Seen::Added(_)));
+    // A peer that completes the handshake and then never reads a byte.
+    let key = NodeKey::generate().unwrap();
+    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
+    let info = tm2_p2p::NodeInfo::new(addr, "net", vec![0x30]);
+    let stuck =
+        tm2_p2p::actors::transport::dial(&hub.node.net_address(), &key, &info, TIMEOUT, TIMEOUT)
+            .await
+            .unwrap();
+    hub.connected_to(key.id()).await;
+    // 400 broadcasts of 64 KiB (25 MiB, more than the socket buffers hold), each sent once
+    // the good leaf has the previous one, so only the stuck peer can fall behind.
+    for i in 0..N {
+        let mut msg = vec![0u8; 64 * 1024];
+        msg[..4].copy_from_slice(&i.to_le_bytes());
+        hub.node
+            .switch()
+            .send(Broadcast {
+                channel: 0x30,
+                payload: Bytes::from(msg),
+            })
+            .await
+            .unwrap();
+        match next_seen(&mut good_rx).await {
+            Seen::Received(_, 0x30, m) => assert_eq!(m[..4], i.to_le_bytes(), "message {i}"),
+            other => panic!("expected message {i}, got {other:?}"),
+        }
+    }
+    let snap = hub.node.switch().send(GetPeers).await.unwrap();
+    assert_eq!(snap.peers.len(), 2, "the stuck peer is still connected");
+    assert!(
+        snap.broadcast_drops > 0,
+        "the stuck peer's full queue must drop"
+    );
+    assert!(snap.broadcast_drops < u64::from(N));
+    drop(stuck);
+}
