@@ -615,3 +615,33 @@ async fn a_peer_that_stops_reading_loses_broadcasts_alone_and_they_are_counted()
     assert!(snap.broadcast_drops < u64::from(N));
     drop(stuck);
 }
+
+#[actix::test]
+async fn spawn_binds_first_and_reports_a_taken_port() {
+    let a = spawn(config(), "net").await;
+    // Port 0 was replaced by the real port.
+    assert_ne!(a.node.net_address().port(), 0);
+    assert_eq!(a.node.local_addr().port(), a.node.net_address().port());
+    let taken = P2pConfig {
+        laddr: a.node.local_addr(),
+        ..config()
+    };
+    let err = SwitchBuilder::new(taken, NodeKey::generate().unwrap())
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, SwitchError::Bind { .. }), "{err:?}");
+    // An invalid config is refused before binding, naming the field.
+    let bad = P2pConfig {
+        max_packet_msg_payload_size: 0,
+        ..config()
+    };
+    let err = SwitchBuilder::new(bad, NodeKey::generate().unwrap())
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("max_packet_msg_payload_size"),
+        "{err}"
+    );
+}
