@@ -77,6 +77,15 @@ pub enum DialError {
     /// The node is shutting down.
     #[error("node shutting down")]
     Shutdown,
+    /// The dial queue was full (its bound is [`DEFAULT_DIAL_QUEUE_CAPACITY`]); nothing was
+    /// queued.
+    ///
+    /// [`DEFAULT_DIAL_QUEUE_CAPACITY`]: crate::dial::DEFAULT_DIAL_QUEUE_CAPACITY
+    #[error("dial queue full ({capacity} addresses)")]
+    QueueFull {
+        /// The queue's bound.
+        capacity: usize,
+    },
 }
 
 /// Why an inbound connection did not become a peer.

@@ -3,10 +3,12 @@
 //! The clock is read in exactly one place, [`clock`]; everything else receives `now`.
 
 pub mod clock;
+pub mod dialer;
 pub mod events;
 pub mod node;
 pub mod peer_conn;
 pub mod reactor;
+pub mod redialer;
 pub mod secret_stream;
 pub mod switch;
 pub mod transport;

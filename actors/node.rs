@@ -19,14 +19,17 @@ use slog::{Logger, o};
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 
+use crate::actors::dialer::{Dialer, DialerSwitch};
 use crate::actors::events::{EventBus, EventStream, SwitchEvent};
-use crate::actors::switch::{Shutdown, Switch, SwitchError};
+use crate::actors::redialer::Redialer;
+use crate::actors::switch::{DialRecipients, Shutdown, Switch, SwitchError};
 use crate::actors::transport::{Transport, TransportConfig};
 use crate::config::P2pConfig;
+use crate::dial::{BackoffConfig, DEFAULT_DIAL_QUEUE_CAPACITY};
 use crate::key::NodeKey;
 use crate::types::{NetAddress, NodeInfo};
 
-/// Builds and spawns a node: its Transport (listener) and Switch.
+/// Builds and spawns a node: its Transport (listener), Switch, Dialer and Redialer.
 #[derive(Debug)]
 pub struct SwitchBuilder {
     /// The p2p configuration.
@@ -74,8 +77,9 @@ impl SwitchBuilder {
         self
     }
 
-    /// Validates the config, binds the listen address, and starts the Transport and the Switch
-    /// on the current actix arbiter. A bind error is returned here, before anything runs.
+    /// Validates the config, binds the listen address, and starts the Transport, the Switch,
+    /// the Dialer and the Redialer (which dials `persistent_peers`) on the current actix
+    /// arbiter. A bind error is returned here, before anything runs.
     pub async fn spawn(self) -> Result<Node, SwitchError> {
         let Self {
             config,
@@ -121,7 +125,34 @@ impl SwitchBuilder {
                     log.clone(),
                 )
                 .start();
-                Switch::new(config, info, transport, events, io, log)
+                let dialer = Dialer::new(
+                    DEFAULT_DIAL_QUEUE_CAPACITY,
+                    config.max_concurrent_dials,
+                    DialerSwitch {
+                        begin: ctx.address().recipient(),
+                        finished: ctx.address().recipient(),
+                    },
+                    transport.clone().recipient(),
+                    log.clone(),
+                )
+                .start();
+                let redialer = Redialer::new(
+                    config.persistent_peers.clone(),
+                    BackoffConfig::from_config(&config),
+                    dialer.clone().recipient(),
+                    log.clone(),
+                )
+                .start();
+                let dial = DialRecipients {
+                    queue: dialer.clone().recipient(),
+                    stop_dialing: dialer.recipient(),
+                    watch: redialer.clone().recipient(),
+                    connected: redialer.clone().recipient(),
+                    disconnected: redialer.clone().recipient(),
+                    dial_failed: redialer.clone().recipient(),
+                    stop_redialing: redialer.recipient(),
+                };
+                Switch::new(config, info, transport, dial, events, io, log)
             }
         });
         Ok(Node {

@@ -15,6 +15,8 @@
 //! | --- | --- | --- |
 //! | [`RegisterReactor`] | host | `Result<(), SwitchError>` |
 //! | [`DialPeers`] | host, peer exchange | `()` (outcomes are events) |
+//! | [`AddPersistentPeers`] | host | `()` (outcomes are events) |
+//! | [`BeginDial`], [`DialFinished`] | Dialer | [`DialCheck`], `()` |
 //! | [`Broadcast`] | reactors | `()` (never waits; full queues drop, counted) |
 //! | [`SendTo`] / [`TrySendTo`] | reactors | `bool` |
 //! | [`GetPeers`] | anyone | [`PeerSetSnapshot`] |
@@ -28,7 +30,6 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
 use actix::prelude::*;
@@ -39,17 +40,22 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::runtime::Handle;
 
 use crate::actors::clock;
+use crate::actors::dialer::{QueueDials, StopDialing};
 use crate::actors::events::{DialError, EventBus, InboundRejection, SwitchEvent};
 use crate::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped, Stop};
 use crate::actors::reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive};
+use crate::actors::redialer::{
+    PersistentDialFailed, PersistentPeerConnected, PersistentPeerDisconnected, StopRedialing,
+    WatchPersistentPeers,
+};
 use crate::actors::transport::{
-    Dial, InboundConnection, InboundRejected, Stop as StopTransport, Transport, TransportError,
-    UpdateNodeInfo, Upgraded,
+    InboundConnection, InboundRejected, Stop as StopTransport, Transport, UpdateNodeInfo, Upgraded,
 };
 use crate::config::P2pConfig;
+use crate::dial::DialItem;
 use crate::mconn::{ChannelDescriptor, MAX_CHANNELS, MConnConfigError};
 use crate::peers::{Admission, PeerEntry, PeerLimits, PeerSet, RejectReason};
-use crate::types::{Host, NetAddress, NodeInfo, PeerId};
+use crate::types::{Direction, NetAddress, NodeInfo, PeerId};
 
 /// Errors the Switch answers synchronously.
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +117,26 @@ pub struct ReactorRecipients {
     receive: Recipient<Receive>,
 }
 
+/// The Switch's recipients of the [`Dialer`](crate::actors::dialer::Dialer) and the
+/// [`Redialer`](crate::actors::redialer::Redialer).
+#[derive(Clone)]
+pub struct DialRecipients {
+    /// The Dialer's queue.
+    pub queue: Recipient<QueueDials>,
+    /// Stops the Dialer.
+    pub stop_dialing: Recipient<StopDialing>,
+    /// New persistent peers for the Redialer.
+    pub watch: Recipient<WatchPersistentPeers>,
+    /// A persistent peer connected.
+    pub connected: Recipient<PersistentPeerConnected>,
+    /// A persistent peer disconnected.
+    pub disconnected: Recipient<PersistentPeerDisconnected>,
+    /// A dial of a persistent peer failed.
+    pub dial_failed: Recipient<PersistentDialFailed>,
+    /// Stops the Redialer.
+    pub stop_redialing: Recipient<StopRedialing>,
+}
+
 /// The Switch actor; spawned by [`SwitchBuilder`](crate::actors::node::SwitchBuilder).
 pub struct Switch {
     /// The p2p configuration (validated).
@@ -130,8 +156,10 @@ pub struct Switch {
     /// A connection that won the simultaneous-dial tie-break, waiting for the connection it
     /// replaces to stop.
     replacing: HashMap<PeerId, (Upgraded, NetAddress)>,
-    /// Dials in flight (not yet answered by the transport).
+    /// Dials in flight: allowed by [`BeginDial`], not yet reported by [`DialFinished`].
     dialing: HashSet<PeerId>,
+    /// The Dialer and the Redialer.
+    dial: DialRecipients,
     /// Ids of persistent peers.
     persistent: HashSet<PeerId>,
     /// Ids of private peers.
@@ -154,6 +182,7 @@ impl Switch {
         config: P2pConfig,
         info: NodeInfo,
         transport: Addr<Transport>,
+        dial: DialRecipients,
         events: EventBus,
         io: Option<Handle>,
         log: Logger,
@@ -172,6 +201,7 @@ impl Switch {
             stopping: HashSet::new(),
             replacing: HashMap::new(),
             dialing: HashSet::new(),
+            dial,
             persistent,
             private,
             events,
@@ -292,6 +322,37 @@ impl Switch {
             direction,
             remote: remote_addr,
         });
+        if info.persistent {
+            // Control message, once per persistent connection.
+            #[allow(clippy::disallowed_methods)]
+            self.dial.connected.do_send(PersistentPeerConnected {
+                peer: id,
+                at: clock::now(),
+            });
+        }
+    }
+
+    /// Publishes a failed dial, and tells the Redialer if the peer is persistent.
+    fn dial_failed(&mut self, address: NetAddress, error: DialError) {
+        debug!(self.log, "dial failed"; "address" => %address, "error" => %error);
+        if self.persistent.contains(&address.id()) {
+            // Control message, at most once per dial of a persistent peer.
+            #[allow(clippy::disallowed_methods)]
+            self.dial.dial_failed.do_send(PersistentDialFailed {
+                address: address.clone(),
+                error: error.clone(),
+            });
+        }
+        self.events
+            .publish(SwitchEvent::DialFailed { address, error });
+    }
+
+    /// Dials in flight of non-persistent peers (they hold outbound slots).
+    fn non_persistent_dials(&self) -> usize {
+        self.dialing
+            .iter()
+            .filter(|id| !self.persistent.contains(id))
+            .count()
     }
 
     /// Asks a peer's connection to stop (once); its [`PeerStopped`] finishes the removal.
@@ -438,8 +499,11 @@ impl Handler<RegisterReactor> for Switch {
     }
 }
 
-/// Dials each address (names are resolved first). Outcomes arrive as
-/// [`SwitchEvent::PeerConnected`] or [`SwitchEvent::DialFailed`].
+/// Queues a dial of each address, due now, in the Dialer. Names are resolved when the dial
+/// starts. Every address ends in one [`SwitchEvent::PeerConnected`] or
+/// [`SwitchEvent::DialFailed`] (ourselves, already connected, no outbound slot, a full queue,
+/// an unresolvable name, a failed connection or handshake); a peer already queued is dialed
+/// once.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct DialPeers(pub Vec<NetAddress>);
@@ -448,90 +512,144 @@ impl Handler<DialPeers> for Switch {
     type Result = ();
 
     fn handle(&mut self, msg: DialPeers, ctx: &mut Self::Context) {
-        for addr in msg.0 {
-            let id = addr.id();
-            if self.shutdown.is_some() {
-                self.events.publish(SwitchEvent::DialFailed {
-                    address: addr,
-                    error: DialError::Shutdown,
-                });
-                continue;
+        if self.shutdown.is_some() {
+            for address in msg.0 {
+                self.dial_failed(address, DialError::Shutdown);
             }
-            let persistent = self.persistent.contains(&id);
-            let in_flight = self.dialing.len();
-            let refused = if self.dialing.contains(&id) {
-                Err(RejectReason::Duplicate)
-            } else {
-                self.peers.can_dial(id, persistent, in_flight)
-            };
-            if let Err(reason) = refused {
-                self.events.publish(SwitchEvent::DialFailed {
-                    address: addr,
-                    error: DialError::Refused(reason),
-                });
-                continue;
+            return;
+        }
+        let now = clock::now();
+        let items = msg.0.into_iter().map(|a| DialItem::new(a, now)).collect();
+        let queue = self.dial.queue.clone();
+        // `send` waits for room in the Dialer's mailbox; nothing is dropped.
+        ctx.spawn(
+            async move {
+                let _ = queue.send(QueueDials(items)).await;
             }
-            self.dialing.insert(id);
-            let transport = self.transport.clone();
-            let dial = async move {
-                let result = async {
-                    let resolved = resolve(&addr).await.map_err(TransportError::Io)?;
-                    transport
-                        .send(Dial { addr: resolved })
-                        .await
-                        .map_err(|_| TransportError::Io(io::Error::other("transport stopped")))?
-                }
-                .await;
-                match result {
-                    Ok(up) => Ok((up, addr)),
-                    Err(e) => Err((Arc::new(e), addr)),
-                }
-            };
-            ctx.spawn(dial.into_actor(self).map(move |result, act, ctx| {
-                act.dialing.remove(&id);
-                if act.shutdown.is_some() {
-                    let address = match result {
-                        Ok((_, addr)) | Err((_, addr)) => addr,
-                    };
-                    act.events.publish(SwitchEvent::DialFailed {
-                        address,
-                        error: DialError::Shutdown,
-                    });
-                    return;
-                }
-                match result {
-                    Ok((up, addr)) => {
-                        if let Err(reason) = act.admit(up, addr.clone(), ctx) {
-                            act.events.publish(SwitchEvent::DialFailed {
-                                address: addr,
-                                error: DialError::Rejected(reason),
-                            });
-                        }
-                    }
-                    Err((e, addr)) => {
-                        debug!(act.log, "dial failed"; "address" => %addr, "error" => %e);
-                        act.events.publish(SwitchEvent::DialFailed {
-                            address: addr,
-                            error: DialError::Transport(e),
-                        });
-                    }
-                }
-            }));
+            .into_actor(self),
+        );
+    }
+}
+
+/// Makes peers persistent (exempt from the limits, redialed forever after a disconnect or a
+/// failed dial) and dials those not connected now. `persistent_peers` in the config does the
+/// same at start.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct AddPersistentPeers(pub Vec<NetAddress>);
+
+impl Handler<AddPersistentPeers> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: AddPersistentPeers, _: &mut Self::Context) {
+        if self.shutdown.is_some() {
+            for address in msg.0 {
+                self.dial_failed(address, DialError::Shutdown);
+            }
+            return;
+        }
+        let watch = msg
+            .0
+            .into_iter()
+            .map(|address| {
+                let id = address.id();
+                self.persistent.insert(id);
+                self.peers.set_persistent(&id, true);
+                let connected_at = self.peers.get(&id).map(|e| e.connected_at);
+                (address, connected_at)
+            })
+            .collect();
+        // Control message, once per request.
+        #[allow(clippy::disallowed_methods)]
+        self.dial.watch.do_send(WatchPersistentPeers(watch));
+    }
+}
+
+/// What the Switch says to a dial about to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, MessageResponse)]
+pub enum DialCheck {
+    /// Dial: counted as in flight until its [`DialFinished`].
+    Go,
+    /// Not now: the outbound slots are held only by dials in flight, one of which may fail.
+    /// Queue it again and wait for one of them to finish.
+    Defer,
+    /// Do not dial; the Switch has published the `DialFailed`.
+    Refused,
+}
+
+/// Asked by the Dialer just before a dial: is it still worth making (not ourselves, not
+/// connected, not being dialed, an outbound slot free counting the dials in flight)?
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "DialCheck")]
+pub struct BeginDial {
+    /// The address about to be dialed.
+    pub address: NetAddress,
+}
+
+impl Handler<BeginDial> for Switch {
+    type Result = DialCheck;
+
+    fn handle(&mut self, msg: BeginDial, _: &mut Self::Context) -> DialCheck {
+        let id = msg.address.id();
+        if self.shutdown.is_some() {
+            self.dial_failed(msg.address, DialError::Shutdown);
+            return DialCheck::Refused;
+        }
+        if self.dialing.contains(&id) {
+            self.dial_failed(msg.address, DialError::Refused(RejectReason::Duplicate));
+            return DialCheck::Refused;
+        }
+        let persistent = self.persistent.contains(&id);
+        let in_flight = self.non_persistent_dials();
+        match self.peers.can_dial(id, persistent, in_flight) {
+            Ok(()) => {
+                self.dialing.insert(id);
+                DialCheck::Go
+            }
+            Err(RejectReason::MaxOutbound { .. })
+                if in_flight > 0 && self.peers.room(Direction::Outbound) > 0 =>
+            {
+                DialCheck::Defer
+            }
+            Err(reason) => {
+                self.dial_failed(msg.address, DialError::Refused(reason));
+                DialCheck::Refused
+            }
         }
     }
 }
 
-/// Resolves a DNS host to its first IP (an explicit step, never inside a decoder).
-async fn resolve(addr: &NetAddress) -> io::Result<NetAddress> {
-    if let Host::Dns(_) = addr.host() {
-        let socket = tokio::net::lookup_host(addr.dial_string())
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name has no address"))?;
-        return NetAddress::from_socket_addr(addr.id(), socket)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
+/// The outcome of a dial (or of an address the Dialer could not queue): the Switch admits the
+/// connection and publishes `PeerConnected`, or publishes `DialFailed`.
+#[derive(Message, Debug)]
+#[rtype(result = "()")]
+pub struct DialFinished {
+    /// The address dialed (before name resolution).
+    pub address: NetAddress,
+    /// The verified connection, or why there is none.
+    pub result: Result<Upgraded, DialError>,
+}
+
+impl Handler<DialFinished> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: DialFinished, ctx: &mut Self::Context) {
+        let DialFinished { address, result } = msg;
+        self.dialing.remove(&address.id());
+        if self.shutdown.is_some() {
+            // Dropping a connection closes it.
+            self.dial_failed(address, DialError::Shutdown);
+            return;
+        }
+        match result {
+            Ok(up) => {
+                if let Err(reason) = self.admit(up, address.clone(), ctx) {
+                    self.dial_failed(address, DialError::Rejected(reason));
+                }
+            }
+            Err(error) => self.dial_failed(address, error),
+        }
     }
-    Ok(addr.clone())
 }
 
 /// Sends `payload` on `channel` to every connected peer that advertised the channel. Never
@@ -700,6 +818,11 @@ impl Handler<Shutdown> for Switch {
             // Control message, once.
             #[allow(clippy::disallowed_methods)]
             self.transport.do_send(StopTransport);
+            // Control messages, once each: stop dialing and redialing.
+            #[allow(clippy::disallowed_methods)]
+            self.dial.stop_redialing.do_send(StopRedialing);
+            #[allow(clippy::disallowed_methods)]
+            self.dial.stop_dialing.do_send(StopDialing);
             let ids: Vec<PeerId> = self.peers.ids().collect();
             for id in ids {
                 self.stop_peer(id, DisconnectReason::Shutdown);
@@ -746,7 +869,16 @@ impl Handler<PeerStopped> for Switch {
         let PeerStopped { peer, reason } = msg;
         self.stopping.remove(&peer);
         // `remove` answers once per connection: the rest runs exactly once.
-        if self.peers.remove(&peer).is_some() {
+        if let Some(entry) = self.peers.remove(&peer) {
+            if self.persistent.contains(&peer) && self.shutdown.is_none() {
+                // Control message, once per persistent connection: the Redialer redials at
+                // the advertised listen address (not an inbound socket's ephemeral port).
+                #[allow(clippy::disallowed_methods)]
+                self.dial.disconnected.do_send(PersistentPeerDisconnected {
+                    address: entry.dial_address(),
+                    at: clock::now(),
+                });
+            }
             for reactor in &self.reactors {
                 // Control message, once per reactor and connection; it must follow every
                 // Receive of this connection, which are already in the mailbox.
