@@ -280,20 +280,11 @@ impl Switch {
                 return;
             }
         };
-        let info = PeerInfo {
-            id,
-            node_info: node_info.clone(),
-            direction,
-            persistent: self.persistent.contains(&id),
-            private: self.private.contains(&id),
-            socket_addr: remote_addr,
-            handle: handle.clone(),
-        };
         let entry = PeerEntry {
             listen_addr,
             direction,
-            persistent: info.persistent,
-            private: info.private,
+            persistent: self.persistent.contains(&id),
+            private: self.private.contains(&id),
             socket_addr: remote_addr,
             connected_at: clock::now(),
             data: PeerState {
@@ -302,6 +293,7 @@ impl Switch {
                 node_info,
             },
         };
+        let info = peer_info(&entry);
         if self.peers.add(entry).is_err() {
             // admit() checked; cannot happen. Dropping the gate ends the connection.
             return;
@@ -463,15 +455,7 @@ impl Handler<RegisterReactor> for Switch {
         // Connected peers: the new reactor hears of each of them, then its channels are added
         // to their connections (after PeerAdded is queued, so no Receive can come first).
         for entry in self.peers.iter() {
-            let info = PeerInfo {
-                id: entry.id(),
-                node_info: entry.data.node_info.clone(),
-                direction: entry.direction,
-                persistent: entry.persistent,
-                private: entry.private,
-                socket_addr: entry.socket_addr,
-                handle: entry.data.handle.clone(),
-            };
+            let info = peer_info(entry);
             // Control message, once per connected peer at registration.
             #[allow(clippy::disallowed_methods)]
             msg.recipients.added.do_send(PeerAdded { peer: info });
@@ -760,19 +744,7 @@ impl Handler<GetPeers> for Switch {
     type Result = PeerSetSnapshot;
 
     fn handle(&mut self, _: GetPeers, _: &mut Self::Context) -> PeerSetSnapshot {
-        let peers = self
-            .peers
-            .iter()
-            .map(|e| PeerInfo {
-                id: e.id(),
-                node_info: e.data.node_info.clone(),
-                direction: e.direction,
-                persistent: e.persistent,
-                private: e.private,
-                socket_addr: e.socket_addr,
-                handle: e.data.handle.clone(),
-            })
-            .collect();
+        let peers = self.peers.iter().map(peer_info).collect();
         PeerSetSnapshot {
             peers,
             inbound: self.peers.num_inbound(),
@@ -898,6 +870,19 @@ impl Handler<PeerStopped> for Switch {
             }
         }
         self.maybe_finish_shutdown(ctx);
+    }
+}
+
+/// What reactors are told about a connected peer.
+fn peer_info(entry: &PeerEntry<PeerState>) -> PeerInfo {
+    PeerInfo {
+        id: entry.id(),
+        node_info: entry.data.node_info.clone(),
+        direction: entry.direction,
+        persistent: entry.persistent,
+        private: entry.private,
+        socket_addr: entry.socket_addr,
+        handle: entry.data.handle.clone(),
     }
 }
 
