@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
             use clap::CommandFactory;
             Cli::command().print_help()?;
             println!(
-                "\nThe node runtime and the local testnet are being built; today `init` and \
+                "\nThe local testnet and `tm2p2p node` come next; today `init` and \
                  `show-id` work."
             );
             Ok(())
