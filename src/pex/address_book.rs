@@ -649,6 +649,17 @@ mod tests {
         );
         assert_eq!(b.add(addr(1), peer(2), secs(5)), AddOutcome::Refreshed);
         assert_eq!(b.get(&peer(1)).unwrap().last_seen, secs(5));
+        assert!(!b.mark_good(&peer(3), t0()));
+        assert!(!b.mark_failed(&peer(3), t0()));
+        assert!(!b.mark_attempt(&peer(3), t0()));
+    }
+
+    #[test]
+    fn refreshing_a_known_id_in_a_full_book_evicts_nothing() {
+        let mut b = book(1);
+        b.add(addr(1), peer(9), t0());
+        assert_eq!(b.add(addr(1), peer(9), secs(1)), AddOutcome::Refreshed);
+        assert_eq!(b.len(), 1);
     }
 
     #[test]

@@ -250,6 +250,18 @@ mod tests {
     }
 
     #[test]
+    fn wire_bytes_are_pinned() {
+        // Variant index as a varint, then a varint count and length-prefixed UTF-8 strings.
+        assert_eq!(PexMessage::Request.encode().unwrap(), [0]);
+        assert_eq!(PexMessage::Response(vec![]).encode().unwrap(), [1, 0]);
+        let a = addr(1, "1.2.3.4:5");
+        let s = a.to_string();
+        let mut expected = vec![1, 1, u8::try_from(s.len()).unwrap()];
+        expected.extend_from_slice(s.as_bytes());
+        assert_eq!(PexMessage::Response(vec![a]).encode().unwrap(), expected);
+    }
+
+    #[test]
     fn response_round_trips() {
         let addrs = vec![addr(1, "1.2.3.4:26656"), addr(2, "example.com:1")];
         let bytes = PexMessage::Response(addrs.clone()).encode().unwrap();
