@@ -51,6 +51,7 @@ pub mod flowrate;
 pub mod key;
 pub mod mconn;
 pub mod peers;
+pub mod pex;
 pub mod secret;
 pub mod types;
 

@@ -1,0 +1,17 @@
+//! Peer exchange (discovery), the sans-IO part: the [`AddressBook`] of known addresses and
+//! the wire [`protocol`] (messages and request rate limiting). The `PeerExchange` actor that
+//! drives them on channel `0x50` lives in `actors/`.
+//!
+//! Differences from TM2 (reference sections 7 and 10, item 2): responses are bounded to 30
+//! entries and bad entries are skipped one by one; requests are rate-limited per peer; the
+//! book keeps failure counts, backs off failing addresses, bans misbehaving peers for a time,
+//! evicts the worst entries and never the good ones, and shares only addresses that worked,
+//! never private peers nor the asker.
+
+pub mod address_book;
+pub mod protocol;
+
+pub use address_book::{
+    AddOutcome, AddressBook, AddressBookConfig, AddressBookError, KnownAddress,
+};
+pub use protocol::{Decoded, PexError, PexMessage, RequestLimiter};
