@@ -1,7 +1,7 @@
 //! The [`Switch`] actor: the peer set, the reactors by channel, and the events.
 //!
 //! It owns no socket. The Transport hands it verified connections ([`InboundConnection`],
-//! or the answer to a [`Dial`]); it admits them by the rules of [`PeerSet`] (limits,
+//! or the answer to a [`Dial`](crate::actors::transport::Dial)); it admits them by the rules of [`PeerSet`] (limits,
 //! duplicates with the simultaneous-dial tie-break, ourselves), starts a [`PeerConn`] for each
 //! and tells the reactors. A [`PeerConn`] reports once, with [`PeerStopped`], when its
 //! connection ended; only then is the peer removed and the reactors told.
