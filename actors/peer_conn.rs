@@ -577,12 +577,12 @@ async fn watch_tasks(shared: Arc<Shared>, reader: JoinHandle<()>, writer: JoinHa
         Either::Left((r, w)) => (r, w),
         Either::Right((w, r)) => (w, r),
     };
-    if let Err(e) = first {
-        if e.is_panic() {
-            shared.close(DisconnectReason::Internal(
-                "a connection task panicked".into(),
-            ));
-        }
+    if let Err(e) = first
+        && e.is_panic()
+    {
+        shared.close(DisconnectReason::Internal(
+            "a connection task panicked".into(),
+        ));
     }
     // Normally a no-op: the task that ended recorded why.
     shared.close(DisconnectReason::Internal(
@@ -621,10 +621,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
             }
             buf.clear();
         }
-        if transmit.flush {
-            if let Err(e) = io.flush().await {
-                break e.into();
-            }
+        if transmit.flush
+            && let Err(e) = io.flush().await
+        {
+            break e.into();
         }
         if transmit.bytes > 0 {
             continue;
@@ -682,10 +682,10 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // After the read, before decoding: a channel added while the read waited is known
         // to the receiver when this chunk's packets are matched (module docs, "Adding a
         // channel").
-        if shared.channels_added.load(Ordering::Acquire) {
-            if let Err(reason) = apply_added_channels(&shared, &mut rx, &mut links) {
-                break reason;
-            }
+        if shared.channels_added.load(Ordering::Acquire)
+            && let Err(reason) = apply_added_channels(&shared, &mut rx, &mut links)
+        {
+            break reason;
         }
         if let Err(e) = rx.handle_bytes(clock::now(), &buf[..n]) {
             break e.into();

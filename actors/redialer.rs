@@ -90,11 +90,11 @@ impl Redialer {
                 connected: false,
             });
         entry.address = address;
-        if let Some(at) = connected_at {
-            if !entry.connected {
-                entry.backoff.connected(at);
-                entry.connected = true;
-            }
+        if let Some(at) = connected_at
+            && !entry.connected
+        {
+            entry.backoff.connected(at);
+            entry.connected = true;
         }
         !entry.connected
     }

@@ -864,10 +864,10 @@ impl Handler<PeerStopped> for Switch {
             self.events
                 .publish(SwitchEvent::PeerDisconnected { peer, reason });
         }
-        if let Some((up, listen_addr)) = self.replacing.remove(&peer) {
-            if let Err(reason) = self.admit(up, listen_addr, ctx) {
-                debug!(self.log, "replacement connection refused"; "peer" => %peer, "reason" => %reason);
-            }
+        if let Some((up, listen_addr)) = self.replacing.remove(&peer)
+            && let Err(reason) = self.admit(up, listen_addr, ctx)
+        {
+            debug!(self.log, "replacement connection refused"; "peer" => %peer, "reason" => %reason);
         }
         self.maybe_finish_shutdown(ctx);
     }

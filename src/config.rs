@@ -315,13 +315,13 @@ impl P2pConfig {
         check_moniker(&self.moniker)?;
         nonempty_path("node_key_file", &self.node_key_file)?;
         nonempty_path("addr_book_file", &self.addr_book_file)?;
-        if let Some(addr) = self.external_address {
-            if addr.ip().is_unspecified() || addr.port() == 0 {
-                return invalid(
-                    "external_address",
-                    format!("{addr} cannot be dialed: it needs a specific IP and a non-zero port"),
-                );
-            }
+        if let Some(addr) = self.external_address
+            && (addr.ip().is_unspecified() || addr.port() == 0)
+        {
+            return invalid(
+                "external_address",
+                format!("{addr} cannot be dialed: it needs a specific IP and a non-zero port"),
+            );
         }
         for (field, list) in [
             ("seeds", &self.seeds),

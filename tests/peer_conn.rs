@@ -105,16 +105,16 @@ impl Handler<Receive> for Collector {
             p.count += 1;
             p.bytes += len;
         });
-        if let Some(gate) = &self.gate {
-            if !*gate.borrow() {
-                let mut gate = gate.clone();
-                ctx.wait(
-                    async move {
-                        let _ = gate.wait_for(|open| *open).await;
-                    }
-                    .into_actor(self),
-                );
-            }
+        if let Some(gate) = &self.gate
+            && !*gate.borrow()
+        {
+            let mut gate = gate.clone();
+            ctx.wait(
+                async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                .into_actor(self),
+            );
         }
     }
 }

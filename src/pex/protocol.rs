@@ -383,11 +383,10 @@ mod tests {
         ) {
             let mut bytes = vec![1u8];
             bytes.extend(tail);
-            if let Ok(d) = decode(&bytes) {
-                if let PexMessage::Response(a) = d.message {
+            if let Ok(d) = decode(&bytes)
+                && let PexMessage::Response(a) = d.message {
                     prop_assert!(a.len() <= MAX_ADDRESSES);
                 }
-            }
         }
     }
 }

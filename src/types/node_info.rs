@@ -420,10 +420,10 @@ fn semver_major(v: &str) -> Option<&str> {
             return None;
         }
     }
-    if let Some(build) = build {
-        if !identifiers_ok(build, |_| true) {
-            return None;
-        }
+    if let Some(build) = build
+        && !identifiers_ok(build, |_| true)
+    {
+        return None;
     }
     Some(major)
 }
