@@ -7,6 +7,7 @@ pub mod dialer;
 pub mod events;
 pub mod node;
 pub mod peer_conn;
+pub mod pex;
 pub mod reactor;
 pub mod redialer;
 pub mod secret_stream;

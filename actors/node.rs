@@ -21,8 +21,9 @@ use tokio::runtime::Handle;
 
 use crate::actors::dialer::{Dialer, DialerSwitch};
 use crate::actors::events::{EventBus, EventStream, SwitchEvent};
+use crate::actors::pex::{PeerExchange, StopExchange, pex_channel};
 use crate::actors::redialer::Redialer;
-use crate::actors::switch::{DialRecipients, Shutdown, Switch, SwitchError};
+use crate::actors::switch::{DialRecipients, RegisterReactor, Shutdown, Switch, SwitchError};
 use crate::actors::transport::{Transport, TransportConfig};
 use crate::config::P2pConfig;
 use crate::dial::{BackoffConfig, DEFAULT_DIAL_QUEUE_CAPACITY};
@@ -111,6 +112,9 @@ impl SwitchBuilder {
         let log = log.new(o!("node" => key.id().to_string()));
         let events = EventBus::new();
         let transport_config = TransportConfig::from(&config);
+        let pex_config = config.pex.then(|| config.clone());
+        let own_id = key.id();
+        let pex_log = log.clone();
         let switch = Switch::create({
             let events = events.clone();
             let info = info.clone();
@@ -155,7 +159,29 @@ impl SwitchBuilder {
                 Switch::new(config, info, transport, dial, events, io, log)
             }
         });
+        let mut peer_exchange = None;
+        if let Some(pex_config) = pex_config {
+            let pex = PeerExchange::new(
+                own_id,
+                &pex_config,
+                switch.clone(),
+                events.subscribe(|e| {
+                    matches!(
+                        e,
+                        SwitchEvent::DialFailed { .. } | SwitchEvent::PeerConnected { .. }
+                    )
+                }),
+                pex_log,
+            )
+            .start();
+            switch
+                .send(RegisterReactor::new("pex", vec![pex_channel()], &pex))
+                .await
+                .map_err(|_| SwitchError::ShuttingDown)??;
+            peer_exchange = Some(pex);
+        }
         Ok(Node {
+            peer_exchange,
             switch,
             net_address,
             local_addr: bound,
@@ -167,6 +193,8 @@ impl SwitchBuilder {
 /// A running node: the address of its Switch, the address it listens on, and its events.
 #[derive(Debug, Clone)]
 pub struct Node {
+    /// The peer-exchange reactor, when `pex = true`.
+    peer_exchange: Option<Addr<PeerExchange>>,
     /// The Switch actor.
     switch: Addr<Switch>,
     /// Our id and the address peers can dial.
@@ -181,6 +209,11 @@ impl Node {
     /// The Switch: send it `RegisterReactor`, `DialPeers`, `Broadcast`, ...
     pub fn switch(&self) -> Addr<Switch> {
         self.switch.clone()
+    }
+
+    /// The peer-exchange reactor, when the config enables it (`pex = true`, the default).
+    pub fn peer_exchange(&self) -> Option<Addr<PeerExchange>> {
+        self.peer_exchange.clone()
     }
 
     /// `id@ip:port` as advertised to peers (the bound port, even when the config said 0).
@@ -207,5 +240,8 @@ impl Node {
     /// when this returns.
     pub async fn shutdown(&self) {
         let _ = self.switch.send(Shutdown).await;
+        if let Some(pex) = &self.peer_exchange {
+            let _ = pex.send(StopExchange).await;
+        }
     }
 }

@@ -471,12 +471,16 @@ impl AddressBook {
     }
 
     /// Writes the book to `path` atomically: to `<path>.tmp` in the same directory, fsynced,
-    /// renamed over `path`, then the directory fsynced (best effort).
+    /// renamed over `path`, then the directory fsynced (best effort). Missing parent
+    /// directories are created (a new node home has no `config/` yet).
     pub fn save(&self, path: &Path) -> Result<(), AddressBookError> {
         let io_err = |source| AddressBookError::Io {
             path: path.to_owned(),
             source,
         };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(dir).map_err(io_err)?;
+        }
         let tmp = sibling(path, ".tmp");
         {
             let mut f = fs::File::create(&tmp).map_err(io_err)?;

@@ -1,0 +1,370 @@
+//! The [`PeerExchange`] reactor: discovery on channel `0x50`, a reactor like any other.
+//!
+//! Every `pex_interval`, while the node has fewer outbound peers than `max_num_outbound_peers`,
+//! it asks one random connected peer for addresses and dials a few dialable ones from its
+//! [`AddressBook`] (and the configured `seeds` while the book knows too few). It answers a
+//! request with up to 30 random known-good addresses (never private peers, never the asker,
+//! never banned or non-routable ones unless `allow_non_routable`). Compared with TM2:
+//!
+//! - only a response to a request we sent is accepted (TM2 dials any response);
+//! - bad entries are skipped one by one (TM2 drops a whole response for one);
+//! - requests are rate-limited per peer: a peer asking more often than once per
+//!   `pex_interval / 2` is stopped for misbehaving, and banned for [`BAN_DURATION`];
+//! - addresses go to the book and are dialed a few per tick, under the Dialer's bounds (TM2
+//!   dials a whole response at once);
+//! - `seeds` are dialed while the book is small (TM2 ignores `seeds`).
+//!
+//! The book is saved in the node's home every [`SAVE_EVERY_TICKS`] ticks and when the actor
+//! stops, only when `home` is set (a node built without a home keeps it in memory).
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use rand_core::{OsRng, RngCore};
+use slog::{Logger, debug, warn};
+
+use crate::actors::clock;
+use crate::actors::events::{EventStream, SwitchEvent};
+use crate::actors::reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive};
+use crate::actors::switch::{DialPeers, StopPeerForError, Switch};
+use crate::config::P2pConfig;
+use crate::mconn::ChannelDescriptor;
+use crate::pex::protocol::{self, MAX_ADDRESSES, max_message_len};
+use crate::pex::{AddressBook, AddressBookConfig, PexMessage, RequestLimiter};
+use crate::types::{NetAddress, PeerId};
+
+/// The peer-exchange channel (TM2's `0x50`).
+pub const PEX_CHANNEL: u8 = 0x50;
+
+/// How long a peer stopped for misbehaving on this channel is banned from the book.
+pub const BAN_DURATION: Duration = Duration::from_secs(3600);
+
+/// The book is saved every this many ticks (and when the reactor stops).
+pub const SAVE_EVERY_TICKS: u64 = 10;
+
+/// The channel descriptor of peer exchange: TM2's priority 1 and queue of 20; messages
+/// capped at the largest valid response.
+pub fn pex_channel() -> ChannelDescriptor {
+    ChannelDescriptor::new(PEX_CHANNEL)
+        .with_priority(1)
+        .with_send_queue_capacity(20)
+        .with_recv_message_capacity(max_message_len(MAX_ADDRESSES))
+}
+
+/// The peer-exchange reactor. Started by `SwitchBuilder::spawn` when `pex = true`.
+pub struct PeerExchange {
+    /// The Switch, for `DialPeers` and `StopPeerForError`.
+    switch: Addr<Switch>,
+    /// Known addresses.
+    book: AddressBook,
+    /// Where the book is saved, if the node has a home.
+    book_path: Option<PathBuf>,
+    /// Per-peer request rate limit.
+    limiter: RequestLimiter,
+    /// Connected peers.
+    peers: HashMap<PeerId, PeerInfo>,
+    /// Peers we asked and that have not answered yet: only their responses are accepted.
+    awaiting: HashSet<PeerId>,
+    /// Bootstrap addresses.
+    seeds: Vec<NetAddress>,
+    /// Peers never shared.
+    private: HashSet<PeerId>,
+    /// Whether loopback/private addresses may be shared (local networks).
+    allow_non_routable: bool,
+    /// The outbound peer target.
+    max_outbound: usize,
+    /// How often to ask and dial.
+    interval: Duration,
+    /// Events of this node (dial outcomes feed the book); taken in `started`.
+    events: Option<EventStream>,
+    /// Ticks so far (to save the book every few).
+    ticks: u64,
+    /// Randomness for picking peers and addresses.
+    rng: OsRng,
+    /// The node's log.
+    log: Logger,
+}
+
+impl PeerExchange {
+    /// A reactor for the node `own_id` with `config`, reporting to `switch` and watching
+    /// `events`. Loads the book from the home (a corrupt file is set aside and reported).
+    pub fn new(
+        own_id: PeerId,
+        config: &P2pConfig,
+        switch: Addr<Switch>,
+        events: EventStream,
+        log: Logger,
+    ) -> Self {
+        let book_config = AddressBookConfig::from_config(config);
+        let book_path =
+            (!config.home.as_os_str().is_empty()).then(|| config.home.join(&config.addr_book_file));
+        let book = match &book_path {
+            Some(path) => {
+                let (book, error) = AddressBook::load_or_set_aside(path, own_id, book_config);
+                if let Some(e) = error {
+                    warn!(log, "address book unreadable; set aside, starting empty"; "path" => %path.display(), "error" => %e);
+                }
+                book
+            }
+            None => AddressBook::new(own_id, book_config),
+        };
+        Self {
+            switch,
+            book,
+            book_path,
+            limiter: RequestLimiter::from_config(config),
+            peers: HashMap::new(),
+            awaiting: HashSet::new(),
+            seeds: config.seeds.clone(),
+            private: config.private_peer_ids.iter().copied().collect(),
+            allow_non_routable: config.allow_non_routable,
+            max_outbound: config.max_num_outbound_peers,
+            interval: config.pex_interval,
+            events: Some(events),
+            ticks: 0,
+            rng: OsRng,
+            log,
+        }
+    }
+
+    /// The address book (for tests and metrics).
+    pub fn book(&self) -> &AddressBook {
+        &self.book
+    }
+
+    /// One discovery round.
+    fn tick(&mut self) {
+        self.ticks += 1;
+        let now = clock::wall_now();
+        let outbound = self
+            .peers
+            .values()
+            .filter(|p| p.direction.is_outbound())
+            .count();
+        if outbound < self.max_outbound {
+            self.ask_someone();
+            let exclude: HashSet<PeerId> = self.peers.keys().copied().collect();
+            let want = self.max_outbound - outbound;
+            let mut picks = self.book.pick_to_dial(want, now, &exclude, &mut self.rng);
+            for addr in &picks {
+                self.book.mark_attempt(&addr.id(), now);
+            }
+            if self.book.len() < want {
+                picks.extend(
+                    self.seeds
+                        .iter()
+                        .filter(|s| !exclude.contains(&s.id()))
+                        .cloned(),
+                );
+            }
+            if !picks.is_empty() {
+                // Control message, once per tick; the Dialer bounds what happens next.
+                #[allow(clippy::disallowed_methods)]
+                self.switch.do_send(DialPeers(picks));
+            }
+        }
+        if self.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
+            self.save();
+        }
+    }
+
+    /// Sends a request to one random connected peer not already asked.
+    fn ask_someone(&mut self) {
+        let candidates: Vec<&PeerInfo> = self
+            .peers
+            .values()
+            .filter(|p| !self.awaiting.contains(&p.id))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let pick = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
+        let Ok(bytes) = PexMessage::Request.encode() else {
+            return;
+        };
+        if pick.handle.try_send(PEX_CHANNEL, Bytes::from(bytes)) {
+            self.awaiting.insert(pick.id);
+        }
+    }
+
+    /// Answers a request from `peer`.
+    fn answer(&mut self, peer: PeerId) {
+        let now = clock::wall_now();
+        let addrs = self.book.sample_for_sharing(
+            MAX_ADDRESSES,
+            peer,
+            &self.private,
+            self.allow_non_routable,
+            now,
+            &mut self.rng,
+        );
+        let Some(info) = self.peers.get(&peer) else {
+            return;
+        };
+        if let Ok(bytes) = PexMessage::Response(addrs).encode() {
+            // A full queue means the peer is not reading; it loses this answer.
+            let _ = info.handle.try_send(PEX_CHANNEL, Bytes::from(bytes));
+        }
+    }
+
+    /// Stops a peer that broke the peer-exchange rules, and bans it.
+    fn punish(&mut self, peer: PeerId, reason: &str) {
+        debug!(self.log, "peer exchange misbehaviour"; "peer" => %peer, "reason" => reason);
+        self.book.ban(peer, clock::wall_now() + BAN_DURATION);
+        // Control message, at most once per offence; StopPeerForError is idempotent.
+        #[allow(clippy::disallowed_methods)]
+        self.switch.do_send(StopPeerForError {
+            peer,
+            reason: format!("peer exchange: {reason}"),
+        });
+    }
+
+    /// Saves the book if the node has a home.
+    fn save(&self) {
+        if let Some(path) = &self.book_path
+            && let Err(e) = self.book.save(path)
+        {
+            warn!(self.log, "cannot save the address book"; "path" => %path.display(), "error" => %e);
+        }
+    }
+}
+
+/// The address to record for a connected peer: its advertised listen address, with an
+/// unspecified IP (TM2 nodes advertise `0.0.0.0`) replaced by the IP it connected from.
+fn advertised_address(info: &PeerInfo) -> Option<NetAddress> {
+    let advertised = &info.node_info.net_address;
+    match advertised.host().ip() {
+        Some(ip) if ip.is_unspecified() => {
+            NetAddress::from_socket_addr(info.id, (info.socket_addr.ip(), advertised.port()).into())
+                .ok()
+        }
+        _ => Some(advertised.clone()),
+    }
+}
+
+impl Actor for PeerExchange {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        if let Some(events) = self.events.take() {
+            ctx.add_stream(events.into_stream());
+        }
+        ctx.run_interval(self.interval, |act, _| act.tick());
+        // A first round right away: seeds and known addresses need not wait an interval.
+        ctx.run_later(Duration::ZERO, |act, _| act.tick());
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.save();
+    }
+}
+
+impl StreamHandler<SwitchEvent> for PeerExchange {
+    fn handle(&mut self, event: SwitchEvent, _: &mut Self::Context) {
+        let now = clock::wall_now();
+        match event {
+            SwitchEvent::DialFailed { address, .. } => {
+                self.book.mark_failed(&address.id(), now);
+            }
+            SwitchEvent::PeerConnected { peer, .. } => {
+                self.book.mark_good(&peer, now);
+            }
+            _ => {}
+        }
+    }
+
+    fn finished(&mut self, _: &mut Self::Context) {
+        // The node's event bus is gone; keep serving requests until stopped.
+    }
+}
+
+impl Handler<PeerAdded> for PeerExchange {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerAdded, _: &mut Self::Context) {
+        let info = msg.peer;
+        let now = clock::wall_now();
+        if let Some(addr) = advertised_address(&info) {
+            self.book.add(addr, info.id, now);
+            self.book.mark_good(&info.id, now);
+        }
+        self.peers.insert(info.id, info);
+    }
+}
+
+impl Handler<PeerRemoved> for PeerExchange {
+    type Result = ();
+
+    fn handle(&mut self, msg: PeerRemoved, _: &mut Self::Context) {
+        self.peers.remove(&msg.peer);
+        self.awaiting.remove(&msg.peer);
+        self.limiter.remove(&msg.peer);
+        if matches!(msg.reason, DisconnectReason::Misbehaved(_)) {
+            self.book.ban(msg.peer, clock::wall_now() + BAN_DURATION);
+        }
+    }
+}
+
+impl Handler<Receive> for PeerExchange {
+    type Result = ();
+
+    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
+        let peer = msg.peer;
+        match protocol::decode(&msg.payload) {
+            Err(e) => self.punish(peer, &format!("undecodable message: {e}")),
+            Ok(decoded) => match decoded.message {
+                PexMessage::Request => {
+                    if self.limiter.allow(peer, clock::now()) {
+                        self.answer(peer);
+                    } else {
+                        self.punish(peer, "requests too often");
+                    }
+                }
+                PexMessage::Response(addrs) => {
+                    if !self.awaiting.remove(&peer) {
+                        debug!(self.log, "unsolicited peer-exchange response ignored"; "peer" => %peer);
+                        return;
+                    }
+                    let now = clock::wall_now();
+                    for addr in addrs {
+                        self.book.add(addr, peer, now);
+                    }
+                    if decoded.skipped > 0 {
+                        debug!(self.log, "skipped bad addresses"; "peer" => %peer, "skipped" => decoded.skipped);
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// Saves the book and stops the reactor (sent by `Node::shutdown`); the book is on disk when
+/// this is answered.
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "()")]
+pub struct StopExchange;
+
+impl Handler<StopExchange> for PeerExchange {
+    type Result = ();
+
+    fn handle(&mut self, _: StopExchange, ctx: &mut Self::Context) {
+        self.save();
+        ctx.stop();
+    }
+}
+
+/// Asks for the number of addresses in the book (tests, metrics).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "usize")]
+pub struct BookSize;
+
+impl Handler<BookSize> for PeerExchange {
+    type Result = usize;
+
+    fn handle(&mut self, _: BookSize, _: &mut Self::Context) -> usize {
+        self.book.len()
+    }
+}

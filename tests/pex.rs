@@ -1,0 +1,275 @@
+//! Peer exchange on real loopback TCP: discovery from one seed, privacy, solicited responses
+//! only, request flooding, and the address book on disk.
+
+#![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+use std::time::Duration;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
+use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
+use tm2_p2p::actors::transport::dial;
+use tm2_p2p::pex::PexMessage;
+use tm2_p2p::pex::protocol::decode;
+use tm2_p2p::{
+    DisconnectReason, GetPeers, NetAddress, Node, NodeInfo, NodeKey, P2pConfig, Receive,
+    SwitchBuilder, SwitchEvent,
+};
+use tokio::sync::mpsc;
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn config() -> P2pConfig {
+    P2pConfig {
+        laddr: "127.0.0.1:0".parse().unwrap(),
+        allow_non_routable: true,
+        pex_interval: Duration::from_millis(200),
+        ..P2pConfig::default()
+    }
+}
+
+async fn spawn(config: P2pConfig) -> Node {
+    SwitchBuilder::new(config, NodeKey::generate().unwrap())
+        .network("net")
+        .spawn()
+        .await
+        .unwrap()
+}
+
+/// Waits until `cond` holds, checking every 50 ms, up to `TIMEOUT` (for states no single event
+/// announces, such as "at least 4 peers").
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix::test]
+async fn twelve_nodes_that_know_only_a_seed_find_each_other() {
+    let seed = spawn(config()).await;
+    let mut nodes = Vec::new();
+    for _ in 0..12 {
+        let cfg = P2pConfig {
+            seeds: vec![seed.net_address()],
+            ..config()
+        };
+        nodes.push(spawn(cfg).await);
+    }
+    let want = 4.min(P2pConfig::default().max_num_outbound_peers);
+    for (i, node) in nodes.iter().enumerate() {
+        wait_until(&format!("node {i} to reach {want} peers"), || async {
+            node.switch().send(GetPeers).await.unwrap().peers.len() >= want
+        })
+        .await;
+    }
+}
+
+/// A bare client: a verified connection with only the peer-exchange channel, whose received
+/// messages land in a channel.
+struct Client {
+    handle: PeerHandle,
+    received: mpsc::Receiver<Bytes>,
+    stopped: mpsc::Receiver<PeerStopped>,
+    id: tm2_p2p::PeerId,
+}
+
+struct Sink(mpsc::Sender<Bytes>);
+impl Actor for Sink {
+    type Context = Context<Self>;
+}
+impl Handler<Receive> for Sink {
+    type Result = ();
+    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
+        let _ = self.0.try_send(msg.payload);
+    }
+}
+struct Stops(mpsc::Sender<PeerStopped>);
+impl Actor for Stops {
+    type Context = Context<Self>;
+}
+impl Handler<PeerStopped> for Stops {
+    type Result = ();
+    fn handle(&mut self, msg: PeerStopped, _: &mut Self::Context) {
+        let _ = self.0.try_send(msg);
+    }
+}
+
+async fn client(node: &Node) -> Client {
+    let key = NodeKey::generate().unwrap();
+    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
+    let info = NodeInfo::new(addr, "net", vec![PEX_CHANNEL]);
+    let up = dial(&node.net_address(), &key, &info, TIMEOUT, TIMEOUT)
+        .await
+        .unwrap();
+    let (tx, received) = mpsc::channel(64);
+    let (stx, stopped) = mpsc::channel(4);
+    let (_, handle) = PeerConn::start(
+        up.stream,
+        PeerConnConfig::default(),
+        vec![(pex_channel(), Sink(tx).start().recipient())],
+        Stops(stx).start().recipient(),
+        None,
+    )
+    .unwrap();
+    Client {
+        handle,
+        received,
+        stopped,
+        id: key.id(),
+    }
+}
+
+fn request() -> Bytes {
+    Bytes::from(PexMessage::Request.encode().unwrap())
+}
+
+#[actix::test]
+async fn a_private_peer_is_never_shared() {
+    let private_node = spawn(config()).await;
+    let public_node = spawn(config()).await;
+    let hub_cfg = P2pConfig {
+        private_peer_ids: vec![private_node.net_address().id()],
+        ..config()
+    };
+    let hub = spawn(hub_cfg).await;
+    let mut events = hub.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
+    for n in [&private_node, &public_node] {
+        n.switch()
+            .send(tm2_p2p::DialPeers(vec![hub.net_address()]))
+            .await
+            .unwrap();
+        tokio::time::timeout(TIMEOUT, events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let mut c = client(&hub).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    let answer = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let bytes = c.received.recv().await.unwrap();
+            if let PexMessage::Response(addrs) = decode(&bytes).unwrap().message {
+                return addrs;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let ids: Vec<_> = answer.iter().map(NetAddress::id).collect();
+    assert!(ids.contains(&public_node.net_address().id()), "{answer:?}");
+    assert!(
+        !ids.contains(&private_node.net_address().id()),
+        "private peer shared: {answer:?}"
+    );
+    assert!(!ids.contains(&c.id), "the asker itself shared");
+}
+
+#[actix::test]
+async fn an_unsolicited_response_is_ignored() {
+    // A node that never asks (one peer only and a long interval) gets a response it did not
+    // request: its book must not grow.
+    let node = spawn(P2pConfig {
+        pex_interval: Duration::from_secs(3600),
+        ..config()
+    })
+    .await;
+    let pex = node.peer_exchange().unwrap();
+    let c = client(&node).await;
+    // The client itself enters the book when it connects.
+    wait_until("the client in the book", || async {
+        pex.send(BookSize).await.unwrap() >= 1
+    })
+    .await;
+    let before = pex.send(BookSize).await.unwrap();
+    let stranger: NetAddress = format!("{}@127.0.0.9:4000", NodeKey::generate().unwrap().id())
+        .parse()
+        .unwrap();
+    let response = PexMessage::Response(vec![stranger]).encode().unwrap();
+    assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
+    // A request right after, answered, proves the response was processed before it.
+    let mut c = c;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    tokio::time::timeout(TIMEOUT, c.received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(pex.send(BookSize).await.unwrap(), before);
+}
+
+#[actix::test]
+async fn a_node_that_floods_requests_is_disconnected() {
+    let node = spawn(P2pConfig {
+        pex_interval: Duration::from_secs(10),
+        ..config()
+    })
+    .await;
+    let mut c = client(&node).await;
+    for _ in 0..3 {
+        assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    }
+    let stop = tokio::time::timeout(TIMEOUT, c.stopped.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(stop.reason, DisconnectReason::RemoteClosed),
+        "{stop:?}"
+    );
+}
+
+#[actix::test]
+async fn the_address_book_survives_a_restart_and_a_corrupt_one_does_not_stop_the_node() {
+    let home = tempfile::tempdir().unwrap();
+    let cfg = P2pConfig {
+        home: home.path().to_path_buf(),
+        ..config()
+    };
+    let node = spawn(cfg.clone()).await;
+    let other = spawn(config()).await;
+    let mut events = node.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
+    node.switch()
+        .send(tm2_p2p::DialPeers(vec![other.net_address()]))
+        .await
+        .unwrap();
+    tokio::time::timeout(TIMEOUT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let pex = node.peer_exchange().unwrap();
+    wait_until("the peer in the book", || async {
+        pex.send(BookSize).await.unwrap() >= 1
+    })
+    .await;
+    // Shutdown saves the book before it returns.
+    node.shutdown().await;
+    let path = home.path().join(&cfg.addr_book_file);
+    assert!(path.exists(), "no book at {}", path.display());
+    let node_again = spawn(cfg.clone()).await;
+    let size = node_again
+        .peer_exchange()
+        .unwrap()
+        .send(BookSize)
+        .await
+        .unwrap();
+    assert!(size >= 1, "the book was not reloaded");
+    node_again.shutdown().await;
+    // Corrupt the file: the next node still starts, with the file set aside.
+    std::fs::write(&path, b"{ not json").unwrap();
+    let third = spawn(cfg.clone()).await;
+    assert_eq!(
+        third.peer_exchange().unwrap().send(BookSize).await.unwrap(),
+        0
+    );
+    let mut aside = path.clone().into_os_string();
+    aside.push(".corrupt");
+    assert!(std::path::Path::new(&aside).exists());
+}
