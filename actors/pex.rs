@@ -12,7 +12,11 @@
 //!   `pex_interval / 2` is stopped for misbehaving, and banned for [`BAN_DURATION`];
 //! - addresses go to the book and are dialed a few per tick, under the Dialer's bounds (TM2
 //!   dials a whole response at once);
-//! - `seeds` are dialed while the book is small (TM2 ignores `seeds`).
+//! - `seeds` are dialed while the book is small (TM2 ignores `seeds`);
+//! - `seed_mode = true` (TM2 has none): the node serves and crawls. It answers a request and
+//!   disconnects that peer [`SEED_DISCONNECT_AFTER`] later, without blame, so its slots stay
+//!   free; it keeps dialing addresses from its book, asks each for its addresses, and
+//!   disconnects it once answered.
 //!
 //! The book is saved in the node's home every [`SAVE_EVERY_TICKS`] ticks and when the actor
 //! stops, only when `home` is set (a node built without a home keeps it in memory).
@@ -29,7 +33,7 @@ use slog::{Logger, debug, warn};
 use crate::actors::clock;
 use crate::actors::events::{EventStream, SwitchEvent};
 use crate::actors::reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive};
-use crate::actors::switch::{DialPeers, StopPeerForError, Switch};
+use crate::actors::switch::{DialPeers, DisconnectPeer, StopPeerForError, Switch};
 use crate::config::P2pConfig;
 use crate::mconn::ChannelDescriptor;
 use crate::pex::protocol::{self, MAX_ADDRESSES, max_message_len};
@@ -41,6 +45,10 @@ pub const PEX_CHANNEL: u8 = 0x50;
 
 /// How long a peer stopped for misbehaving on this channel is banned from the book.
 pub const BAN_DURATION: Duration = Duration::from_secs(3600);
+
+/// In seed mode, how long after serving a peer it is disconnected: long enough for the
+/// response to reach it, short enough that the seed's slots stay free.
+pub const SEED_DISCONNECT_AFTER: Duration = Duration::from_secs(2);
 
 /// The book is saved every this many ticks (and when the reactor stops).
 pub const SAVE_EVERY_TICKS: u64 = 10;
@@ -76,6 +84,8 @@ pub struct PeerExchange {
     allow_non_routable: bool,
     /// The outbound peer target.
     max_outbound: usize,
+    /// Serve and crawl, disconnecting peers once served (see the module docs).
+    seed_mode: bool,
     /// How often to ask and dial.
     interval: Duration,
     /// Events of this node (dial outcomes feed the book); taken in `started`.
@@ -122,6 +132,7 @@ impl PeerExchange {
             private: config.private_peer_ids.iter().copied().collect(),
             allow_non_routable: config.allow_non_routable,
             max_outbound: config.max_num_outbound_peers,
+            seed_mode: config.seed_mode,
             interval: config.pex_interval,
             events: Some(events),
             ticks: 0,
@@ -222,6 +233,21 @@ impl PeerExchange {
         });
     }
 
+    /// In seed mode, disconnects `peer` after `delay` without blame.
+    fn release_later(&self, peer: PeerId, delay: Duration, ctx: &mut Context<Self>) {
+        if !self.seed_mode {
+            return;
+        }
+        ctx.run_later(delay, move |act, _| {
+            // Control message, once per served peer; DisconnectPeer is idempotent.
+            #[allow(clippy::disallowed_methods)]
+            act.switch.do_send(DisconnectPeer {
+                peer,
+                reason: "seed: addresses served".into(),
+            });
+        });
+    }
+
     /// Saves the book if the node has a home.
     fn save(&self) {
         if let Some(path) = &self.book_path
@@ -311,7 +337,7 @@ impl Handler<PeerRemoved> for PeerExchange {
 impl Handler<Receive> for PeerExchange {
     type Result = ();
 
-    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
+    fn handle(&mut self, msg: Receive, ctx: &mut Self::Context) {
         let peer = msg.peer;
         match protocol::decode(&msg.payload) {
             Err(e) => self.punish(peer, &format!("undecodable message: {e}")),
@@ -319,6 +345,7 @@ impl Handler<Receive> for PeerExchange {
                 PexMessage::Request => {
                     if self.limiter.allow(peer, clock::now()) {
                         self.answer(peer);
+                        self.release_later(peer, SEED_DISCONNECT_AFTER, ctx);
                     } else {
                         self.punish(peer, "requests too often");
                     }
@@ -332,6 +359,8 @@ impl Handler<Receive> for PeerExchange {
                     for addr in addrs {
                         self.book.add(addr, peer, now);
                     }
+                    // A seed crawling: this peer has told us what it knows.
+                    self.release_later(peer, Duration::ZERO, ctx);
                     if decoded.skipped > 0 {
                         debug!(self.log, "skipped bad addresses"; "peer" => %peer, "skipped" => decoded.skipped);
                     }

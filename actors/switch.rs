@@ -21,6 +21,7 @@
 //! | [`SendTo`] / [`TrySendTo`] | reactors | `bool` |
 //! | [`GetPeers`] | anyone | [`PeerSetSnapshot`] |
 //! | [`StopPeerForError`] | reactors | `()` (idempotent) |
+//! | [`DisconnectPeer`] | reactors (a seed) | `()` (idempotent, no fault) |
 //! | [`Shutdown`] | the node handle | `()` once every peer has stopped |
 //! | [`InboundConnection`], [`InboundRejected`] | Transport | `()` |
 //! | [`PeerStopped`] | PeerConn | `()` |
@@ -771,6 +772,25 @@ impl Handler<StopPeerForError> for Switch {
 
     fn handle(&mut self, msg: StopPeerForError, _: &mut Self::Context) {
         self.stop_peer(msg.peer, DisconnectReason::Misbehaved(msg.reason));
+    }
+}
+
+/// Disconnects a peer that did nothing wrong (a seed that has served it, an operator command).
+/// Reported as [`DisconnectReason::Stopped`], which is no fault of the peer. Idempotent.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct DisconnectPeer {
+    /// The peer.
+    pub peer: PeerId,
+    /// Why (for logs and `PeerDisconnected`).
+    pub reason: String,
+}
+
+impl Handler<DisconnectPeer> for Switch {
+    type Result = ();
+
+    fn handle(&mut self, msg: DisconnectPeer, _: &mut Self::Context) {
+        self.stop_peer(msg.peer, DisconnectReason::Stopped(msg.reason));
     }
 }
 

@@ -72,8 +72,8 @@ pub use actors::{
     peer_conn::PeerHandle,
     reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive},
     switch::{
-        AddPersistentPeers, Broadcast, DialPeers, GetPeers, PeerSetSnapshot, RegisterReactor,
-        SendTo, Shutdown, StopPeerForError, Switch, SwitchError, TrySendTo,
+        AddPersistentPeers, Broadcast, DialPeers, DisconnectPeer, GetPeers, PeerSetSnapshot,
+        RegisterReactor, SendTo, Shutdown, StopPeerForError, Switch, SwitchError, TrySendTo,
     },
 };
 pub use config::P2pConfig;

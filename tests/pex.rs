@@ -73,6 +73,71 @@ async fn twelve_nodes_that_know_only_a_seed_find_each_other() {
     }
 }
 
+#[actix::test]
+async fn a_seed_in_seed_mode_bootstraps_twelve_nodes() {
+    let seed = spawn(P2pConfig {
+        seed_mode: true,
+        ..config()
+    })
+    .await;
+    let mut nodes = Vec::new();
+    for _ in 0..12 {
+        let cfg = P2pConfig {
+            seeds: vec![seed.net_address()],
+            ..config()
+        };
+        nodes.push(spawn(cfg).await);
+    }
+    let want = 4.min(P2pConfig::default().max_num_outbound_peers);
+    for (i, node) in nodes.iter().enumerate() {
+        wait_until(&format!("node {i} to reach {want} peers"), || async {
+            let peers = node.switch().send(GetPeers).await.unwrap().peers;
+            peers
+                .iter()
+                .filter(|p| p.id != seed.net_address().id())
+                .count()
+                >= want
+        })
+        .await;
+    }
+}
+
+#[actix::test]
+async fn a_seed_disconnects_a_peer_it_served_without_blame() {
+    let seed = spawn(P2pConfig {
+        seed_mode: true,
+        ..config()
+    })
+    .await;
+    let mut events = seed.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+    let mut c = client(&seed).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    let answer = tokio::time::timeout(TIMEOUT, c.received.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        decode(&answer).unwrap().message,
+        PexMessage::Response(_)
+    ));
+    let stop = tokio::time::timeout(TIMEOUT, c.stopped.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(stop.reason, DisconnectReason::RemoteClosed),
+        "{stop:?}"
+    );
+    let e = tokio::time::timeout(TIMEOUT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(&e, SwitchEvent::PeerDisconnected { peer, reason: DisconnectReason::Stopped(_) } if *peer == c.id),
+        "{e:?}"
+    );
+}
+
 /// A bare client: a verified connection with only the peer-exchange channel, whose received
 /// messages land in a channel.
 struct Client {
