@@ -53,33 +53,11 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     }
 }
 
-#[actix::test]
-async fn twelve_nodes_that_know_only_a_seed_find_each_other() {
-    let seed = spawn(config()).await;
-    let mut nodes = Vec::new();
-    for _ in 0..12 {
-        let cfg = P2pConfig {
-            seeds: vec![seed.net_address()],
-            ..config()
-        };
-        nodes.push(spawn(cfg).await);
-    }
-    let want = 4.min(P2pConfig::default().max_num_outbound_peers);
-    for (i, node) in nodes.iter().enumerate() {
-        wait_until(&format!("node {i} to reach {want} peers"), || async {
-            node.switch().send(GetPeers).await.unwrap().peers.len() >= want
-        })
-        .await;
-    }
-}
-
-#[actix::test]
-async fn a_seed_in_seed_mode_bootstraps_twelve_nodes() {
-    let seed = spawn(P2pConfig {
-        seed_mode: true,
-        ..config()
-    })
-    .await;
+/// Starts a seed with `seed_config` and 12 nodes that know only the seed, and waits until each
+/// node has at least min(4, max_num_outbound_peers) peers other than the seed.
+async fn bootstrap_twelve_from(seed_config: P2pConfig) {
+    let seed = spawn(seed_config).await;
+    let seed_id = seed.net_address().id();
     let mut nodes = Vec::new();
     for _ in 0..12 {
         let cfg = P2pConfig {
@@ -92,14 +70,24 @@ async fn a_seed_in_seed_mode_bootstraps_twelve_nodes() {
     for (i, node) in nodes.iter().enumerate() {
         wait_until(&format!("node {i} to reach {want} peers"), || async {
             let peers = node.switch().send(GetPeers).await.unwrap().peers;
-            peers
-                .iter()
-                .filter(|p| p.id != seed.net_address().id())
-                .count()
-                >= want
+            peers.iter().filter(|p| p.id != seed_id).count() >= want
         })
         .await;
     }
+}
+
+#[actix::test]
+async fn twelve_nodes_that_know_only_a_seed_find_each_other() {
+    bootstrap_twelve_from(config()).await;
+}
+
+#[actix::test]
+async fn a_seed_in_seed_mode_bootstraps_twelve_nodes() {
+    bootstrap_twelve_from(P2pConfig {
+        seed_mode: true,
+        ..config()
+    })
+    .await;
 }
 
 #[actix::test]
