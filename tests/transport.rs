@@ -375,10 +375,8 @@ mod actor {
         .is_ok()
     }
 
-    #[actix::test]
-    async fn accepted_connections_reach_the_switch_and_dials_work() {
-        let mut a = start(config(TIMEOUT)).await;
-        let b = start(config(TIMEOUT)).await;
+    /// `b` dials `a`; checks both ends see the right id; returns `a`'s inbound connection.
+    async fn dial_and_accept(a: &mut Running, b: &Running) -> Upgraded {
         let up = b
             .addr
             .send(Dial {
@@ -393,6 +391,14 @@ mod actor {
             .unwrap()
             .unwrap();
         assert_eq!(inbound.id(), b.net.id());
+        inbound
+    }
+
+    #[actix::test]
+    async fn accepted_connections_reach_the_switch_and_dials_work() {
+        let mut a = start(config(TIMEOUT)).await;
+        let b = start(config(TIMEOUT)).await;
+        let inbound = dial_and_accept(&mut a, &b).await;
         assert_eq!(inbound.direction, Direction::Inbound);
         assert!(a.rejected.try_recv().is_err());
     }
@@ -410,20 +416,7 @@ mod actor {
         }
         // A real node, from another loopback address, still gets in.
         let b = start(config(TIMEOUT)).await;
-        let up = b
-            .addr
-            .send(Dial {
-                addr: a.net.clone(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(up.id(), a.net.id());
-        let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(inbound.id(), b.net.id());
+        dial_and_accept(&mut a, &b).await;
         // Every silent socket is closed: 192 at once (no slot), 8 at the handshake timeout.
         let mut closed = 0;
         for tcp in silent {
