@@ -204,7 +204,7 @@ fn init(home: &Path) -> anyhow::Result<()> {
         let config = P2pConfig::default();
         std::fs::create_dir_all(home)
             .with_context(|| format!("cannot create {}", home.display()))?;
-        std::fs::write(&config_path, config.to_toml_string()?)
+        std::fs::write(&config_path, config.to_commented_toml()?)
             .with_context(|| format!("cannot write {}", config_path.display()))?;
         println!("wrote {}", config_path.display());
         config
