@@ -258,19 +258,6 @@ impl PeerExchange {
     }
 }
 
-/// The address to record for a connected peer: its advertised listen address, with an
-/// unspecified IP (TM2 nodes advertise `0.0.0.0`) replaced by the IP it connected from.
-fn advertised_address(info: &PeerInfo) -> Option<NetAddress> {
-    let advertised = &info.node_info.net_address;
-    match advertised.host().ip() {
-        Some(ip) if ip.is_unspecified() => {
-            NetAddress::from_socket_addr(info.id, (info.socket_addr.ip(), advertised.port()).into())
-                .ok()
-        }
-        _ => Some(advertised.clone()),
-    }
-}
-
 impl Actor for PeerExchange {
     type Context = Context<Self>;
 
@@ -313,10 +300,10 @@ impl Handler<PeerAdded> for PeerExchange {
     fn handle(&mut self, msg: PeerAdded, _: &mut Self::Context) {
         let info = msg.peer;
         let now = clock::wall_now();
-        if let Some(addr) = advertised_address(&info) {
-            self.book.add(addr, info.id, now);
-            self.book.mark_good(&info.id, now);
-        }
+        // Its advertised address, with an unspecified IP replaced by the one it came from.
+        let addr = info.node_info.net_address.or_seen_ip(info.socket_addr.ip());
+        self.book.add(addr, info.id, now);
+        self.book.mark_good(&info.id, now);
         self.peers.insert(info.id, info);
     }
 }

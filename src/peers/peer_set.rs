@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use super::admission::{Admission, Keep, PeerLimits, RejectReason, resolve_duplicate};
-use crate::types::{Direction, Host, NetAddress, PeerId};
+use crate::types::{Direction, NetAddress, PeerId};
 
 /// One connected peer: what the set needs to count and decide, plus the owner's `data`.
 ///
@@ -47,21 +47,7 @@ impl<T> PeerEntry<T> {
     /// unspecified IP (`0.0.0.0` or `::`, which TM2 nodes advertise before they know their
     /// address) is replaced by the IP the connection came from, keeping the advertised port.
     pub fn dial_address(&self) -> NetAddress {
-        let unspecified = self
-            .listen_addr
-            .host()
-            .ip()
-            .is_some_and(|ip: IpAddr| ip.is_unspecified());
-        if !unspecified {
-            return self.listen_addr.clone();
-        }
-        // The port comes from a NetAddress, so it is not 0 and `new` cannot fail.
-        NetAddress::new(
-            self.id(),
-            Host::Ip(self.socket_addr.ip()),
-            self.listen_addr.port(),
-        )
-        .unwrap_or_else(|_| self.listen_addr.clone())
+        self.listen_addr.or_seen_ip(self.socket_addr.ip())
     }
 }
 
@@ -331,6 +317,8 @@ impl<T> PeerSet<T> {
 #[cfg(test)]
 mod tests {
     use std::net::Ipv4Addr;
+
+    use crate::types::Host;
 
     use proptest::prelude::*;
 

@@ -234,6 +234,19 @@ impl NetAddress {
         }
     }
 
+    /// This address with an unspecified IP (`0.0.0.0` or `::`, which TM2 nodes advertise
+    /// before they know their address) replaced by `seen`, the IP the peer's connection came
+    /// from; the id and advertised port stay. Any other address is returned unchanged.
+    pub fn or_seen_ip(&self, seen: IpAddr) -> Self {
+        match self.host.ip() {
+            Some(ip) if ip.is_unspecified() => Self {
+                host: Host::Ip(normalize_ip(seen)),
+                ..self.clone()
+            },
+            _ => self.clone(),
+        }
+    }
+
     /// True when the address may be given to other peers: it is valid and either routable or
     /// `allow_non_routable` is set. `allow_non_routable` is the config switch (default false;
     /// local testnets on loopback or a private network set it).
@@ -991,6 +1004,19 @@ pub(crate) mod tests {
         #[test]
         fn random_bytes_into_the_decoder_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
             let _ = crate::codec::decode::<NetAddress>(&bytes, 1024);
+        }
+    }
+
+    #[test]
+    fn or_seen_ip_replaces_only_an_unspecified_ip() {
+        let seen = IpAddr::from([10, 1, 2, 3]);
+        for (input, want) in [
+            ("0.0.0.0:26656", "10.1.2.3:26656"),
+            ("[::]:26656", "10.1.2.3:26656"),
+            ("8.8.8.8:26656", "8.8.8.8:26656"),
+            ("example.com:26656", "example.com:26656"),
+        ] {
+            assert_eq!(addr(input).or_seen_ip(seen), addr(want), "{input}");
         }
     }
 }
