@@ -48,9 +48,15 @@ impl Handler<PeerAdded> for PingPong {
 
     fn handle(&mut self, msg: PeerAdded, _: &mut Self::Context) {
         let peer = msg.peer;
-        println!("{}: peer {} joined ({:?})", self.name, peer.id, peer.direction);
+        println!(
+            "{}: peer {} joined ({:?})",
+            self.name, peer.id, peer.direction
+        );
         // try_send never waits: it answers false if the peer's queue is full or it is gone.
-        if !peer.handle.try_send(PING_CHANNEL, Bytes::from_static(b"ping")) {
+        if !peer
+            .handle
+            .try_send(PING_CHANNEL, Bytes::from_static(b"ping"))
+        {
             println!("{}: could not queue a ping to {}", self.name, peer.id);
         }
         self.peers.insert(peer.id, peer.handle);
@@ -73,7 +79,12 @@ impl Handler<Receive> for PingPong {
                 println!("{}: pong from {}", self.name, msg.peer);
                 let _ = self.pongs.try_send(msg.peer);
             }
-            other => println!("{}: {} unexpected bytes from {}", self.name, other.len(), msg.peer),
+            other => println!(
+                "{}: {} unexpected bytes from {}",
+                self.name,
+                other.len(),
+                msg.peer
+            ),
         }
     }
 }
@@ -120,7 +131,10 @@ async fn run() -> anyhow::Result<()> {
     let bob = start_node("bob", pongs_tx).await?;
 
     // Alice dials Bob; each side's reactor then pings the other and answers its ping.
-    alice.switch().send(DialPeers(vec![bob.net_address()])).await?;
+    alice
+        .switch()
+        .send(DialPeers(vec![bob.net_address()]))
+        .await?;
     for _ in 0..2 {
         tokio::time::timeout(TIMEOUT, pongs.recv())
             .await
