@@ -18,20 +18,24 @@
 //!
 //! # Writing a reactor
 //!
-//! A reactor is an actor that the Switch knows by its channels:
+//! A reactor is an actor that the Switch knows by its channels. Register it as the node is
+//! built, so that every connection, including the first ones (persistent peers and seeds are
+//! dialed at once), advertises its channels:
 //!
 //! ```no_run
-//! # async fn run(node: tm2_p2p::Node) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! use actix::Actor;
 //! use bytes::Bytes;
-//! use tm2_p2p::RegisterReactor;
 //! use tm2_p2p::actors::gossip::{Gossip, GossipConfig, Publish, SubscribeDelivered, gossip_channel};
+//! use tm2_p2p::{NodeKey, P2pConfig, RegisterReactor, SwitchBuilder};
 //!
 //! let log = slog::Logger::root(slog::Discard, slog::o!());
 //! let gossip = Gossip::new(GossipConfig::default(), log).start();
-//! node.switch()
-//!     .send(RegisterReactor::new("gossip", vec![gossip_channel()], &gossip))
-//!     .await??;
+//! let node = SwitchBuilder::new(P2pConfig::default(), NodeKey::generate()?)
+//!     .network("my-chain")
+//!     .reactor(RegisterReactor::new("gossip", vec![gossip_channel()], &gossip))
+//!     .spawn()
+//!     .await?;
 //! let mut delivered = gossip.send(SubscribeDelivered { capacity: 1024 }).await?;
 //! let id = gossip.send(Publish(Bytes::from_static(b"hello"))).await??;
 //! while let Some(d) = delivered.recv().await {
@@ -39,6 +43,10 @@
 //! }
 //! # Ok(()) }
 //! ```
+//!
+//! A reactor can also join a running node with
+//! `node.switch().send(RegisterReactor::new(..))` (or [`Gossip::register`]); peers connected
+//! before that were told this node lacks the channel, and never send on it.
 //!
 //! From then on the Switch sends the reactor three messages:
 //!
@@ -433,9 +441,11 @@ impl Gossip {
         }
     }
 
-    /// Starts the reactor on the current arbiter and registers it with `switch` for
-    /// its channel; shorthand for `start()` then
-    /// `switch.send(RegisterReactor::new("gossip", vec![config.channel()], &addr))`.
+    /// Starts the reactor on the current arbiter and registers it with a running node's
+    /// `switch` for its channel; shorthand for `start()` then
+    /// `switch.send(RegisterReactor::new("gossip", vec![config.channel()], &addr))`. Prefer
+    /// [`SwitchBuilder::reactor`](crate::actors::node::SwitchBuilder::reactor) (module docs):
+    /// peers connected before this call never send gossip to this node.
     pub async fn register(self, switch: &Addr<Switch>) -> Result<Addr<Self>, SwitchError> {
         let channel = self.config.channel();
         let addr = self.start();

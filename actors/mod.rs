@@ -13,4 +13,5 @@ pub mod reactor;
 pub mod redialer;
 pub mod secret_stream;
 pub mod switch;
+pub mod testnet;
 pub mod transport;

@@ -1,5 +1,6 @@
 //! The gossip reactor on real loopback TCP: a line delivers once everywhere, duplicates are
-//! dropped, a triangle does not loop, oversized messages are refused, bursts use the backlog.
+//! dropped, a triangle does not loop, oversized messages are refused, bursts use the backlog,
+//! and reactors registered with `SwitchBuilder::reactor` are checked like `RegisterReactor`.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
@@ -9,9 +10,12 @@ use actix::prelude::*;
 use bytes::Bytes;
 use tm2_p2p::actors::gossip::{
     DEFAULT_MAX_MESSAGE_SIZE, Delivered, Deliveries, GetGossipStats, Gossip, GossipConfig,
-    GossipStats, MessageId, Publish, PublishError, SubscribeDelivered,
+    GossipStats, MessageId, Publish, PublishError, SubscribeDelivered, gossip_channel,
 };
-use tm2_p2p::{DialPeers, Node, NodeKey, P2pConfig, PeerId, SwitchBuilder, SwitchEvent};
+use tm2_p2p::{
+    DialPeers, Node, NodeKey, P2pConfig, PeerId, RegisterReactor, SwitchBuilder, SwitchError,
+    SwitchEvent,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -23,24 +27,33 @@ struct GossipNode {
 }
 
 impl GossipNode {
-    /// A node on 127.0.0.1:0 without peer exchange (the tests choose the topology).
+    /// A node on 127.0.0.1:0 without peer exchange (the tests choose the topology), with its
+    /// gossip reactor registered as it is built.
     async fn spawn() -> Self {
-        let config = P2pConfig {
-            laddr: "127.0.0.1:0".parse().unwrap(),
-            allow_non_routable: true,
-            pex: false,
-            ..P2pConfig::default()
-        };
-        let node = SwitchBuilder::new(config, NodeKey::generate().unwrap())
-            .network("gossip-test")
+        let gossip = Gossip::new(GossipConfig::default(), discard()).start();
+        let node = builder()
+            .reactor(RegisterReactor::new(
+                "gossip",
+                vec![gossip_channel()],
+                &gossip,
+            ))
             .spawn()
             .await
             .unwrap();
-        let log = slog::Logger::root(slog::Discard, slog::o!());
-        let gossip = Gossip::new(GossipConfig::default(), log)
+        Self::subscribe(node, gossip).await
+    }
+
+    /// The same, with the reactor registered once the node runs ([`Gossip::register`]).
+    async fn spawn_then_register() -> Self {
+        let node = builder().spawn().await.unwrap();
+        let gossip = Gossip::new(GossipConfig::default(), discard())
             .register(&node.switch())
             .await
             .unwrap();
+        Self::subscribe(node, gossip).await
+    }
+
+    async fn subscribe(node: Node, gossip: Addr<Gossip>) -> Self {
         let delivered = gossip
             .send(SubscribeDelivered { capacity: 10_000 })
             .await
@@ -75,6 +88,20 @@ impl GossipNode {
     }
 }
 
+fn builder() -> SwitchBuilder {
+    let config = P2pConfig {
+        laddr: "127.0.0.1:0".parse().unwrap(),
+        allow_non_routable: true,
+        pex: false,
+        ..P2pConfig::default()
+    };
+    SwitchBuilder::new(config, NodeKey::generate().unwrap()).network("gossip-test")
+}
+
+fn discard() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
 /// Connects `a` to `b` and waits until each side has the other as a peer.
 async fn connect(a: &GossipNode, b: &GossipNode) {
     let mut a_events = a
@@ -85,7 +112,9 @@ async fn connect(a: &GossipNode, b: &GossipNode) {
         .subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
     a.node
         .switch()
-        .do_send(DialPeers(vec![b.node.net_address()]));
+        .send(DialPeers(vec![b.node.net_address()]))
+        .await
+        .unwrap();
     for (events, other) in [(&mut a_events, b.id()), (&mut b_events, a.id())] {
         tokio::time::timeout(TIMEOUT, async {
             loop {
@@ -233,8 +262,9 @@ async fn a_triangle_delivers_once_per_node_and_counts_the_duplicates() {
 
 #[actix::test]
 async fn a_message_above_the_limit_is_refused_and_one_at_the_limit_arrives_whole() {
-    let a = GossipNode::spawn().await;
-    let mut b = GossipNode::spawn().await;
+    // Registered on running nodes: works for peers that connect afterwards.
+    let a = GossipNode::spawn_then_register().await;
+    let mut b = GossipNode::spawn_then_register().await;
     connect(&a, &b).await;
 
     let too_big = vec![7; DEFAULT_MAX_MESSAGE_SIZE + 1];
@@ -286,4 +316,20 @@ async fn a_burst_larger_than_the_send_queue_is_delivered_through_the_backlog() {
     // actix handles a full mailbox in one go, and the writer runs on the same thread.
     assert!(stats.backlogged > 0, "{stats:?}");
     shutdown(&[&a, &b]).await;
+}
+
+#[actix::test]
+async fn a_channel_claimed_twice_at_build_fails_the_spawn() {
+    let one = Gossip::new(GossipConfig::default(), discard()).start();
+    let two = Gossip::new(GossipConfig::default(), discard()).start();
+    let err = builder()
+        .reactor(RegisterReactor::new("gossip", vec![gossip_channel()], &one))
+        .reactor(RegisterReactor::new("again", vec![gossip_channel()], &two))
+        .spawn()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SwitchError::DuplicateChannel(0x30, owner) if owner == "gossip"),
+        "{err:?}"
+    );
 }
