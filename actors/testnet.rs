@@ -43,7 +43,7 @@
 //! are `messages × (nodes − 1)` expected. *Latency* runs from just before the publisher's
 //! reactor is asked to publish to the moment this run receives the delivery from the other
 //! node's subscription. *Bytes sent* are the gossip payload bytes handed to connections
-//! ([`GossipStats::payload_bytes_sent`]), without packet headers and encryption. *Peers per
+//! ([`GossipStats::payload_bytes_sent`](crate::actors::gossip::GossipStats::payload_bytes_sent)), without packet headers and encryption. *Peers per
 //! node* are counted after the gossip phase.
 
 use std::collections::{HashMap, VecDeque};
@@ -253,6 +253,8 @@ pub struct TestnetReport {
     pub message_size: usize,
     /// The RNG seed used.
     pub rng_seed: u64,
+    /// The most messages that were in flight at once (the pacing window).
+    pub max_in_flight: usize,
     /// Peers each node needed for convergence.
     pub required_peers: usize,
     /// From the seed's start to convergence.
@@ -296,8 +298,8 @@ impl fmt::Display for TestnetReport {
             (
                 "messages",
                 format!(
-                    "{} of {} bytes, from random nodes (rng seed {})",
-                    self.messages, self.message_size, self.rng_seed
+                    "{} x {} bytes from random nodes, at most {} in flight (rng seed {})",
+                    self.messages, self.message_size, self.max_in_flight, self.rng_seed
                 ),
             ),
             (
@@ -483,6 +485,7 @@ pub async fn run(
             messages: config.messages,
             message_size: config.message_size,
             rng_seed: config.rng_seed,
+            max_in_flight: config.max_in_flight,
             required_peers: config.required_peers(),
             converge_time,
             peers: PeerCounts::of(&peers),
@@ -966,6 +969,7 @@ mod tests {
             messages: 50,
             message_size: 256,
             rng_seed: 1,
+            max_in_flight: 64,
             required_peers: 3,
             converge_time: Duration::from_millis(812),
             peers: PeerCounts::of(&[3, 3, 3, 3]),

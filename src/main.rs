@@ -58,7 +58,7 @@ enum Command {
         /// Log output: human-readable lines, or one JSON object a line.
         #[arg(long, value_enum, default_value_t = LogFormat::Term)]
         log_format: LogFormat,
-        /// Publish a gossip message "<moniker or id>-<n>" this often (e.g. `2s`, `500ms`);
+        /// Publish a gossip message `<moniker or id>-<n>` this often (e.g. `2s`, `500ms`);
         /// off by default. Every node logs each gossip message it delivers.
         #[arg(long, value_parser = humantime::parse_duration)]
         publish_every: Option<Duration>,
@@ -160,7 +160,7 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", one_line(&e));
+            eprintln!("error: {}", describe(&e));
             std::process::ExitCode::FAILURE
         }
     }
@@ -168,7 +168,7 @@ fn main() -> std::process::ExitCode {
 
 /// The error and its causes, joined by ": ", skipping a cause whose text the message before it
 /// already includes (the library's errors print their source), and without a backtrace.
-fn one_line(e: &anyhow::Error) -> String {
+fn describe(e: &anyhow::Error) -> String {
     let mut line = e.to_string();
     for cause in e.chain().skip(1) {
         let cause = cause.to_string();
@@ -391,6 +391,7 @@ impl TestnetProgress for Bars {
     fn converged(&mut self, _elapsed: Duration) {
         if let Some(bar) = self.discovery.take() {
             bar.finish_with_message("converged");
+            end_line(&bar);
         }
     }
 
@@ -407,6 +408,7 @@ impl TestnetProgress for Bars {
     fn gossip_finished(&mut self) {
         if let Some(bar) = self.gossip.take() {
             bar.finish_with_message("gossip done");
+            end_line(&bar);
         }
     }
 }
@@ -419,7 +421,16 @@ impl Drop for Bars {
             .flatten()
         {
             bar.abandon();
+            end_line(&bar);
         }
+    }
+}
+
+/// Moves past a finished bar's line (indicatif leaves the cursor on it), so what comes next
+/// starts on a line of its own; nothing when the bar is hidden (not a terminal).
+fn end_line(bar: &indicatif::ProgressBar) {
+    if !bar.is_hidden() {
+        eprintln!();
     }
 }
 
