@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod dialer;
 pub mod events;
+pub mod gossip;
 pub mod node;
 pub mod peer_conn;
 pub mod pex;
@@ -12,4 +13,5 @@ pub mod reactor;
 pub mod redialer;
 pub mod secret_stream;
 pub mod switch;
+pub mod testnet;
 pub mod transport;

@@ -43,6 +43,8 @@ pub struct SwitchBuilder {
     log: Logger,
     /// Where connection tasks run; the current runtime by default.
     io: Option<Handle>,
+    /// Reactors registered as the Switch is built, before anything is accepted or dialed.
+    reactors: Vec<RegisterReactor>,
 }
 
 impl SwitchBuilder {
@@ -55,7 +57,19 @@ impl SwitchBuilder {
             network: String::new(),
             log: Logger::root(slog::Discard, o!()),
             io: None,
+            reactors: Vec::new(),
         }
+    }
+
+    /// Registers a reactor as the node is built, before it accepts or dials anything, so the
+    /// reactor's channels are in the NodeInfo of every connection. A reactor registered after
+    /// [`spawn`](Self::spawn) (with [`RegisterReactor`]) misses the connections made in
+    /// between (persistent peers, seeds and saved addresses are dialed at once): those peers
+    /// were told this node has no such channel and never send on it. `spawn` fails as
+    /// `RegisterReactor` would (a claimed channel, an invalid descriptor, too many channels).
+    pub fn reactor(mut self, reactor: RegisterReactor) -> Self {
+        self.reactors.push(reactor);
+        self
     }
 
     /// The network (chain id) advertised in our NodeInfo.
@@ -88,6 +102,7 @@ impl SwitchBuilder {
             network,
             log,
             io,
+            reactors,
         } = self;
         config.validate()?;
         let listener =
@@ -115,7 +130,9 @@ impl SwitchBuilder {
         let pex_config = config.pex.then(|| config.clone());
         let own_id = key.id();
         let pex_log = log.clone();
+        let mut registered = Ok(());
         let switch = Switch::create({
+            let registered = &mut registered;
             let events = events.clone();
             let info = info.clone();
             move |ctx| {
@@ -156,9 +173,17 @@ impl SwitchBuilder {
                     dial_failed: redialer.clone().recipient(),
                     stop_redialing: redialer.recipient(),
                 };
-                Switch::new(config, info, transport, dial, events, io, log)
+                let mut switch = Switch::new(config, info, transport, dial, events, io, log);
+                // Before the Switch runs: the Transport gets the NodeInfo with these channels
+                // ahead of any connection.
+                *registered = reactors.into_iter().try_for_each(|r| switch.register(r));
+                switch
             }
         });
+        if let Err(e) = registered {
+            let _ = switch.send(Shutdown).await;
+            return Err(e);
+        }
         let mut peer_exchange = None;
         if let Some(pex_config) = pex_config {
             let pex = PeerExchange::new(

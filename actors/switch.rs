@@ -425,10 +425,28 @@ impl RegisterReactor {
     }
 }
 
+impl std::fmt::Debug for RegisterReactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisterReactor")
+            .field("name", &self.name)
+            .field("channels", &self.channels)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Handler<RegisterReactor> for Switch {
     type Result = Result<(), SwitchError>;
 
     fn handle(&mut self, msg: RegisterReactor, _: &mut Self::Context) -> Self::Result {
+        self.register(msg)
+    }
+}
+
+impl Switch {
+    /// Registers a reactor (see [`RegisterReactor`]); also used by
+    /// [`SwitchBuilder::reactor`](crate::actors::node::SwitchBuilder::reactor) before the
+    /// Switch runs.
+    pub(crate) fn register(&mut self, msg: RegisterReactor) -> Result<(), SwitchError> {
         if self.shutdown.is_some() {
             return Err(SwitchError::ShuttingDown);
         }

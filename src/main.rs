@@ -4,14 +4,26 @@
 //! library, report. Errors are boxed (`anyhow`) only here, at the binary's edge.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use actix::Actor;
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
-use tm2_p2p::{NodeKey, P2pConfig, SwitchBuilder};
+use clap::{Args, Parser, Subcommand};
+use tm2_p2p::actors::gossip::{
+    DEFAULT_SUBSCRIBER_CAPACITY, Deliveries, GetGossipStats, Gossip, GossipConfig, Publish,
+    SubscribeDelivered, gossip_channel,
+};
+use tm2_p2p::actors::testnet::{self, TestnetConfig, TestnetProgress};
+use tm2_p2p::{NodeKey, P2pConfig, RegisterReactor, SwitchBuilder};
 
 /// tm2-p2p: a peer-to-peer network runtime modelled on Tendermint2's p2p layer.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Without a command, runs `tm2p2p testnet` with its defaults."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -46,7 +58,56 @@ enum Command {
         /// Log output: human-readable lines, or one JSON object a line.
         #[arg(long, value_enum, default_value_t = LogFormat::Term)]
         log_format: LogFormat,
+        /// Publish a gossip message `<moniker or id>-<n>` this often (e.g. `2s`, `500ms`);
+        /// off by default. Every node logs each gossip message it delivers.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        publish_every: Option<Duration>,
     },
+    /// Run a local testnet in this process (the default command).
+    ///
+    /// A seed and N nodes on 127.0.0.1 discover each other by peer exchange, gossip M messages
+    /// from random nodes, and a table reports how it went. Exits non-zero if the network did
+    /// not converge or a message was lost.
+    Testnet(TestnetArgs),
+}
+
+/// `tm2p2p testnet` options; the defaults are [`TestnetConfig::default`]'s.
+#[derive(Debug, Args)]
+struct TestnetArgs {
+    /// Gossiping nodes, besides the seed.
+    #[arg(long, default_value_t = TestnetConfig::default().nodes)]
+    nodes: usize,
+    /// Messages to publish, each from a random node.
+    #[arg(long, default_value_t = TestnetConfig::default().messages)]
+    messages: usize,
+    /// Seeds the RNG that picks publishers and payloads (the same seed repeats a run).
+    #[arg(long, default_value_t = TestnetConfig::default().rng_seed)]
+    seed_rng: u64,
+    /// Seconds allowed for the network to converge, and for each wait on the next delivery.
+    #[arg(long, default_value_t = TestnetConfig::default().converge_timeout.as_secs())]
+    timeout: u64,
+    /// At most this many messages published and not yet delivered everywhere.
+    #[arg(long, default_value_t = TestnetConfig::default().max_in_flight)]
+    in_flight: usize,
+    /// Turn peer exchange off, so the nodes cannot find each other (tests the failure path).
+    #[arg(long, hide = true)]
+    no_discovery: bool,
+}
+
+impl TestnetArgs {
+    fn config(&self) -> TestnetConfig {
+        let timeout = Duration::from_secs(self.timeout);
+        TestnetConfig {
+            nodes: self.nodes,
+            messages: self.messages,
+            rng_seed: self.seed_rng,
+            converge_timeout: timeout,
+            delivery_timeout: timeout,
+            discovery: !self.no_discovery,
+            max_in_flight: self.in_flight,
+            ..TestnetConfig::default()
+        }
+    }
 }
 
 /// The least severe log level shown.
@@ -95,17 +156,34 @@ fn default_home() -> PathBuf {
     )
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            println!(
-                "\nStart with `tm2p2p init`, then `tm2p2p node`. The local testnet comes next."
-            );
-            Ok(())
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", describe(&e));
+            std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// The error and its causes, joined by ": ", skipping a cause whose text the message before it
+/// already includes (the library's errors print their source), and without a backtrace.
+fn describe(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !line.contains(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        None => run_testnet(TestnetConfig::default()),
+        Some(Command::Testnet(args)) => run_testnet(args.config()),
         Some(Command::Init { home }) => init(&home),
         Some(Command::ShowId { home }) => show_id(&home),
         Some(Command::Node {
@@ -113,9 +191,10 @@ fn main() -> anyhow::Result<()> {
             network,
             log_level,
             log_format,
+            publish_every,
         }) => {
             let log = logger(log_format, log_level);
-            actix::System::new().block_on(run_node(&home, network, log))
+            actix::System::new().block_on(run_node(&home, network, publish_every, log))
         }
     }
 }
@@ -139,7 +218,12 @@ fn logger(format: LogFormat, level: LogLevel) -> slog::Logger {
 }
 
 /// Runs a node from `home` until Ctrl-C (or SIGTERM), then shuts it down gracefully.
-async fn run_node(home: &Path, network: String, log: slog::Logger) -> anyhow::Result<()> {
+async fn run_node(
+    home: &Path,
+    network: String,
+    publish_every: Option<Duration>,
+    log: slog::Logger,
+) -> anyhow::Result<()> {
     let config_path = home.join("config.toml");
     if !config_path.exists() {
         bail!(
@@ -151,11 +235,23 @@ async fn run_node(home: &Path, network: String, log: slog::Logger) -> anyhow::Re
     let mut config = P2pConfig::from_toml_file(&config_path)?;
     config.resolve_paths(home);
     let key = NodeKey::load(&config.node_key_file)?;
+    let name = if config.moniker == P2pConfig::default().moniker {
+        key.id().to_string()
+    } else {
+        config.moniker.clone()
+    };
+    let gossip = Gossip::new(GossipConfig::default(), log.clone()).start();
     let node = SwitchBuilder::new(config, key)
         .network(network)
         .logger(log.clone())
+        .reactor(RegisterReactor::new(
+            "gossip",
+            vec![gossip_channel()],
+            &gossip,
+        ))
         .spawn()
         .await?;
+    let gossip = NodeGossip::start(gossip, name, publish_every, &log).await?;
     // Handlers are installed before we announce ourselves, so a Ctrl-C right after the
     // announcement is caught rather than killing the process.
     let stop = StopSignals::install()?;
@@ -163,9 +259,179 @@ async fn run_node(home: &Path, network: String, log: slog::Logger) -> anyhow::Re
     println!("listening as {}", node.net_address());
     stop.wait().await;
     slog::info!(log, "shutting down");
+    gossip.stop(&log).await;
     node.shutdown().await;
     println!("stopped");
     Ok(())
+}
+
+/// The gossip reactor of `tm2p2p node`: logs every delivery, and publishes now and then if
+/// asked.
+struct NodeGossip {
+    /// The reactor.
+    gossip: actix::Addr<Gossip>,
+    /// Logs deliveries; ends with the reactor.
+    logging: tokio::task::JoinHandle<()>,
+    /// Publishes every `--publish-every`, if set.
+    publishing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl NodeGossip {
+    /// Starts logging the deliveries of the node's `gossip` reactor; with `publish_every`,
+    /// publishes `"<name>-<n>"` at that interval.
+    async fn start(
+        gossip: actix::Addr<Gossip>,
+        name: String,
+        publish_every: Option<Duration>,
+        log: &slog::Logger,
+    ) -> anyhow::Result<Self> {
+        let deliveries = gossip
+            .send(SubscribeDelivered {
+                capacity: DEFAULT_SUBSCRIBER_CAPACITY,
+            })
+            .await?;
+        let logging = actix::spawn(log_deliveries(deliveries, log.clone()));
+        let publishing = publish_every.map(|every| {
+            let (gossip, log) = (gossip.clone(), log.clone());
+            actix::spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.tick().await; // The first tick is immediate; publish after `every`.
+                for n in 1u64.. {
+                    ticks.tick().await;
+                    let payload = bytes::Bytes::from(format!("{name}-{n}"));
+                    match gossip.send(Publish(payload)).await {
+                        Ok(Ok(id)) => slog::debug!(log, "gossip published"; "id" => %id, "n" => n),
+                        Ok(Err(e)) => slog::warn!(log, "gossip publish refused"; "error" => %e),
+                        Err(_) => return,
+                    }
+                }
+            })
+        });
+        Ok(Self {
+            gossip,
+            logging,
+            publishing,
+        })
+    }
+
+    /// Stops publishing and logs the reactor's totals.
+    async fn stop(self, log: &slog::Logger) {
+        if let Some(p) = self.publishing {
+            p.abort();
+        }
+        if let Ok(s) = self.gossip.send(GetGossipStats).await {
+            slog::info!(log, "gossip totals"; "published" => s.published, "delivered" => s.delivered,
+                "duplicates" => s.duplicates, "forwarded" => s.forwarded, "dropped" => s.dropped);
+        }
+        self.logging.abort();
+    }
+}
+
+/// Logs each delivery at info level.
+async fn log_deliveries(mut deliveries: Deliveries, log: slog::Logger) {
+    while let Some(d) = deliveries.recv().await {
+        let from = d.from.map_or_else(|| "self".to_owned(), |p| p.to_string());
+        slog::info!(log, "gossip delivered"; "id" => %d.id, "from" => from, "size" => d.payload.len());
+    }
+}
+
+/// Runs the local testnet, shows progress, prints the table; an error if it did not converge
+/// or lost a message.
+fn run_testnet(config: TestnetConfig) -> anyhow::Result<()> {
+    println!(
+        "local testnet: a seed and {} nodes on 127.0.0.1, then {} gossip messages",
+        config.nodes, config.messages
+    );
+    let report = actix::System::new().block_on(testnet::run(config, Bars::default()))?;
+    println!();
+    print!("{report}");
+    if report.lost() > 0 {
+        bail!("{} of {} deliveries lost", report.lost(), report.expected);
+    }
+    if !report.is_complete() {
+        bail!("{} deliveries were duplicated or unknown", report.anomalies);
+    }
+    Ok(())
+}
+
+/// The testnet's progress bars (indicatif hides them when stderr is not a terminal).
+#[derive(Default)]
+struct Bars {
+    /// Nodes with enough peers, of all nodes.
+    discovery: Option<indicatif::ProgressBar>,
+    /// Deliveries made, of expected.
+    gossip: Option<indicatif::ProgressBar>,
+}
+
+impl Bars {
+    fn bar(len: u64, message: &'static str, unit: &str) -> indicatif::ProgressBar {
+        let template = format!("{{spinner}} {{msg:<18}} [{{bar:30}}] {{pos}}/{{len}} {unit}");
+        let style = indicatif::ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> ");
+        let bar = indicatif::ProgressBar::new(len)
+            .with_style(style)
+            .with_message(message);
+        bar.enable_steady_tick(Duration::from_millis(100));
+        bar
+    }
+}
+
+impl TestnetProgress for Bars {
+    fn started(&mut self, nodes: usize) {
+        self.discovery = Some(Self::bar(nodes as u64, "discovering peers", "nodes"));
+    }
+
+    fn discovery(&mut self, ready: usize, _nodes: usize) {
+        if let Some(bar) = &self.discovery {
+            bar.set_position(ready as u64);
+        }
+    }
+
+    fn converged(&mut self, _elapsed: Duration) {
+        if let Some(bar) = self.discovery.take() {
+            bar.finish_with_message("converged");
+            end_line(&bar);
+        }
+    }
+
+    fn gossip_started(&mut self, expected: u64) {
+        self.gossip = Some(Self::bar(expected, "gossip", "deliveries"));
+    }
+
+    fn delivered(&mut self, delivered: u64, _expected: u64) {
+        if let Some(bar) = &self.gossip {
+            bar.set_position(delivered);
+        }
+    }
+
+    fn gossip_finished(&mut self) {
+        if let Some(bar) = self.gossip.take() {
+            bar.finish_with_message("gossip done");
+            end_line(&bar);
+        }
+    }
+}
+
+impl Drop for Bars {
+    fn drop(&mut self) {
+        // A run that failed leaves its bar where it stopped, so the error reads below it.
+        for bar in [self.discovery.take(), self.gossip.take()]
+            .into_iter()
+            .flatten()
+        {
+            bar.abandon();
+            end_line(&bar);
+        }
+    }
+}
+
+/// Moves past a finished bar's line (indicatif leaves the cursor on it), so what comes next
+/// starts on a line of its own; nothing when the bar is hidden (not a terminal).
+fn end_line(bar: &indicatif::ProgressBar) {
+    if !bar.is_hidden() {
+        eprintln!();
+    }
 }
 
 /// SIGINT (Ctrl-C) and SIGTERM handlers, installed on creation.

@@ -77,3 +77,179 @@ fn node_without_a_home_says_how_to_create_one() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("tm2p2p init"), "{err}");
 }
+
+#[test]
+fn a_small_testnet_converges_delivers_everything_and_prints_the_table() {
+    let out = tm2p2p(&["testnet", "--nodes", "4", "--messages", "50"]);
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // 50 messages, each delivered at the 3 nodes that did not publish it.
+    for row in [
+        "nodes                 4 (+1 seed)",
+        "time to converge",
+        "peers per node        min ",
+        "messages delivered    150 of 150",
+        "latency               p50 ",
+        "bytes sent",
+        "lost                  0",
+    ] {
+        assert!(stdout.contains(row), "{row:?} missing from\n{stdout}");
+    }
+}
+
+#[test]
+fn a_testnet_that_cannot_converge_fails_with_one_line() {
+    // Without peer exchange the nodes never learn of each other, whatever the timing.
+    let out = tm2p2p(&[
+        "testnet",
+        "--nodes",
+        "3",
+        "--timeout",
+        "1",
+        "--no-discovery",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: the network did not converge within 1s"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_config_value_is_named_and_fails_without_a_panic() {
+    let home = tempfile::tempdir().unwrap();
+    let home_arg = home.path().to_str().unwrap();
+    assert!(tm2p2p(&["init", "--home", home_arg]).status.success());
+    let config_path = home.path().join("config.toml");
+    let config = std::fs::read_to_string(&config_path).unwrap();
+    for (bad, field) in [
+        ("max_num_outbound_peers = \"ten\"", "max_num_outbound_peers"),
+        ("pex_interval = \"0s\"", "pex_interval"),
+    ] {
+        let key = bad.split(' ').next().unwrap();
+        let line = config
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap();
+        std::fs::write(&config_path, config.replace(line, bad)).unwrap();
+        let out = tm2p2p(&["node", "--home", home_arg]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert!(stderr.contains(field), "{field} not named in {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// A running `tm2p2p node` whose stdout and stderr lines arrive on channels.
+struct RunningNode {
+    child: std::process::Child,
+    stdout: mpsc::Receiver<String>,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl RunningNode {
+    /// Inits a home on a free loopback port with `moniker` and `persistent_peers`, and starts
+    /// a node there with `extra` arguments.
+    fn start(home: &std::path::Path, moniker: &str, persistent: &str, extra: &[&str]) -> Self {
+        let home_arg = home.to_str().unwrap();
+        assert!(tm2p2p(&["init", "--home", home_arg]).status.success());
+        let path = home.join("config.toml");
+        let config = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("tcp://0.0.0.0:26656", "tcp://127.0.0.1:0")
+            .replace(
+                "moniker = \"anonymous\"",
+                &format!("moniker = \"{moniker}\""),
+            )
+            .replace("allow_non_routable = false", "allow_non_routable = true")
+            .replace(
+                "persistent_peers = []",
+                &format!("persistent_peers = [{persistent}]"),
+            );
+        std::fs::write(&path, config).unwrap();
+        let mut child = Command::new(BIN)
+            .args(["node", "--home", home_arg])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        Self {
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Waits for a stderr line containing every one of `parts`.
+    fn wait_log(&self, parts: &[&str]) -> String {
+        let deadline = tm2_p2p::actors::clock::now() + TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(tm2_p2p::actors::clock::now());
+            let line = self
+                .stderr
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with {parts:?}"));
+            if parts.iter().all(|p| line.contains(p)) {
+                return line;
+            }
+        }
+    }
+
+    /// Ctrl-C, then waits for exit 0.
+    fn stop(mut self) -> mpsc::Receiver<String> {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGINT);
+        }
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+        self.stderr
+    }
+}
+
+/// Forwards a pipe's lines to a channel from a thread.
+fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+#[test]
+fn two_nodes_gossip_what_one_publishes_and_log_each_delivery() {
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = RunningNode::start(home_a.path(), "alice", "", &["--publish-every", "100ms"]);
+    let listening = a.stdout.recv_timeout(TIMEOUT).unwrap();
+    let address = listening.strip_prefix("listening as ").unwrap().to_owned();
+    let a_id = address.split('@').next().unwrap().to_owned();
+    let b = RunningNode::start(home_b.path(), "bob", &format!("\"{address}\""), &[]);
+
+    // Bob delivers Alice's messages, each logged with its id, sender and size.
+    let line = b.wait_log(&["gossip delivered", &format!("from: {a_id}"), "size: "]);
+    assert!(line.contains("id: "), "{line}");
+    a.wait_log(&["gossip delivered", "from: self"]);
+
+    let a_rest: Vec<String> = a.stop().try_iter().collect();
+    assert!(
+        a_rest.iter().any(|l| l.contains("gossip totals")),
+        "{a_rest:?}"
+    );
+    let b_rest: Vec<String> = b.stop().try_iter().collect();
+    assert!(
+        b_rest.iter().any(|l| l.contains("gossip totals")),
+        "{b_rest:?}"
+    );
+}
