@@ -754,11 +754,18 @@ impl Traffic {
 
 /// Runs the flood against a node configured with `slots` (total and per IP handshake slots):
 /// two real peers keep exchanging messages with it throughout, 1000 hostile connections are
-/// opened from 100 loopback source addresses (127.0.0.2 to 127.0.0.101; at most 100 connects
-/// in flight at once, every connection kept open until the node closes it), and each must be
-/// closed by the node within its stages × handshake timeout + [`CLOSE_MARGIN`] of its connect.
+/// opened from 100 loopback source addresses (127.0.0.2 to 127.0.0.101), every one kept open
+/// until the node closes it, and each must be closed within its stages × handshake timeout +
+/// [`CLOSE_MARGIN`] of being accepted (when the node sent its first byte, or closed it).
+///
+/// At most `max_open` hostile connections are open at a time, and connections are opened as
+/// fast as the node accepts them, at most 100 waiting: the node's
+/// listen backlog is 128 (tokio's default), and beyond it the kernel drops the handshake's
+/// last ACK, so a client believes it is connected 1 to 3 s (SYN-ACK retransmissions) before
+/// the node can accept it; that delay is the kernel's, not the node's timeout.
+///
 /// Returns the node's rejection counts by reason.
-async fn flood(slots: (usize, usize)) -> BTreeMap<String, u64> {
+async fn flood(slots: (usize, usize), max_open: usize) -> BTreeMap<String, u64> {
     raise_fd_limit();
     let handshake_timeout = Duration::from_secs(1);
     let mut n = TestNode::spawn(P2pConfig {
@@ -810,26 +817,39 @@ async fn flood(slots: (usize, usize)) -> BTreeMap<String, u64> {
     };
 
     let target = n.node.local_addr();
-    let connects = Rc::new(Semaphore::new(100));
+    // The hostile clients run on the io runtime's threads, so that their own handshake work
+    // does not delay the node's thread and inflate the close latencies measured.
+    let io = io_runtime();
+    let connects = Arc::new(Semaphore::new(100));
+    let open = Arc::new(Semaphore::new(max_open));
     let plan = hostile_plan();
     let t0 = clock::now();
     let mut tasks = Vec::new();
     for (i, kind) in plan.iter().copied().enumerate() {
-        let connects = connects.clone();
+        let (connects, open) = (connects.clone(), open.clone());
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2 + (i % 100) as u8));
-        tasks.push(actix::spawn(async move {
+        tasks.push(io.spawn(async move {
+            let _open = open.acquire_owned().await.unwrap();
             let permit = connects.acquire().await.unwrap();
             let socket = TcpSocket::new_v4().unwrap();
             socket.bind(SocketAddr::new(source, 0)).unwrap();
             let mut tcp = socket.connect(target).await.unwrap();
+            // The node has accepted the connection once it sends its first byte (its
+            // ephemeral key; nothing of ours is needed for that) or closes it.
+            let mut first = [0u8; 1];
+            let accepted = tokio::time::timeout(TIMEOUT, tcp.peek(&mut first))
+                .await
+                .unwrap_or_else(|_| panic!("hostile connection {i} was never accepted"));
             drop(permit);
-            let connected = clock::now();
-            if misbehave(kind, i as u64, &mut tcp).await.is_ok() {
+            let t0 = clock::now();
+            if matches!(accepted, Ok(n) if n > 0)
+                && misbehave(kind, i as u64, &mut tcp).await.is_ok()
+            {
                 tokio::time::timeout(TIMEOUT, until_closed(&mut tcp))
                     .await
                     .unwrap_or_else(|_| panic!("hostile connection {i} ({kind:?}) stayed open"));
             }
-            (kind, clock::now() - connected)
+            (kind, clock::now() - t0)
         }));
     }
     let mut latencies = BTreeMap::<Bad, Vec<Duration>>::new();
@@ -855,10 +875,12 @@ async fn flood(slots: (usize, usize)) -> BTreeMap<String, u64> {
         l.sort();
         let bound = handshake_timeout * kind.stages() + CLOSE_MARGIN;
         println!(
-            "  {kind:?} x{}: closed after min {:.0?}, median {:.0?}, max {:.0?} (bound {bound:?})",
+            "  {kind:?} x{}: closed after min {:.2?}, median {:.2?}, p99 {:.2?}, max {:.2?} \
+             (bound {bound:?})",
             l.len(),
             l[0],
             l[l.len() / 2],
+            l[l.len() * 99 / 100],
             l[l.len() - 1]
         );
         if l[l.len() - 1] > bound {
@@ -906,28 +928,34 @@ fn rejection_kind(reason: &InboundRejection) -> String {
 }
 
 /// Room for every handshake (1100 slots in total and per IP): every hostile connection goes
-/// through the upgrade and is closed by its error or its timeout.
+/// through the upgrade and is closed by its error or its timeout. At most 250 are open at a
+/// time: with every handshake admitted, more would measure how late one thread's timers fire
+/// under a debug build's handshake crypto (1000 at once took up to 6 s to close on this
+/// 2-core machine under load), which the default slots exist to prevent (the next test).
 #[test]
 fn a_thousand_silent_and_garbage_connections_are_each_closed_by_the_handshake_timeout() {
     let _heavy = heavy_lock();
     actix::System::new().block_on(async {
-        let counts = flood((1100, 1100)).await;
+        let counts = flood((1100, 1100), 250).await;
         assert!(!counts.contains_key("no handshake slot"), "{counts:?}");
     });
 }
 
-/// The default handshake slots (64 in total, 8 per IP): connections beyond them are closed at
-/// once without a handshake, the others by their error or timeout; the real peers are
-/// unaffected either way.
+/// The default handshake slots (64 in total, 8 per IP), and all 1000 hostile connections open
+/// at once: connections beyond the slots are closed at once without a handshake, the others by
+/// their error or timeout; the real peers are unaffected either way.
 #[test]
 fn a_thousand_hostile_connections_beyond_the_handshake_slots_are_closed_at_once() {
     let _heavy = heavy_lock();
     let defaults = P2pConfig::default();
     actix::System::new().block_on(async {
-        let counts = flood((
-            defaults.max_handshakes_in_progress,
-            defaults.max_handshakes_per_ip,
-        ))
+        let counts = flood(
+            (
+                defaults.max_handshakes_in_progress,
+                defaults.max_handshakes_per_ip,
+            ),
+            1000,
+        )
         .await;
         assert!(counts.contains_key("no handshake slot"), "{counts:?}");
     });

@@ -429,3 +429,20 @@ pub(crate) fn exit_when_parent_goes() {
         std::process::exit(0);
     });
 }
+
+/// Bytes the allocator has handed out and not got back (glibc's `mallinfo2`: `uordblks` plus
+/// `hblkhd`, the mmapped blocks), or `None` where glibc is not the allocator. Unlike RSS it
+/// does not count freed memory the allocator keeps, so it tells live growth from
+/// fragmentation.
+pub(crate) fn heap_in_use() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
+        let info = unsafe { libc::mallinfo2() };
+        Some((info.uordblks + info.hblkhd) as u64)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
