@@ -5,6 +5,7 @@
 pub mod clock;
 pub mod dialer;
 pub mod events;
+pub mod metrics;
 pub mod node;
 pub mod peer_conn;
 pub mod pex;

@@ -160,6 +160,9 @@ async fn run_node(home: &Path, network: String, log: slog::Logger) -> anyhow::Re
     // announcement is caught rather than killing the process.
     let stop = StopSignals::install()?;
     slog::info!(log, "node started"; "address" => %node.net_address());
+    if let Some(addr) = node.metrics_addr() {
+        slog::info!(log, "metrics on http://{}/metrics", addr);
+    }
     println!("listening as {}", node.net_address());
     stop.wait().await;
     slog::info!(log, "shutting down");
