@@ -25,6 +25,15 @@
 //! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
 //! supervisor's recipient.
 //!
+//! ## Metrics
+//!
+//! With [`PeerConnConfig::metrics`] set, the connection counts payload bytes per channel into
+//! that registry: queued messages under the send lock (the counter sits next to the channel's
+//! queue), delivered messages in the reader (the counter sits in the channel's reactor link);
+//! each is one relaxed atomic add plus one for the node-wide total. Messages not queued are
+//! counted by reason. Scrapes read the send queues through a weak reference. The connection's
+//! per-peer series are removed just before it reports [`PeerStopped`].
+//!
 //! ## Adding a channel to a live connection
 //!
 //! [`PeerHandle::add_channel`] (or [`AddChannel`]) gives the connection a new channel and its

@@ -11,6 +11,10 @@
 //! connection's reader is held at a gate until `PeerAdded` is in every reactor's mailbox; the
 //! second because a `PeerConn` reports [`PeerStopped`] only after its reader ended.
 //!
+//! It keeps the node's peer gauges, dial outcomes, disconnects and the drops it decides
+//! (broadcast to a full queue, a send to a peer not connected or on a channel it did not
+//! advertise) in its [`Metrics`]; its connections count their own bytes and drops.
+//!
 //! | message | from | reply |
 //! | --- | --- | --- |
 //! | [`RegisterReactor`] | host | `Result<(), SwitchError>` |

@@ -16,7 +16,9 @@
 //! the connection. Failures go to the `rejected` recipient as [`InboundRejected`]. An accept
 //! error never stops accepting (TM2's loop ends for good on the first one); repeated errors
 //! back off up to a second so a full file table does not spin a core. Dials
-//! ([`Dial`]) run concurrently, each under the dial and handshake timeouts.
+//! ([`Dial`]) run concurrently, each under the dial and handshake timeouts. Refused inbound
+//! connections and failed upgrades (both directions) are counted in the node's
+//! [`Metrics`](crate::actors::metrics::Metrics).
 //!
 //! | message | from | reply |
 //! | --- | --- | --- |

@@ -583,12 +583,12 @@ const FIELD_DOCS: &[(&str, &str)] = &[
         "The address book, relative to home. Default \"config/addrbook.json\".",
     ),
     (
-        "metrics_addr",
-        "Serve Prometheus metrics at http://ADDR/metrics, ip:port (e.g. \"127.0.0.1:26660\");\n\"\" = off (the default).",
-    ),
-    (
         "addr_book_size",
         "Most addresses the book keeps. Default 1000.",
+    ),
+    (
+        "metrics_addr",
+        "Serve Prometheus metrics at http://ADDR/metrics, ip:port (e.g. \"127.0.0.1:26660\");\n\"\" = off (the default).",
     ),
 ];
 
