@@ -866,8 +866,8 @@ impl EncodeLabelValue for PeerLabel {
     }
 }
 
-/// A channel id as a label value: `0x` and two lowercase hex digits (`0x40`), as TM2 writes
-/// its `chID` label.
+/// A channel id as a label value: `0x` and two lowercase hex digits (`0x40`), close to
+/// CometBFT's `chID` label (`%#x`, which drops a leading zero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct ChannelLabel(u8);
 

@@ -196,8 +196,6 @@ pub struct P2pConfig {
     // ---- metrics ----
     /// Where to serve Prometheus metrics (`http://ADDR/metrics`, OpenMetrics text); port 0
     /// lets the OS pick one. Must not be the listen address. Default: none (`""`): not served.
-    /// TM2 has `prometheus_listen_addr` in its instrumentation section, with `prometheus =
-    /// false`.
     #[serde(with = "metrics_addr")]
     pub metrics_addr: Option<SocketAddr>,
 }
