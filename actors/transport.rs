@@ -18,7 +18,7 @@
 //! back off up to a second so a full file table does not spin a core. Dials
 //! ([`Dial`]) run concurrently, each under the dial and handshake timeouts. Refused inbound
 //! connections and failed upgrades (both directions) are counted in the node's
-//! [`Metrics`](crate::actors::metrics::Metrics).
+//! [`Metrics`].
 //!
 //! | message | from | reply |
 //! | --- | --- | --- |
