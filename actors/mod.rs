@@ -6,6 +6,7 @@ pub mod clock;
 pub mod dialer;
 pub mod events;
 pub mod gossip;
+pub mod metrics;
 pub mod node;
 pub mod peer_conn;
 pub mod pex;

@@ -13,6 +13,7 @@
 //! ```
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use actix::prelude::*;
 use slog::{Logger, o};
@@ -21,6 +22,7 @@ use tokio::runtime::Handle;
 
 use crate::actors::dialer::{Dialer, DialerSwitch};
 use crate::actors::events::{EventBus, EventStream, SwitchEvent};
+use crate::actors::metrics::{Metrics, MetricsServer, ServerLimits};
 use crate::actors::pex::{PeerExchange, StopExchange, pex_channel};
 use crate::actors::redialer::Redialer;
 use crate::actors::switch::{DialRecipients, RegisterReactor, Shutdown, Switch, SwitchError};
@@ -92,9 +94,9 @@ impl SwitchBuilder {
         self
     }
 
-    /// Validates the config, binds the listen address, and starts the Transport, the Switch,
-    /// the Dialer and the Redialer (which dials `persistent_peers`) on the current actix
-    /// arbiter. A bind error is returned here, before anything runs.
+    /// Validates the config, binds the listen address (and `metrics_addr`, if set), and starts
+    /// the Transport, the Switch, the Dialer and the Redialer (which dials `persistent_peers`)
+    /// on the current actix arbiter. A bind error is returned here, before anything runs.
     pub async fn spawn(self) -> Result<Node, SwitchError> {
         let Self {
             config,
@@ -122,6 +124,15 @@ impl SwitchBuilder {
                 addr: advertised,
                 source: std::io::Error::other(e),
             })?;
+        let metrics = Metrics::new();
+        let metrics_server = match config.metrics_addr {
+            Some(addr) => Some(Arc::new(
+                MetricsServer::bind(addr, metrics.clone(), ServerLimits::default())
+                    .await
+                    .map_err(|source| SwitchError::MetricsBind { addr, source })?,
+            )),
+            None => None,
+        };
         let mut info = NodeInfo::new(net_address.clone(), network, Vec::new());
         info.moniker.clone_from(&config.moniker);
         let log = log.new(o!("node" => key.id().to_string()));
@@ -135,6 +146,7 @@ impl SwitchBuilder {
             let registered = &mut registered;
             let events = events.clone();
             let info = info.clone();
+            let metrics = metrics.clone();
             move |ctx| {
                 let transport = Transport::new(
                     listener,
@@ -145,6 +157,7 @@ impl SwitchBuilder {
                     ctx.address().recipient(),
                     log.clone(),
                 )
+                .with_metrics(metrics.clone())
                 .start();
                 let dialer = Dialer::new(
                     DEFAULT_DIAL_QUEUE_CAPACITY,
@@ -173,7 +186,8 @@ impl SwitchBuilder {
                     dial_failed: redialer.clone().recipient(),
                     stop_redialing: redialer.recipient(),
                 };
-                let mut switch = Switch::new(config, info, transport, dial, events, io, log);
+                let mut switch = Switch::new(config, info, transport, dial, events, io, log)
+                    .with_metrics(metrics);
                 // Before the Switch runs: the Transport gets the NodeInfo with these channels
                 // ahead of any connection.
                 *registered = reactors.into_iter().try_for_each(|r| switch.register(r));
@@ -198,6 +212,7 @@ impl SwitchBuilder {
                 }),
                 pex_log,
             )
+            .with_metrics(metrics.clone())
             .start();
             switch
                 .send(RegisterReactor::new("pex", vec![pex_channel()], &pex))
@@ -211,6 +226,8 @@ impl SwitchBuilder {
             net_address,
             local_addr: bound,
             events,
+            metrics,
+            metrics_server,
         })
     }
 }
@@ -228,6 +245,11 @@ pub struct Node {
     local_addr: SocketAddr,
     /// The event publisher.
     events: EventBus,
+    /// The node's metrics.
+    metrics: Metrics,
+    /// The HTTP responder serving them, when `metrics_addr` is set; stopped by
+    /// [`shutdown`](Node::shutdown) or when the last handle is dropped.
+    metrics_server: Option<Arc<MetricsServer>>,
 }
 
 impl Node {
@@ -251,6 +273,18 @@ impl Node {
         self.local_addr
     }
 
+    /// The node's metrics (also when `metrics_addr` is not set): read them, encode them, or
+    /// add the host program's own.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// The address the metrics are served on (`http://ADDR/metrics`; the bound port, even
+    /// when the config said 0), or `None` when `metrics_addr` is not set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_server.as_ref().map(|s| s.local_addr())
+    }
+
     /// A bounded subscription to the events `filter` accepts, from now on; a subscriber that
     /// falls behind gets [`SwitchEvent::Lagged`].
     pub fn subscribe(
@@ -261,10 +295,13 @@ impl Node {
     }
 
     /// Stops the node gracefully: stops accepting, closes every peer (reactors get
-    /// `PeerRemoved`), waits for them, then stops the Switch. The listen port is free again
-    /// when this returns.
+    /// `PeerRemoved`), waits for them, then stops the Switch and the metrics server. The
+    /// listen port (and the metrics port) is free again when this returns.
     pub async fn shutdown(&self) {
         let _ = self.switch.send(Shutdown).await;
+        if let Some(server) = &self.metrics_server {
+            server.stop().await;
+        }
         if let Some(pex) = &self.peer_exchange {
             let _ = pex.send(StopExchange).await;
         }

@@ -25,6 +25,15 @@
 //! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
 //! supervisor's recipient.
 //!
+//! ## Metrics
+//!
+//! With [`PeerConnConfig::metrics`] set, the connection counts payload bytes per channel into
+//! that registry: queued messages under the send lock (the counter sits next to the channel's
+//! queue), delivered messages in the reader (the counter sits in the channel's reactor link);
+//! each is one relaxed atomic add plus one for the node-wide total. Messages not queued are
+//! counted by reason. Scrapes read the send queues through a weak reference. The connection's
+//! per-peer series are removed just before it reports [`PeerStopped`].
+//!
 //! ## Adding a channel to a live connection
 //!
 //! [`PeerHandle::add_channel`] (or [`AddChannel`]) gives the connection a new channel and its
@@ -62,19 +71,21 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
 use actix::dev::RecipientRequest;
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::Either;
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
 
 use super::clock;
+use super::metrics::{ConnMetrics, DropReason, Metrics, QueueProbe};
 use super::reactor::{DisconnectReason, Receive};
 use super::secret_stream::SecretStream;
 use crate::config::P2pConfig;
@@ -109,6 +120,9 @@ pub struct PeerConnConfig {
     /// How long [`PeerHandle::send`] and [`SendMessage`] wait for room in a full channel
     /// queue before answering false. Default 10 s (TM2's `defaultSendTimeout`).
     pub send_timeout: Duration,
+    /// Where the connection counts its bytes (per channel), drops and send queues; its
+    /// per-peer series are removed when it ends. Default `None`: counted, not registered.
+    pub metrics: Option<Metrics>,
 }
 
 impl Default for PeerConnConfig {
@@ -116,6 +130,7 @@ impl Default for PeerConnConfig {
         Self {
             mconn: MConnConfig::default(),
             send_timeout: Duration::from_secs(10),
+            metrics: None,
         }
     }
 }
@@ -132,6 +147,7 @@ impl From<&P2pConfig> for PeerConnConfig {
                 recv_rate: c.recv_rate,
             },
             send_timeout: c.send_timeout,
+            metrics: None,
         }
     }
 }
@@ -192,6 +208,15 @@ impl PeerConn {
         let descriptors: Vec<ChannelDescriptor> = channels.iter().map(|(d, _)| *d).collect();
         let (sender, receiver) =
             MConnection::new(&config.mconn, &descriptors, clock::now())?.into_split();
+        let metrics = ConnMetrics::new(config.metrics, peer);
+        let sent = descriptors
+            .iter()
+            .map(|d| (d.id, metrics.sent(d.id)))
+            .collect();
+        let links = channels
+            .into_iter()
+            .map(|(d, reactor)| ReactorLink::new(d.id, reactor, &metrics))
+            .collect();
         let shared = Arc::new(Shared {
             peer,
             send_timeout: config.send_timeout,
@@ -199,16 +224,16 @@ impl PeerConn {
                 sender,
                 reason: None,
                 added: Vec::new(),
+                sent,
             }),
             closed: AtomicBool::new(false),
             channels_added: AtomicBool::new(false),
             writer_wake: Notify::new(),
             room: Notify::new(),
+            metrics,
         });
-        let links = channels
-            .into_iter()
-            .map(|(d, reactor)| ReactorLink::new(d.id, reactor))
-            .collect();
+        let probe: Weak<dyn QueueProbe> = Arc::downgrade(&shared) as Weak<Shared>;
+        shared.metrics.watch_queues(probe);
         let io = io.unwrap_or_else(Handle::current);
         let reader_task = io.spawn(read_loop(shared.clone(), reader, receiver, links));
         let writer_task = io.spawn(write_loop(shared.clone(), writer));
@@ -258,11 +283,12 @@ impl Actor for PeerConn {
         }
         if !self.reported {
             self.reported = true;
-            let reason = self
-                .handle
-                .shared
-                .reason()
-                .unwrap_or(DisconnectReason::Shutdown);
+            let shared = &self.handle.shared;
+            // Before the report, so a replacing connection to the same peer (started after
+            // it) never has its series removed.
+            let channels: Vec<u8> = shared.lock().sent.iter().map(|(id, _)| *id).collect();
+            shared.metrics.remove(channels);
+            let reason = shared.reason().unwrap_or(DisconnectReason::Shutdown);
             // A control message sent once per connection: it must not be lost to a full
             // mailbox (a supervisor that misses it would keep a dead peer), so do_send.
             #[allow(clippy::disallowed_methods)]
@@ -399,7 +425,15 @@ impl PeerHandle {
     /// Queues `payload` on `channel` if its queue has room now. False when the queue is
     /// full, the channel unknown, or the connection ended. Never blocks.
     pub fn try_send(&self, channel: u8, payload: Bytes) -> bool {
-        matches!(self.shared.offer(channel, payload), Offer::Queued)
+        self.shared
+            .offer_or_count(channel, payload, DropReason::SendQueueFull)
+    }
+
+    /// [`try_send`](Self::try_send) for the Switch's `Broadcast`: a full queue is counted as
+    /// a broadcast drop.
+    pub(crate) fn try_broadcast(&self, channel: u8, payload: Bytes) -> bool {
+        self.shared
+            .offer_or_count(channel, payload, DropReason::BroadcastQueueFull)
     }
 
     /// Queues `payload` on `channel`, waiting up to the configured `send_timeout` for room.
@@ -421,12 +455,17 @@ impl PeerHandle {
             room.as_mut().enable();
             match self.shared.offer(channel, payload) {
                 Offer::Queued => return true,
-                Offer::Refused => return false,
                 Offer::Full(back) => payload = back,
+                refused => {
+                    self.shared
+                        .count_refusal(&refused, DropReason::SendQueueFull);
+                    return false;
+                }
             }
             match deadline {
                 Some(at) => {
                     if tokio::time::timeout_at(at, room).await.is_err() {
+                        self.shared.metrics.dropped(DropReason::SendQueueFull);
                         return false;
                     }
                 }
@@ -455,6 +494,9 @@ impl PeerHandle {
             return Err(AddChannelError::Closed);
         }
         state.sender.add_channel(desc)?;
+        state
+            .sent
+            .push((desc.id, self.shared.metrics.sent(desc.id)));
         // Under the lock, so the reader sees the additions in the sender's order, and the
         // flag is never cleared with an addition left in the list.
         state.added.push((desc, reactor));
@@ -494,6 +536,8 @@ struct Shared {
     /// Wakes senders waiting for room: the writer took messages out of the queues, or the
     /// connection closed.
     room: Notify,
+    /// Byte and drop counters; the per-peer series are removed when the actor reports.
+    metrics: ConnMetrics,
 }
 
 /// The part of [`Shared`] behind the lock.
@@ -505,6 +549,9 @@ struct SendState {
     /// Channels added to `sender` that the reader has not yet added to its receiver and
     /// reactor map, in the order they were added.
     added: Vec<(ChannelDescriptor, Recipient<Receive>)>,
+    /// Every channel of `sender` with its counter of payload bytes queued (at most 16, so a
+    /// linear search).
+    sent: Vec<(u8, Counter)>,
 }
 
 /// What [`Shared::offer`] did with a message.
@@ -513,8 +560,10 @@ enum Offer {
     Queued,
     /// The channel's queue is full; the message is handed back.
     Full(Bytes),
-    /// Unknown channel or closed connection.
-    Refused,
+    /// The connection does not have this channel.
+    UnknownChannel,
+    /// The connection has ended.
+    Closed,
 }
 
 impl Shared {
@@ -525,21 +574,47 @@ impl Shared {
     }
 
     fn offer(&self, channel: u8, payload: Bytes) -> Offer {
+        let len = payload.len() as u64;
         let result = {
             let mut state = self.lock();
             if state.reason.is_some() {
-                return Offer::Refused;
+                return Offer::Closed;
             }
-            state.sender.try_send(channel, payload)
+            let result = state.sender.try_send(channel, payload);
+            if result.is_ok()
+                && let Some((_, sent)) = state.sent.iter().find(|(id, _)| *id == channel)
+            {
+                sent.inc_by(len);
+            }
+            result
         };
         match result {
             Ok(()) => {
+                self.metrics.sent_total.inc_by(len);
                 self.writer_wake.notify_one();
                 Offer::Queued
             }
             Err(TrySendError::Full { payload, .. }) => Offer::Full(payload),
-            Err(TrySendError::UnknownChannel { .. }) => Offer::Refused,
+            Err(TrySendError::UnknownChannel { .. }) => Offer::UnknownChannel,
         }
+    }
+
+    /// Offers without waiting; a message not queued is counted, a full queue as `full`.
+    fn offer_or_count(&self, channel: u8, payload: Bytes, full: DropReason) -> bool {
+        let offer = self.offer(channel, payload);
+        self.count_refusal(&offer, full);
+        matches!(offer, Offer::Queued)
+    }
+
+    /// Counts `offer` as a dropped message unless it was queued.
+    fn count_refusal(&self, offer: &Offer, full: DropReason) {
+        let reason = match offer {
+            Offer::Queued => return,
+            Offer::Full(_) => full,
+            Offer::UnknownChannel => DropReason::UnknownChannel,
+            Offer::Closed => DropReason::ConnectionClosed,
+        };
+        self.metrics.dropped(reason);
     }
 
     /// Ends the connection with `reason` unless it already ended; wakes everyone waiting.
@@ -558,6 +633,21 @@ impl Shared {
 
     fn reason(&self) -> Option<DisconnectReason> {
         self.lock().reason.clone()
+    }
+}
+
+impl QueueProbe for Shared {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn queue_depths(&self) -> Vec<(u8, usize)> {
+        let state = self.lock();
+        state
+            .sent
+            .iter()
+            .map(|(id, _)| (*id, state.sender.queued(*id).unwrap_or(0)))
+            .collect()
     }
 }
 
@@ -711,7 +801,7 @@ fn apply_added_channels(
         rx.add_channel(desc).map_err(|e| {
             DisconnectReason::Internal(format!("receiver refused a channel the sender took: {e}"))
         })?;
-        links.push(ReactorLink::new(desc.id, reactor));
+        links.push(ReactorLink::new(desc.id, reactor, &shared.metrics));
     }
     Ok(())
 }
@@ -728,16 +818,22 @@ struct ReactorLink {
     since_ack: usize,
     /// Payload bytes pushed since the last answered delivery.
     bytes_since_ack: usize,
+    /// Payload bytes received on this channel from this peer.
+    received: Counter,
+    /// Payload bytes received from any peer.
+    received_total: Counter,
 }
 
 impl ReactorLink {
-    fn new(channel: u8, reactor: Recipient<Receive>) -> Self {
+    fn new(channel: u8, reactor: Recipient<Receive>, metrics: &ConnMetrics) -> Self {
         Self {
             channel,
             reactor,
             acks: VecDeque::with_capacity(MAX_ACKS),
             since_ack: 0,
             bytes_since_ack: 0,
+            received: metrics.received(channel),
+            received_total: metrics.received_total.clone(),
         }
     }
 
@@ -746,6 +842,8 @@ impl ReactorLink {
     async fn deliver(&mut self, peer: PeerId, payload: Bytes) {
         self.since_ack += 1;
         self.bytes_since_ack += payload.len();
+        self.received.inc_by(payload.len() as u64);
+        self.received_total.inc_by(payload.len() as u64);
         let msg = Receive {
             channel: self.channel,
             peer,

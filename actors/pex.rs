@@ -32,6 +32,7 @@ use slog::{Logger, debug, warn};
 
 use crate::actors::clock;
 use crate::actors::events::{EventStream, SwitchEvent};
+use crate::actors::metrics::Metrics;
 use crate::actors::reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive};
 use crate::actors::switch::{DialPeers, DisconnectPeer, StopPeerForError, Switch};
 use crate::config::P2pConfig;
@@ -94,6 +95,8 @@ pub struct PeerExchange {
     ticks: u64,
     /// Randomness for picking peers and addresses.
     rng: OsRng,
+    /// Where the book's size is shown (`tm2p2p_address_book_size`).
+    metrics: Metrics,
     /// The node's log.
     log: Logger,
 }
@@ -137,8 +140,20 @@ impl PeerExchange {
             events: Some(events),
             ticks: 0,
             rng: OsRng,
+            metrics: Metrics::new(),
             log,
         }
+    }
+
+    /// Shows the book's size in `metrics` (the node's) instead of a private registry.
+    pub fn with_metrics(self, metrics: Metrics) -> Self {
+        metrics.set_address_book_size(self.book.len());
+        Self { metrics, ..self }
+    }
+
+    /// Updates the book-size gauge (after anything that may add or evict an address).
+    fn book_changed(&self) {
+        self.metrics.set_address_book_size(self.book.len());
     }
 
     /// The address book (for tests and metrics).
@@ -180,6 +195,7 @@ impl PeerExchange {
         if self.ticks.is_multiple_of(SAVE_EVERY_TICKS) {
             self.save();
         }
+        self.book_changed();
     }
 
     /// Sends a request to one random connected peer not already asked.
@@ -305,6 +321,7 @@ impl Handler<PeerAdded> for PeerExchange {
         self.book.add(addr, info.id, now);
         self.book.mark_good(&info.id, now);
         self.peers.insert(info.id, info);
+        self.book_changed();
     }
 }
 
@@ -346,6 +363,7 @@ impl Handler<Receive> for PeerExchange {
                     for addr in addrs {
                         self.book.add(addr, peer, now);
                     }
+                    self.book_changed();
                     // A seed crawling: this peer has told us what it knows.
                     self.release_later(peer, Duration::ZERO, ctx);
                     if decoded.skipped > 0 {

@@ -11,6 +11,10 @@
 //! connection's reader is held at a gate until `PeerAdded` is in every reactor's mailbox; the
 //! second because a `PeerConn` reports [`PeerStopped`] only after its reader ended.
 //!
+//! It keeps the node's peer gauges, dial outcomes, disconnects and the drops it decides
+//! (broadcast to a full queue, a send to a peer not connected or on a channel it did not
+//! advertise) in its [`Metrics`]; its connections count their own bytes and drops.
+//!
 //! | message | from | reply |
 //! | --- | --- | --- |
 //! | [`RegisterReactor`] | host | `Result<(), SwitchError>` |
@@ -43,6 +47,7 @@ use tokio::runtime::Handle;
 use crate::actors::clock;
 use crate::actors::dialer::{QueueDials, StopDialing};
 use crate::actors::events::{DialError, EventBus, InboundRejection, SwitchEvent};
+use crate::actors::metrics::{DialOutcome, DropReason, Metrics};
 use crate::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped, Stop};
 use crate::actors::reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive};
 use crate::actors::redialer::{
@@ -76,6 +81,14 @@ pub enum SwitchError {
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The metrics address (`metrics_addr`) could not be bound.
+    #[error("cannot serve metrics on {addr}: {source}")]
+    MetricsBind {
         /// The address.
         addr: SocketAddr,
         /// Why.
@@ -171,6 +184,9 @@ pub struct Switch {
     io: Option<Handle>,
     /// Broadcast messages not queued because a peer's queue was full.
     broadcast_drops: u64,
+    /// The node's metrics (peer gauges, dial outcomes, drops, disconnects); connections get
+    /// a handle to count their own.
+    metrics: Metrics,
     /// Set by [`Shutdown`]: answered once every peer has stopped.
     shutdown: Option<oneshot::Sender<()>>,
     /// The node's log.
@@ -208,9 +224,22 @@ impl Switch {
             events,
             io,
             broadcast_drops: 0,
+            metrics: Metrics::new(),
             shutdown: None,
             log,
         }
+    }
+
+    /// Counts into `metrics` (the node's) instead of a private registry.
+    pub(crate) fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// Sets the peer gauges from the peer set.
+    fn update_peer_gauges(&self) {
+        self.metrics
+            .set_peers(self.peers.num_inbound(), self.peers.num_outbound());
     }
 
     /// Every channel with the reactor it belongs to, in registration order.
@@ -264,11 +293,15 @@ impl Switch {
         } = up;
         let (reader, writer) = stream.into_split();
         let (gate, reader) = GatedReader::new(reader);
+        let config = PeerConnConfig {
+            metrics: Some(self.metrics.clone()),
+            ..PeerConnConfig::from(&self.config)
+        };
         let started = PeerConn::start_split(
             reader,
             writer,
             id,
-            PeerConnConfig::from(&self.config),
+            config,
             self.channels(),
             ctx.address().recipient(),
             self.io.clone(),
@@ -299,6 +332,7 @@ impl Switch {
             // admit() checked; cannot happen. Dropping the gate ends the connection.
             return;
         }
+        self.update_peer_gauges();
         for reactor in &self.reactors {
             // Control message, at most one per reactor and connection; it must be in the
             // mailbox before the gate opens, which a bounded `try_send` cannot promise.
@@ -328,6 +362,7 @@ impl Switch {
     /// Publishes a failed dial, and tells the Redialer if the peer is persistent.
     fn dial_failed(&mut self, address: NetAddress, error: DialError) {
         debug!(self.log, "dial failed"; "address" => %address, "error" => %error);
+        self.metrics.dial_finished(DialOutcome::from(&error));
         if self.persistent.contains(&address.id()) {
             // Control message, at most once per dial of a persistent peer.
             #[allow(clippy::disallowed_methods)]
@@ -359,6 +394,20 @@ impl Switch {
         // Control message to one connection actor, once per peer (guarded by `stopping`).
         #[allow(clippy::disallowed_methods)]
         entry.data.conn.do_send(Stop { reason });
+    }
+
+    /// The connected peer `id` if it advertised `channel`; otherwise counts the message as
+    /// dropped and answers `None`.
+    fn peer_for(&self, id: &PeerId, channel: u8) -> Option<&PeerEntry<PeerState>> {
+        let Some(entry) = self.peers.get(id) else {
+            self.metrics.message_dropped(DropReason::PeerNotConnected);
+            return None;
+        };
+        if !entry.data.node_info.channels.contains(&channel) {
+            self.metrics.message_dropped(DropReason::UnknownChannel);
+            return None;
+        }
+        Some(entry)
     }
 
     /// Publishes a refused inbound connection.
@@ -645,11 +694,10 @@ impl Handler<DialFinished> for Switch {
             return;
         }
         match result {
-            Ok(up) => {
-                if let Err(reason) = self.admit(up, address.clone(), ctx) {
-                    self.dial_failed(address, DialError::Rejected(reason));
-                }
-            }
+            Ok(up) => match self.admit(up, address.clone(), ctx) {
+                Ok(()) => self.metrics.dial_finished(DialOutcome::Connected),
+                Err(reason) => self.dial_failed(address, DialError::Rejected(reason)),
+            },
             Err(error) => self.dial_failed(address, error),
         }
     }
@@ -678,7 +726,11 @@ impl Handler<Broadcast> for Switch {
             {
                 continue;
             }
-            if !entry.data.handle.try_send(msg.channel, msg.payload.clone()) {
+            if !entry
+                .data
+                .handle
+                .try_broadcast(msg.channel, msg.payload.clone())
+            {
                 self.broadcast_drops += 1;
             }
         }
@@ -704,9 +756,7 @@ impl Handler<SendTo> for Switch {
 
     fn handle(&mut self, msg: SendTo, _: &mut Self::Context) -> Self::Result {
         let handle = self
-            .peers
-            .get(&msg.peer)
-            .filter(|e| e.data.node_info.channels.contains(&msg.channel))
+            .peer_for(&msg.peer, msg.channel)
             .map(|e| e.data.handle.clone());
         Box::pin(async move {
             match handle {
@@ -734,10 +784,8 @@ impl Handler<TrySendTo> for Switch {
     type Result = bool;
 
     fn handle(&mut self, msg: TrySendTo, _: &mut Self::Context) -> bool {
-        self.peers.get(&msg.peer).is_some_and(|e| {
-            e.data.node_info.channels.contains(&msg.channel)
-                && e.data.handle.try_send(msg.channel, msg.payload)
-        })
+        self.peer_for(&msg.peer, msg.channel)
+            .is_some_and(|e| e.data.handle.try_send(msg.channel, msg.payload))
     }
 }
 
@@ -859,6 +907,7 @@ impl Handler<InboundConnection> for Switch {
         let remote = up.remote_addr;
         let listen_addr = up.node_info.net_address.clone();
         if let Err(reason) = self.admit(up, listen_addr, ctx) {
+            self.metrics.inbound_rejected_by_peer_set(&reason);
             self.inbound_rejected(remote, InboundRejection::PeerSet(reason));
         }
     }
@@ -880,6 +929,8 @@ impl Handler<PeerStopped> for Switch {
         self.stopping.remove(&peer);
         // `remove` answers once per connection: the rest runs exactly once.
         if let Some(entry) = self.peers.remove(&peer) {
+            self.update_peer_gauges();
+            self.metrics.peer_disconnected(&reason);
             if self.persistent.contains(&peer) && self.shutdown.is_none() {
                 // Control message, once per persistent connection: the Redialer redials at
                 // the advertised listen address (not an inbound socket's ephemeral port).

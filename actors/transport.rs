@@ -16,7 +16,9 @@
 //! the connection. Failures go to the `rejected` recipient as [`InboundRejected`]. An accept
 //! error never stops accepting (TM2's loop ends for good on the first one); repeated errors
 //! back off up to a second so a full file table does not spin a core. Dials
-//! ([`Dial`]) run concurrently, each under the dial and handshake timeouts.
+//! ([`Dial`]) run concurrently, each under the dial and handshake timeouts. Refused inbound
+//! connections and failed upgrades (both directions) are counted in the node's
+//! [`Metrics`].
 //!
 //! | message | from | reply |
 //! | --- | --- | --- |
@@ -36,6 +38,7 @@ use slog::{Logger, debug, warn};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::actors::metrics::Metrics;
 use crate::actors::secret_stream::{SecretStream, SecretStreamError};
 use crate::codec::varint;
 use crate::key::NodeKey;
@@ -85,6 +88,8 @@ pub struct Transport {
     rejected: Recipient<InboundRejected>,
     /// Rejection reports dropped because `rejected` was full (counted, never queued).
     dropped_reports: u64,
+    /// Counts refused inbound connections and failed upgrades (both directions).
+    metrics: Metrics,
     /// Log of this node.
     log: Logger,
 }
@@ -114,13 +119,22 @@ impl Transport {
             inbound,
             rejected,
             dropped_reports: 0,
+            metrics: Metrics::new(),
             log,
         }
+    }
+
+    /// Counts into `metrics` (the node's) instead of a private registry.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Reports a refused inbound connection without ever waiting or queueing.
     fn report(&mut self, remote: SocketAddr, reason: InboundRejectReason) {
         debug!(self.log, "inbound connection refused"; "remote" => %remote, "reason" => %reason);
+        // Counted here, not by the Switch, so a report lost to a full mailbox still counts.
+        self.metrics.inbound_rejected_by_transport(&reason);
         if self
             .rejected
             .try_send(InboundRejected { remote, reason })
@@ -189,8 +203,11 @@ impl Handler<Accepted> for Transport {
         }
         let (key, info) = (self.key.clone(), self.info.clone());
         let (timeout, inbound) = (self.config.handshake_timeout, self.inbound.clone());
+        let metrics = self.metrics.clone();
         let work = async move {
-            let up = upgrade(tcp, &key, &info, None, timeout).await?;
+            let up = upgrade(tcp, &key, &info, None, timeout)
+                .await
+                .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))?;
             // Held in the slot until the Switch takes it: backpressure, not a queue.
             inbound
                 .send(InboundConnection(up))
@@ -220,15 +237,19 @@ impl Handler<Dial> for Transport {
 
     fn handle(&mut self, msg: Dial, _: &mut Self::Context) -> Self::Result {
         let (key, info, config) = (self.key.clone(), self.info.clone(), self.config.clone());
+        let metrics = self.metrics.clone();
         Box::pin(async move {
-            dial(
-                &msg.addr,
+            // As `dial`, with upgrade failures counted (a failed connect is no handshake).
+            let tcp = connect(&msg.addr, config.dial_timeout).await?;
+            upgrade(
+                tcp,
                 &key,
                 &info,
-                config.dial_timeout,
+                Some(msg.addr.id()),
                 config.handshake_timeout,
             )
             .await
+            .inspect_err(|e| metrics.handshake_failed(Direction::Outbound, e))
         })
     }
 }
@@ -420,16 +441,21 @@ pub async fn dial(
     connect_timeout: Duration,
     handshake_timeout: Duration,
 ) -> Result<Upgraded, TransportError> {
+    let tcp = connect(addr, connect_timeout).await?;
+    upgrade(tcp, key, ours, Some(addr.id()), handshake_timeout).await
+}
+
+/// Opens the TCP connection of a dial, within `timeout`.
+async fn connect(addr: &NetAddress, timeout: Duration) -> Result<TcpStream, TransportError> {
     let socket = addr
         .socket_addr()
         .ok_or_else(|| TransportError::Unresolved(addr.clone()))?;
-    let tcp = tokio::time::timeout(connect_timeout, TcpStream::connect(socket))
+    Ok(tokio::time::timeout(timeout, TcpStream::connect(socket))
         .await
         .map_err(|_| TransportError::Timeout {
             stage: Stage::Connect,
-            after: connect_timeout,
-        })??;
-    upgrade(tcp, key, ours, Some(addr.id()), handshake_timeout).await
+            after: timeout,
+        })??)
 }
 
 /// Sends our framed NodeInfo and reads theirs at the same time. Reads exactly the peer's

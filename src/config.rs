@@ -11,7 +11,7 @@
 //! - durations are strings in humantime syntax: `"100ms"`, `"3s"`, `"10m"`;
 //! - rates are bytes per second, `0` meaning unlimited;
 //! - addresses: `laddr` is `[tcp://]ip:port` (TM2 writes `tcp://0.0.0.0:26656`; the scheme is
-//!   stripped), `external_address` is `[tcp://]ip:port` or `""`;
+//!   stripped), `external_address` and `metrics_addr` are `[tcp://]ip:port` or `""`;
 //! - peer lists (`seeds`, `persistent_peers`, `private_peer_ids`) are arrays of strings, or, as
 //!   TM2 writes them, one comma-separated string.
 //!
@@ -192,6 +192,12 @@ pub struct P2pConfig {
     pub addr_book_file: PathBuf,
     /// The most addresses the address book keeps. Must be positive. Default: 1000, as TM2.
     pub addr_book_size: usize,
+
+    // ---- metrics ----
+    /// Where to serve Prometheus metrics (`http://ADDR/metrics`, OpenMetrics text); port 0
+    /// lets the OS pick one. Must not be the listen address. Default: none (`""`): not served.
+    #[serde(with = "metrics_addr")]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 impl Default for P2pConfig {
@@ -229,6 +235,7 @@ impl Default for P2pConfig {
             max_pex_addresses: 30,
             addr_book_file: PathBuf::from("config/addrbook.json"),
             addr_book_size: 1000,
+            metrics_addr: None,
         }
     }
 }
@@ -425,6 +432,18 @@ impl P2pConfig {
         if self.seed_mode && !self.pex {
             return invalid("seed_mode", "requires pex = true".to_owned());
         }
+        if let Some(addr) = self.metrics_addr
+            && addr.port() != 0
+            && addr.port() == self.laddr.port()
+            && (addr.ip() == self.laddr.ip()
+                || addr.ip().is_unspecified()
+                || self.laddr.ip().is_unspecified())
+        {
+            return invalid(
+                "metrics_addr",
+                format!("{addr} is the p2p listen address (laddr); pick another port"),
+            );
+        }
         Ok(())
     }
 
@@ -565,6 +584,10 @@ const FIELD_DOCS: &[(&str, &str)] = &[
         "addr_book_size",
         "Most addresses the book keeps. Default 1000.",
     ),
+    (
+        "metrics_addr",
+        "Serve Prometheus metrics at http://ADDR/metrics, ip:port (e.g. \"127.0.0.1:26660\");\n\"\" = off (the default).",
+    ),
 ];
 
 fn invalid(field: &'static str, reason: String) -> Result<(), ConfigError> {
@@ -634,23 +657,57 @@ mod external_addr {
         addr: &Option<SocketAddr>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
-        match addr {
-            Some(addr) => s.collect_str(addr),
-            None => s.serialize_str(""),
-        }
+        serialize_optional_addr(addr, s)
     }
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         d: D,
     ) -> Result<Option<SocketAddr>, D::Error> {
-        let s = String::deserialize(d)?;
-        if s.is_empty() {
-            return Ok(None);
-        }
-        parse_socket_addr(&s)
-            .map(Some)
-            .map_err(|e| de::Error::custom(format!("external_address: {e}")))
+        deserialize_optional_addr(d, "external_address")
     }
+}
+
+/// `metrics_addr`: an optional `SocketAddr`, `""` when unset.
+mod metrics_addr {
+    use super::*;
+
+    pub(super) fn serialize<S: Serializer>(
+        addr: &Option<SocketAddr>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        serialize_optional_addr(addr, s)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<SocketAddr>, D::Error> {
+        deserialize_optional_addr(d, "metrics_addr")
+    }
+}
+
+/// Writes an optional address as `ip:port`, or `""` when unset.
+fn serialize_optional_addr<S: Serializer>(
+    addr: &Option<SocketAddr>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match addr {
+        Some(addr) => s.collect_str(addr),
+        None => s.serialize_str(""),
+    }
+}
+
+/// Reads an optional address, `[tcp://]ip:port` or `""`; an error names `field`.
+fn deserialize_optional_addr<'de, D: Deserializer<'de>>(
+    d: D,
+    field: &str,
+) -> Result<Option<SocketAddr>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    parse_socket_addr(&s)
+        .map(Some)
+        .map_err(|e| de::Error::custom(format!("{field}: {e}")))
 }
 
 /// Writes a list as an array of its items' display strings.
@@ -865,6 +922,13 @@ mod tests {
             ("external_address", |c| {
                 c.external_address = Some("1.2.3.4:0".parse().unwrap());
             }),
+            ("metrics_addr", |c| {
+                c.metrics_addr = Some(c.laddr);
+            }),
+            ("metrics_addr", |c| {
+                c.laddr = "127.0.0.1:26656".parse().unwrap();
+                c.metrics_addr = Some("0.0.0.0:26656".parse().unwrap());
+            }),
             ("max_packet_msg_payload_size", |c| {
                 c.max_packet_msg_payload_size = 0;
             }),
@@ -1026,6 +1090,31 @@ mod tests {
     }
 
     #[test]
+    fn metrics_addr_is_off_by_default_and_parses() {
+        assert_eq!(P2pConfig::default().metrics_addr, None);
+        let config = P2pConfig::from_toml_str("metrics_addr = \"127.0.0.1:26660\"").unwrap();
+        assert_eq!(
+            config.metrics_addr,
+            Some("127.0.0.1:26660".parse().unwrap())
+        );
+        assert!(
+            config
+                .to_toml_string()
+                .unwrap()
+                .contains("metrics_addr = \"127.0.0.1:26660\"")
+        );
+        let config = P2pConfig::from_toml_str("metrics_addr = \"\"").unwrap();
+        assert_eq!(config.metrics_addr, None);
+        // Port 0 (the OS picks) is fine, even with laddr on port 0 too.
+        let config =
+            P2pConfig::from_toml_str("laddr = \"127.0.0.1:0\"\nmetrics_addr = \"127.0.0.1:0\"")
+                .unwrap();
+        assert_eq!(config.metrics_addr, Some("127.0.0.1:0".parse().unwrap()));
+        let msg = parse_err("metrics_addr = \"localhost:26660\"");
+        assert!(msg.contains("metrics_addr"), "{msg}");
+    }
+
+    #[test]
     fn to_toml_string_round_trips() {
         let mut config = P2pConfig::default();
         config.to_toml_string().unwrap();
@@ -1035,6 +1124,7 @@ mod tests {
         );
         config.moniker = "node \"one\" \\ two".to_owned();
         config.external_address = Some("[2001:4860::1]:26656".parse().unwrap());
+        config.metrics_addr = Some("127.0.0.1:26660".parse().unwrap());
         config.persistent_peers = vec![format!("{ID_A}@10.0.0.1:26656").parse().unwrap()];
         config.seeds = vec![format!("{ID_B}@seed.example.com:26656").parse().unwrap()];
         config.private_peer_ids = vec![ID_B.parse().unwrap()];
@@ -1148,6 +1238,7 @@ mod tests {
                     node_key_file: PathBuf::from(&path),
                     laddr,
                     external_address: external,
+                    metrics_addr: external,
                     seeds: peers.clone(),
                     persistent_peers: peers,
                     private_peer_ids: ids.into_iter().map(PeerId::from_bytes).collect(),

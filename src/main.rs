@@ -256,6 +256,9 @@ async fn run_node(
     // announcement is caught rather than killing the process.
     let stop = StopSignals::install()?;
     slog::info!(log, "node started"; "address" => %node.net_address());
+    if let Some(addr) = node.metrics_addr() {
+        slog::info!(log, "metrics on http://{}/metrics", addr);
+    }
     println!("listening as {}", node.net_address());
     stop.wait().await;
     slog::info!(log, "shutting down");
