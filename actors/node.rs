@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use actix::prelude::*;
 use slog::{Logger, o};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
 
 use crate::actors::dialer::{Dialer, DialerSwitch};
@@ -107,13 +107,10 @@ impl SwitchBuilder {
             reactors,
         } = self;
         config.validate()?;
-        let listener =
-            TcpListener::bind(config.laddr)
-                .await
-                .map_err(|source| SwitchError::Bind {
-                    addr: config.laddr,
-                    source,
-                })?;
+        let listener = listen(config.laddr).map_err(|source| SwitchError::Bind {
+            addr: config.laddr,
+            source,
+        })?;
         let bound = listener.local_addr().map_err(|source| SwitchError::Bind {
             addr: config.laddr,
             source,
@@ -142,8 +139,10 @@ impl SwitchBuilder {
         let own_id = key.id();
         let pex_log = log.clone();
         let mut registered = Ok(());
+        let mut peer_exchange = None;
         let switch = Switch::create({
             let registered = &mut registered;
+            let peer_exchange = &mut peer_exchange;
             let events = events.clone();
             let info = info.clone();
             let metrics = metrics.clone();
@@ -186,39 +185,44 @@ impl SwitchBuilder {
                     dial_failed: redialer.clone().recipient(),
                     stop_redialing: redialer.recipient(),
                 };
+                let pex = pex_config.map(|pex_config| {
+                    PeerExchange::new(
+                        own_id,
+                        &pex_config,
+                        ctx.address(),
+                        events.subscribe(|e| {
+                            matches!(
+                                e,
+                                SwitchEvent::DialFailed { .. } | SwitchEvent::PeerConnected { .. }
+                            )
+                        }),
+                        pex_log,
+                    )
+                    .with_metrics(metrics.clone())
+                    .start()
+                });
                 let mut switch = Switch::new(config, info, transport, dial, events, io, log)
                     .with_metrics(metrics);
-                // Before the Switch runs: the Transport gets the NodeInfo with these channels
-                // ahead of any connection.
-                *registered = reactors.into_iter().try_for_each(|r| switch.register(r));
+                // Before the Switch runs, so the Transport has the NodeInfo with every channel
+                // (peer exchange's too) ahead of the first connection: a peer that connected
+                // earlier would never learn a channel registered later.
+                let pex_reactor = pex
+                    .as_ref()
+                    .map(|pex| RegisterReactor::new("pex", vec![pex_channel()], pex));
+                *registered = pex_reactor
+                    .into_iter()
+                    .chain(reactors)
+                    .try_for_each(|r| switch.register(r));
+                *peer_exchange = pex;
                 switch
             }
         });
         if let Err(e) = registered {
             let _ = switch.send(Shutdown).await;
+            if let Some(pex) = &peer_exchange {
+                let _ = pex.send(StopExchange).await;
+            }
             return Err(e);
-        }
-        let mut peer_exchange = None;
-        if let Some(pex_config) = pex_config {
-            let pex = PeerExchange::new(
-                own_id,
-                &pex_config,
-                switch.clone(),
-                events.subscribe(|e| {
-                    matches!(
-                        e,
-                        SwitchEvent::DialFailed { .. } | SwitchEvent::PeerConnected { .. }
-                    )
-                }),
-                pex_log,
-            )
-            .with_metrics(metrics.clone())
-            .start();
-            switch
-                .send(RegisterReactor::new("pex", vec![pex_channel()], &pex))
-                .await
-                .map_err(|_| SwitchError::ShuttingDown)??;
-            peer_exchange = Some(pex);
         }
         Ok(Node {
             peer_exchange,
@@ -231,6 +235,25 @@ impl SwitchBuilder {
         })
     }
 }
+
+/// Binds a listener on `addr` with a backlog of [`LISTEN_BACKLOG`] (tokio's `bind` uses 128,
+/// which a burst of connections overflows: clients then believe they are connected seconds
+/// before the node accepts them) and `SO_REUSEADDR`, so a restarted node can bind its port
+/// while old connections are in TIME_WAIT.
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The listen backlog: accepted-but-not-yet-taken connections the kernel holds (it caps this
+/// at `net.core.somaxconn`, 4096 on current Linux). Handshake slots, not this, bound the work.
+pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// A running node: the address of its Switch, the address it listens on, and its events.
 #[derive(Debug, Clone)]

@@ -334,7 +334,8 @@ impl NodeGossip {
 async fn log_deliveries(mut deliveries: Deliveries, log: slog::Logger) {
     while let Some(d) = deliveries.recv().await {
         let from = d.from.map_or_else(|| "self".to_owned(), |p| p.to_string());
-        slog::info!(log, "gossip delivered"; "id" => %d.id, "from" => from, "size" => d.payload.len());
+        slog::info!(log, "gossip delivered";
+            "id" => %d.id, "from" => from, "size" => d.payload.len(), "text" => printable(&d.payload));
     }
 }
 
@@ -510,4 +511,20 @@ fn show_id(home: &Path) -> anyhow::Result<()> {
     }
     println!("{}", NodeKey::load(&key_path)?.id());
     Ok(())
+}
+
+/// The start of a gossip payload as log-safe text: at most 64 characters, anything but
+/// printable ASCII replaced by `.` (payloads come from peers).
+fn printable(payload: &[u8]) -> String {
+    payload
+        .iter()
+        .take(64)
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '.'
+            }
+        })
+        .collect()
 }
