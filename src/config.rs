@@ -41,6 +41,39 @@ pub const MAX_PACKET_MSG_PAYLOAD_SIZE: usize = 1024 * 1024;
 /// moniker cannot make our own NodeInfo unacceptable to every peer.
 pub const MAX_MONIKER_LEN: usize = 1024;
 
+/// A log level, as written in the config (`log_level = "debug"`) and on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Only critical errors.
+    Critical,
+    /// Errors.
+    Error,
+    /// Warnings and errors.
+    #[serde(alias = "warn")]
+    Warning,
+    /// What a node operator wants to see.
+    #[default]
+    Info,
+    /// Details for debugging.
+    Debug,
+    /// Everything.
+    Trace,
+}
+
+impl From<LogLevel> for slog::Level {
+    fn from(level: LogLevel) -> Self {
+        match level {
+            LogLevel::Critical => Self::Critical,
+            LogLevel::Error => Self::Error,
+            LogLevel::Warning => Self::Warning,
+            LogLevel::Info => Self::Info,
+            LogLevel::Debug => Self::Debug,
+            LogLevel::Trace => Self::Trace,
+        }
+    }
+}
+
 /// The p2p layer's configuration. Build it with [`Default`] and change fields, or load it from
 /// TOML; either way call [`validate`](Self::validate) (the loaders do) before use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +92,10 @@ pub struct P2pConfig {
     /// The node key file (see [`crate::key`]); relative to `home`. Default:
     /// `"secrets/node_key.json"`, as TM2's `node_key_file`.
     pub node_key_file: PathBuf,
+    /// The least severe log level the `tm2p2p node` binary shows (`--log-level` overrides it).
+    /// The library itself logs to whatever `slog::Logger` the host gives it. Default: `info`,
+    /// as TM2's `log_level`.
+    pub log_level: LogLevel,
 
     // ---- listening and advertising ----
     /// The TCP address to listen on; port 0 lets the OS pick one. Written `tcp://ip:port`;
@@ -206,6 +243,7 @@ impl Default for P2pConfig {
             home: PathBuf::new(),
             moniker: "anonymous".to_owned(),
             node_key_file: PathBuf::from("secrets/node_key.json"),
+            log_level: LogLevel::Info,
             laddr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 26656),
             external_address: None,
             seeds: Vec::new(),
@@ -470,6 +508,11 @@ const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "node_key_file",
         "The node key, relative to home. Default \"secrets/node_key.json\" (TM2's).",
+    ),
+    (
+        "log_level",
+        "Least severe log level shown: critical, error, warning, info, debug or trace.\n\
+         --log-level overrides it. Default \"info\".",
     ),
     (
         "laddr",

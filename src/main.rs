@@ -52,9 +52,9 @@ enum Command {
         /// The network (chain id) this node belongs to; peers on another network are refused.
         #[arg(long, default_value = "tm2p2p")]
         network: String,
-        /// The least severe log level shown.
-        #[arg(long, value_enum, default_value_t = LogLevel::Info)]
-        log_level: LogLevel,
+        /// The least severe log level shown [default: `log_level` in config.toml, `info`].
+        #[arg(long, value_enum)]
+        log_level: Option<LogLevel>,
         /// Log output: human-readable lines, or one JSON object a line.
         #[arg(long, value_enum, default_value_t = LogFormat::Term)]
         log_format: LogFormat,
@@ -127,7 +127,7 @@ enum LogLevel {
     Trace,
 }
 
-impl From<LogLevel> for slog::Level {
+impl From<LogLevel> for tm2_p2p::config::LogLevel {
     fn from(l: LogLevel) -> Self {
         match l {
             LogLevel::Critical => Self::Critical,
@@ -193,14 +193,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             log_format,
             publish_every,
         }) => {
-            let log = logger(log_format, log_level);
-            actix::System::new().block_on(run_node(&home, network, publish_every, log))
+            let config = load_node_config(&home)?;
+            let level = log_level.map_or(config.log_level, Into::into);
+            let log = logger(log_format, level);
+            actix::System::new().block_on(run_node(config, network, publish_every, log))
         }
     }
 }
 
 /// A logger to stderr in the chosen format, showing `level` and more severe.
-fn logger(format: LogFormat, level: LogLevel) -> slog::Logger {
+fn logger(format: LogFormat, level: tm2_p2p::config::LogLevel) -> slog::Logger {
     use slog::Drain;
     let level = slog::Level::from(level);
     match format {
@@ -217,13 +219,8 @@ fn logger(format: LogFormat, level: LogLevel) -> slog::Logger {
     }
 }
 
-/// Runs a node from `home` until Ctrl-C (or SIGTERM), then shuts it down gracefully.
-async fn run_node(
-    home: &Path,
-    network: String,
-    publish_every: Option<Duration>,
-    log: slog::Logger,
-) -> anyhow::Result<()> {
+/// The config of the node home `home`, validated, with its paths resolved against `home`.
+fn load_node_config(home: &Path) -> anyhow::Result<P2pConfig> {
     let config_path = home.join("config.toml");
     if !config_path.exists() {
         bail!(
@@ -234,6 +231,16 @@ async fn run_node(
     }
     let mut config = P2pConfig::from_toml_file(&config_path)?;
     config.resolve_paths(home);
+    Ok(config)
+}
+
+/// Runs a node from its config until Ctrl-C (or SIGTERM), then shuts it down gracefully.
+async fn run_node(
+    config: P2pConfig,
+    network: String,
+    publish_every: Option<Duration>,
+    log: slog::Logger,
+) -> anyhow::Result<()> {
     let key = NodeKey::load(&config.node_key_file)?;
     let name = if config.moniker == P2pConfig::default().moniker {
         key.id().to_string()

@@ -28,18 +28,27 @@ fn init_then_show_id_then_a_node_that_stops_cleanly_on_ctrl_c() {
     // Listen on a free loopback port instead of the default 0.0.0.0:26656.
     let config_path = home.path().join("config.toml");
     let config = std::fs::read_to_string(&config_path).unwrap();
-    let config = config.replace(
-        "laddr = \"tcp://0.0.0.0:26656\"",
-        "laddr = \"tcp://127.0.0.1:0\"",
-    );
+    let config = config
+        .replace(
+            "laddr = \"tcp://0.0.0.0:26656\"",
+            "laddr = \"tcp://127.0.0.1:0\"",
+        )
+        .replace("log_level = \"info\"", "log_level = \"warning\"");
     std::fs::write(&config_path, config).unwrap();
 
+    // No --log-level: the config's `warning` applies, so the info lines are not written.
     let mut child = Command::new(BIN)
-        .args(["node", "--home", home_arg, "--log-level", "warning"])
+        .args(["node", "--home", home_arg])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
+        text
+    });
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -67,6 +76,11 @@ fn init_then_show_id_then_a_node_that_stops_cleanly_on_ctrl_c() {
     assert_eq!(stopped, "stopped");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
+    let stderr = stderr.join().unwrap();
+    assert!(
+        !stderr.contains("node started"),
+        "log_level = \"warning\" in config.toml was not applied:\n{stderr}"
+    );
 }
 
 #[test]
