@@ -221,14 +221,13 @@ async fn readme_api(
     let node = SwitchBuilder::new(config, key)
         .network("my-chain")   // in NodeInfo; peers on another network are refused
         .logger(log)           // slog::Logger; the default discards
+        // `chat` is your reactor: an actor that handles PeerAdded, Receive and PeerRemoved.
+        // Registered here, before the first connection, so every peer learns channel 0x40.
+        .reactor(RegisterReactor::new("chat", vec![ChannelDescriptor::new(0x40)], &chat))
         .spawn()               // binds first, so a bind error surfaces here
         .await?;
     let switch = node.switch();                       // Addr<Switch>: all you talk to
     println!("listening as {}", node.net_address());  // id@ip:port actually bound
-
-    // `chat` is your reactor: an actor that handles PeerAdded, Receive and PeerRemoved.
-    let channels = vec![ChannelDescriptor::new(0x40)];
-    switch.send(RegisterReactor::new("chat", channels, &chat)).await??;
 
     let mut events = node.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
     switch.send(DialPeers(vec![other])).await?;       // other: "id@ip:port".parse()?
