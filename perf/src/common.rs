@@ -37,15 +37,57 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    /// Waits out the warm-up, then returns how much `counter` grew per second during the
-    /// window. Runs on whatever runtime calls it (only sleeps and atomic loads).
-    pub(crate) async fn rate(&self, counter: &AtomicU64) -> f64 {
+    /// Waits out the warm-up, then returns how much `counter` grew during the window, per
+    /// second and per second of CPU time this process used meanwhile (all threads, user and
+    /// system). Runs on whatever runtime calls it (only sleeps and atomic loads).
+    pub(crate) async fn rate(&self, counter: &AtomicU64) -> Figure {
         tokio::time::sleep(self.warmup).await;
-        let (start, before) = (Instant::now(), counter.load(Ordering::Acquire));
+        let (start, cpu_start) = (Instant::now(), cpu_time());
+        let before = counter.load(Ordering::Acquire);
         tokio::time::sleep(self.duration).await;
-        let (end, after) = (Instant::now(), counter.load(Ordering::Acquire));
-        (after - before) as f64 / (end - start).as_secs_f64()
+        let after = counter.load(Ordering::Acquire);
+        let (end, cpu_end) = (Instant::now(), cpu_time());
+        let grew = (after - before) as f64;
+        Figure {
+            value: grew / (end - start).as_secs_f64(),
+            per_cpu_second: Some(grew / (cpu_end - cpu_start).as_secs_f64().max(1e-9)),
+        }
     }
+}
+
+/// What one measurement of one stack found.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Figure {
+    /// The measured quantity: bytes, messages or connections per second, or bytes per
+    /// connection end.
+    pub(crate) value: f64,
+    /// For rates, the same count per second of CPU time the process used: a figure a busy
+    /// shared machine disturbs less than a wall-clock rate.
+    pub(crate) per_cpu_second: Option<f64>,
+}
+
+impl Figure {
+    /// A figure without a CPU-time counterpart (memory).
+    pub(crate) fn plain(value: f64) -> Self {
+        Self {
+            value,
+            per_cpu_second: None,
+        }
+    }
+}
+
+/// CPU time used so far by every thread of this process, user and system.
+fn cpu_time() -> Duration {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given a valid pointer to.
+    let usage = unsafe {
+        if libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) != 0 {
+            return Duration::ZERO;
+        }
+        usage.assume_init()
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
 }
 
 /// Counters a measurement's tasks share with its driver.

@@ -13,7 +13,7 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, noise, tcp, yamux};
 
-use crate::common::{Tally, Window, heap_live, io_runtime, report_heap, rss, wait_count};
+use crate::common::{Figure, Tally, Window, heap_live, io_runtime, report_heap, rss, wait_count};
 
 /// The protocol of the measured stream.
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/tm2-perf/stream/1");
@@ -92,7 +92,7 @@ fn dial_opts(peer: PeerId, addr: &Multiaddr) -> DialOpts {
 /// One connection, one stream; the dialer writes `size`-byte messages, each behind a 4-byte
 /// big-endian length, as fast as the stream takes them; the listener reads them whole (one
 /// buffer per message, as tm2-p2p delivers) and counts bytes (`size >= 1024`) or messages.
-async fn stream(window: Window, size: usize, writes: Writes) -> anyhow::Result<f64> {
+async fn stream(window: Window, size: usize, writes: Writes) -> anyhow::Result<Figure> {
     let limit = drive_limit(window);
     let mut listener = swarm()?;
     let addr = listen(&mut listener).await?;
@@ -161,12 +161,12 @@ async fn send_loop<W: AsyncWrite + Unpin>(mut out: W, frame: &[u8], tally: &Tall
 }
 
 /// Single-connection throughput with 1 MiB messages, in bytes per second at the receiver.
-pub(crate) fn throughput(window: Window) -> anyhow::Result<f64> {
+pub(crate) fn throughput(window: Window) -> anyhow::Result<Figure> {
     io_runtime().block_on(stream(window, 1 << 20, Writes::PerMessage))
 }
 
 /// 256-byte messages per second on one stream.
-pub(crate) fn messages(window: Window, writes: Writes) -> anyhow::Result<f64> {
+pub(crate) fn messages(window: Window, writes: Writes) -> anyhow::Result<Figure> {
     io_runtime().block_on(stream(window, 256, writes))
 }
 
@@ -176,7 +176,7 @@ pub(crate) fn messages(window: Window, writes: Writes) -> anyhow::Result<f64> {
 /// listener then closes the connection. (The dialer cannot close it itself at that point:
 /// multistream-select lets the dialer finish before the listener has, and a close then makes
 /// the listener's upgrade fail.)
-pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<f64> {
+pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<Figure> {
     io_runtime().block_on(async move {
         let limit = drive_limit(window);
         let mut listener = swarm()?;
@@ -231,7 +231,7 @@ pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<
 /// RSS growth per connection end with `n` idle connections from one dialer swarm to one
 /// listener swarm (dialed one after the other, no stream open); both ends live in this
 /// process, so the growth is divided by `2 n`.
-pub(crate) fn memory(n: usize) -> anyhow::Result<f64> {
+pub(crate) fn memory(n: usize) -> anyhow::Result<Figure> {
     io_runtime().block_on(async move {
         let limit = Duration::from_secs(120);
         let mut listener = swarm()?;
@@ -277,6 +277,8 @@ pub(crate) fn memory(n: usize) -> anyhow::Result<f64> {
         }
         let after = rss();
         report_heap("libp2p", heap_before, 2 * n);
-        Ok(after.saturating_sub(before) as f64 / (2 * n) as f64)
+        Ok(Figure::plain(
+            after.saturating_sub(before) as f64 / (2 * n) as f64,
+        ))
     })
 }

@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use common::{IO_WORKERS, Window, raise_fd_limit};
+use common::{Figure, IO_WORKERS, Window, raise_fd_limit};
 
 #[cfg(feature = "heap")]
 #[global_allocator]
@@ -57,7 +57,7 @@ struct Cli {
     #[arg(long, default_value_t = 500)]
     idle_conns: usize,
     /// Where tm2-p2p's streaming sender runs.
-    #[arg(long, value_enum, default_value_t = tm2::SenderOn::Io)]
+    #[arg(long, value_enum, default_value_t = tm2::SenderOn::Arbiter)]
     tm2_sender: tm2::SenderOn,
     #[command(subcommand)]
     child: Option<Child>,
@@ -113,6 +113,18 @@ impl Measure {
         Self::Memory,
     ];
 
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Throughput => "throughput",
+            Self::Msgs => "msgs",
+            Self::MsgsBuffered => "msgs-buffered",
+            Self::Conns1 => "conns1",
+            Self::Conns16 => "conns16",
+            Self::Memory => "memory",
+        }
+    }
+
     /// The table's row label.
     fn label(self) -> &'static str {
         match self {
@@ -167,8 +179,11 @@ fn main() -> anyhow::Result<()> {
     match cli.child {
         Some(Child::Child { stack, measure }) => {
             raise_fd_limit();
-            let value = run_one(stack, measure, window, cli.idle_conns, cli.tm2_sender)?;
-            println!("RESULT {value}");
+            let figure = run_one(stack, measure, window, cli.idle_conns, cli.tm2_sender)?;
+            match figure.per_cpu_second {
+                Some(per_cpu) => println!("RESULT {} {per_cpu}", figure.value),
+                None => println!("RESULT {}", figure.value),
+            }
             // Connections and tasks are still up; the process ends them all.
             std::process::exit(0);
         }
@@ -183,7 +198,7 @@ fn run_one(
     window: Window,
     idle_conns: usize,
     tm2_sender: tm2::SenderOn,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Figure> {
     match (stack, measure) {
         (Stack::Tm2, Measure::Throughput) => tm2::throughput(window, tm2_sender),
         (Stack::Tm2, Measure::Msgs | Measure::MsgsBuffered) => tm2::messages(window, tm2_sender),
@@ -212,8 +227,8 @@ fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
     };
     anyhow::ensure!(cli.runs > 0, "--runs must be at least 1");
     let exe = std::env::current_exe()?;
-    // results[measure][stack] = one value per run
-    let mut results = vec![[Vec::new(), Vec::new()]; measures.len()];
+    let load_before = load_average();
+    let mut results = vec![Results::default(); measures.len()];
     let started = Instant::now();
     for run in 0..cli.runs {
         for (i, &measure) in measures.iter().enumerate() {
@@ -223,21 +238,61 @@ fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
                 stacks.reverse();
             }
             for stack in stacks {
-                let value = run_child(&exe, cli, stack, measure, window)?;
+                let figure = run_child(&exe, cli, stack, measure, window)?;
                 eprintln!(
-                    "run {}/{} {:<14} {:<7} {:>12.1}",
+                    "run {}/{} {:<14} {:<7} {:>12.1}{}",
                     run + 1,
                     cli.runs,
-                    format!("{measure:?}").to_lowercase(),
+                    measure.name(),
                     stack.name(),
-                    measure.scale(value)
+                    measure.scale(figure.value),
+                    figure
+                        .per_cpu_second
+                        .map(|c| format!("  ({:.1} per CPU-second)", measure.scale(c)))
+                        .unwrap_or_default()
                 );
-                results[i][stack as usize].push(value);
+                results[i].of(stack).push(figure);
             }
         }
     }
-    print_table(cli, &measures, &results, started.elapsed());
+    let header = format!(
+        "tm2-p2p vs rust-libp2p {LIBP2P_VERSION} (TCP + noise + yamux), 127.0.0.1, both ends in one \
+         process per measurement, {IO_WORKERS} runtime workers; median of {} runs ({} s warm-up + \
+         {} s window; {} idle connections); took {:.0} s; load average before {load_before}, \
+         after {}",
+        cli.runs,
+        cli.warmup,
+        cli.duration,
+        cli.idle_conns,
+        started.elapsed().as_secs_f64(),
+        load_average(),
+    );
+    print_table(&header, &measures, &results);
     Ok(())
+}
+
+/// The figures of one measurement, per stack, one per run.
+#[derive(Debug, Clone, Default)]
+struct Results {
+    tm2: Vec<Figure>,
+    libp2p: Vec<Figure>,
+}
+
+impl Results {
+    fn of(&mut self, stack: Stack) -> &mut Vec<Figure> {
+        match stack {
+            Stack::Tm2 => &mut self.tm2,
+            Stack::Libp2p => &mut self.libp2p,
+        }
+    }
+}
+
+/// The 1-minute load average of the machine (/proc/loadavg), or "?".
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
 }
 
 /// Runs one child process and parses its `RESULT` line; kills it if it overruns.
@@ -247,7 +302,7 @@ fn run_child(
     stack: Stack,
     measure: Measure,
     window: Window,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<Figure> {
     let mut child = Command::new(exe)
         .args([
             "--warmup",
@@ -265,10 +320,7 @@ fn run_child(
             "--stack",
             stack.name(),
             "--measure",
-            measure
-                .to_possible_value()
-                .expect("no skipped variants")
-                .get_name(),
+            measure.name(),
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -291,89 +343,87 @@ fn run_child(
         stdout.read_to_string(&mut out)?;
     }
     anyhow::ensure!(status.success(), "{stack:?} {measure:?} failed: {status}");
-    out.lines()
+    let line = out
+        .lines()
         .find_map(|l| l.strip_prefix("RESULT "))
-        .ok_or_else(|| anyhow::anyhow!("{stack:?} {measure:?} printed no result"))?
-        .trim()
-        .parse()
-        .map_err(Into::into)
+        .ok_or_else(|| anyhow::anyhow!("{stack:?} {measure:?} printed no result"))?;
+    let mut fields = line.split_whitespace().map(str::parse::<f64>);
+    let value = fields
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{stack:?} {measure:?}: empty result"))??;
+    let per_cpu_second = fields.next().transpose()?;
+    Ok(Figure {
+        value,
+        per_cpu_second,
+    })
 }
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
+/// The median of `values` (the mean of the two middle ones for an even count), or NaN.
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
     v.sort_by(f64::total_cmp);
     let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
-fn print_table(cli: &Cli, measures: &[Measure], results: &[[Vec<f64>; 2]], took: Duration) {
+/// Prints the Markdown table of medians and ratios, then every run's figures.
+fn print_table(header: &str, measures: &[Measure], results: &[Results]) {
+    // `msgs-buffered` has no tm2-p2p run of its own: it is compared with `msgs`.
     let msgs_tm2 = measures
         .iter()
         .position(|&m| m == Measure::Msgs)
-        .map(|i| results[i][Stack::Tm2 as usize].clone());
+        .map(|i| results[i].tm2.clone())
+        .unwrap_or_default();
+    println!("\n{header}\n");
     println!(
-        "\ntm2-p2p vs rust-libp2p {} (TCP + noise + yamux), 127.0.0.1, {} worker threads; \
-         median of {} runs ({:.0} s warm-up + {:.0} s window; {} idle connections); took {:.0} s\n",
-        LIBP2P_VERSION,
-        IO_WORKERS,
-        cli.runs,
-        cli.warmup,
-        cli.duration,
-        cli.idle_conns,
-        took.as_secs_f64()
+        "| measurement | tm2-p2p | rust-libp2p | tm2 / libp2p | goal | met | \
+         tm2 / libp2p per CPU-second |"
     );
-    println!("| measurement | tm2-p2p | rust-libp2p | tm2 / libp2p | goal | met |");
-    println!("| --- | ---: | ---: | ---: | --- | --- |");
-    for (i, &m) in measures.iter().enumerate() {
+    println!("| --- | ---: | ---: | ---: | --- | --- | ---: |");
+    for (r, &m) in results.iter().zip(measures) {
         let ours = if m == Measure::MsgsBuffered {
-            msgs_tm2.clone().unwrap_or_default()
+            &msgs_tm2
         } else {
-            results[i][Stack::Tm2 as usize].clone()
+            &r.tm2
         };
-        let theirs = &results[i][Stack::Libp2p as usize];
-        if ours.is_empty() || theirs.is_empty() {
-            println!(
-                "| {} | (run with msgs) | {:.0} | | | |",
-                m.label(),
-                m.scale(median(theirs))
-            );
-            continue;
-        }
-        let (a, b) = (m.scale(median(&ours)), m.scale(median(theirs)));
+        let value = |f: &[Figure]| m.scale(median(f.iter().map(|f| f.value)));
+        let per_cpu = |f: &[Figure]| median(f.iter().filter_map(|f| f.per_cpu_second));
+        let (a, b) = (value(ours), value(&r.libp2p));
         let ratio = a / b;
         let (goal, met) = match m.goal() {
             Some(g) if m.lower_is_better() => (format!("<= {g}"), ratio <= g),
             Some(g) => (format!(">= {g}"), ratio >= g),
             None => (String::new(), true),
         };
-        let met = match m.goal() {
-            None => "",
-            Some(_) if met => "yes",
-            Some(_) => "no",
+        let met = match (m.goal(), ours.is_empty()) {
+            (None, _) | (_, true) => "",
+            (Some(_), false) if met => "yes",
+            (Some(_), false) => "no",
+        };
+        let cpu_ratio = per_cpu(ours) / per_cpu(&r.libp2p);
+        let cpu_ratio = if cpu_ratio.is_nan() {
+            String::new()
+        } else {
+            format!("{cpu_ratio:.2}")
         };
         let prec = if m == Measure::Memory { 1 } else { 0 };
         println!(
-            "| {} | {a:.prec$} | {b:.prec$} | {ratio:.2} | {goal} | {met} |",
+            "| {} | {a:.prec$} | {b:.prec$} | {ratio:.2} | {goal} | {met} | {cpu_ratio} |",
             m.label()
         );
     }
-    println!("\nper run (tm2 ; libp2p):");
-    for (i, &m) in measures.iter().enumerate() {
-        let fmt = |v: &[f64]| {
+    println!("\nper run (tm2-p2p ; rust-libp2p):");
+    for (r, &m) in results.iter().zip(measures) {
+        let fmt = |v: &[Figure]| {
             v.iter()
-                .map(|x| format!("{:.1}", m.scale(*x)))
+                .map(|f| format!("{:.1}", m.scale(f.value)))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        println!(
-            "  {:<36} {} ; {}",
-            m.label(),
-            fmt(&results[i][Stack::Tm2 as usize]),
-            fmt(&results[i][Stack::Libp2p as usize])
-        );
+        println!("  {:<36} {} ; {}", m.label(), fmt(&r.tm2), fmt(&r.libp2p));
     }
 }

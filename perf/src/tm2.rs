@@ -17,7 +17,7 @@ use tm2_p2p::{
 };
 use tokio::sync::mpsc;
 
-use crate::common::{Tally, Window, heap_live, io_runtime, report_heap, rss, wait_count};
+use crate::common::{Figure, Tally, Window, heap_live, io_runtime, report_heap, rss, wait_count};
 
 /// The one channel every measurement uses.
 const CHANNEL: u8 = 0x30;
@@ -179,7 +179,7 @@ fn peer_conn_config() -> PeerConnConfig {
 /// One connection between two nodes, A sending `size`-byte messages to B as fast as
 /// `PeerHandle::send` takes them; returns what B's reactor counts per second (bytes for
 /// `Count::Bytes`, messages otherwise).
-async fn stream(window: Window, size: usize, sender_on: SenderOn) -> anyhow::Result<f64> {
+async fn stream(window: Window, size: usize, sender_on: SenderOn) -> anyhow::Result<Figure> {
     let count = if size >= 1024 {
         Count::Bytes
     } else {
@@ -216,12 +216,12 @@ async fn stream(window: Window, size: usize, sender_on: SenderOn) -> anyhow::Res
 }
 
 /// Single-connection throughput with 1 MiB messages, in bytes per second at the receiver.
-pub(crate) fn throughput(window: Window, sender_on: SenderOn) -> anyhow::Result<f64> {
+pub(crate) fn throughput(window: Window, sender_on: SenderOn) -> anyhow::Result<Figure> {
     System::new().block_on(stream(window, 1 << 20, sender_on))
 }
 
 /// 256-byte messages per second on one connection.
-pub(crate) fn messages(window: Window, sender_on: SenderOn) -> anyhow::Result<f64> {
+pub(crate) fn messages(window: Window, sender_on: SenderOn) -> anyhow::Result<Figure> {
     System::new().block_on(stream(window, 256, sender_on))
 }
 
@@ -230,7 +230,7 @@ pub(crate) fn messages(window: Window, sender_on: SenderOn) -> anyhow::Result<f6
 /// id), run the whole upgrade (TCP, secret handshake, NodeInfo exchange, checks), start their
 /// `PeerConn`, then stop it and dial again. Counted when the hub's reactor gets `PeerAdded`
 /// (the hub's Switch admitted the peer and its connection is ready to send).
-pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<f64> {
+pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<Figure> {
     System::new().block_on(async move {
         // More identities than two cores can handshake in the run (about 3,200/s is the
         // crypto bound with both ends on one core).
@@ -309,7 +309,7 @@ pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<
 /// RSS growth per connection end with `n` idle connections into one node: each client is a
 /// dial plus a `PeerConn` (no Switch of its own), as benches/switch.rs measures; both ends of
 /// every connection live in this process, so the growth is divided by `2 n`.
-pub(crate) fn memory(n: usize) -> anyhow::Result<f64> {
+pub(crate) fn memory(n: usize) -> anyhow::Result<Figure> {
     System::new().block_on(async move {
         let (hub, added) = node(
             Probe::new(Count::Messages, Arc::new(Tally::default())),
@@ -352,7 +352,7 @@ pub(crate) fn memory(n: usize) -> anyhow::Result<f64> {
         report_heap("tm2", heap_before, 2 * n);
         let per_end = after.saturating_sub(before) as f64 / (2 * n) as f64;
         drop(clients);
-        Ok(per_end)
+        Ok(Figure::plain(per_end))
     })
 }
 
