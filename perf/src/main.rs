@@ -56,7 +56,8 @@ struct Cli {
     /// Idle connections opened by the memory measurement.
     #[arg(long, default_value_t = 500)]
     idle_conns: usize,
-    /// Where tm2-p2p's streaming sender runs.
+    /// Where tm2-p2p's streaming sender runs (the arbiter, where reactors send from, was the
+    /// faster for small messages and equal for large ones).
     #[arg(long, value_enum, default_value_t = tm2::SenderOn::Arbiter)]
     tm2_sender: tm2::SenderOn,
     #[command(subcommand)]
@@ -66,7 +67,8 @@ struct Cli {
 /// Internal: one measurement of one stack, in a process of its own.
 #[derive(Debug, Subcommand)]
 enum Child {
-    /// Runs one measurement and prints `RESULT <value>` (used by the parent).
+    /// Runs one measurement and prints `RESULT <value> [<value per CPU-second>]` (used by the
+    /// parent).
     #[command(hide = true)]
     Child {
         #[arg(long, value_enum)]
