@@ -1,0 +1,431 @@
+//! End-to-end comparison of tm2-p2p with rust-libp2p (TCP + noise + yamux), side by side on
+//! one machine, over 127.0.0.1:
+//!
+//! - `throughput`: one connection, one direction, 1 MiB messages: MB/s at the receiver;
+//! - `msgs`: 256-byte messages per second on one connection (`msgs-buffered`: libp2p's sender
+//!   behind a 64 KiB `BufWriter`, against the same tm2-p2p figure);
+//! - `conns1`, `conns16`: connections established per second with 1 and 16 in flight (TCP,
+//!   handshake, ready to send, then closed);
+//! - `memory`: RSS growth per idle connection end with 500 connections open.
+//!
+//! Each measurement of each stack runs in its own child process (this binary, re-executed
+//! with the hidden `child` subcommand) with both ends of its connections inside it, so the
+//! stacks never share a heap, a runtime or a socket table; the parent alternates the stacks'
+//! order from one run to the next and prints medians and ratios.
+//!
+//! Run: `cargo run --release --manifest-path perf/Cargo.toml` (`-- --help` for options).
+
+// A measurement program: it reads the clock directly.
+#![allow(clippy::disallowed_methods)]
+
+mod common;
+mod lp2p;
+mod tm2;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use common::{Figure, IO_WORKERS, Window, raise_fd_limit};
+
+#[cfg(feature = "heap")]
+#[global_allocator]
+static ALLOC: common::heap::Counting = common::heap::Counting;
+
+/// The libp2p release compared against (perf/Cargo.lock pins the exact one).
+const LIBP2P_VERSION: &str = "0.57";
+
+/// Compare tm2-p2p with rust-libp2p (TCP + noise + yamux) on loopback.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Run only these measurements (repeat the option; default: all).
+    #[arg(long, value_enum)]
+    only: Vec<Measure>,
+    /// Runs of every measurement; the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Seconds each streaming or connecting measurement runs before counting.
+    #[arg(long, default_value_t = 1.0)]
+    warmup: f64,
+    /// Seconds each streaming or connecting measurement counts.
+    #[arg(long, default_value_t = 3.0)]
+    duration: f64,
+    /// Idle connections opened by the memory measurement.
+    #[arg(long, default_value_t = 500)]
+    idle_conns: usize,
+    /// Where tm2-p2p's streaming sender runs (the arbiter, where reactors send from, was the
+    /// faster for small messages and equal for large ones).
+    #[arg(long, value_enum, default_value_t = tm2::SenderOn::Arbiter)]
+    tm2_sender: tm2::SenderOn,
+    #[command(subcommand)]
+    child: Option<Child>,
+}
+
+/// Internal: one measurement of one stack, in a process of its own.
+#[derive(Debug, Subcommand)]
+enum Child {
+    /// Runs one measurement and prints `RESULT <value> [<value per CPU-second>]` (used by the
+    /// parent).
+    #[command(hide = true)]
+    Child {
+        #[arg(long, value_enum)]
+        stack: Stack,
+        #[arg(long, value_enum)]
+        measure: Measure,
+    },
+}
+
+/// The two stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Stack {
+    Tm2,
+    Libp2p,
+}
+
+impl Stack {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Tm2 => "tm2",
+            Self::Libp2p => "libp2p",
+        }
+    }
+}
+
+/// The measurements, in table order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Measure {
+    Throughput,
+    Msgs,
+    MsgsBuffered,
+    Conns1,
+    Conns16,
+    Memory,
+}
+
+impl Measure {
+    const ALL: [Self; 6] = [
+        Self::Throughput,
+        Self::Msgs,
+        Self::MsgsBuffered,
+        Self::Conns1,
+        Self::Conns16,
+        Self::Memory,
+    ];
+
+    /// The name on the command line.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Throughput => "throughput",
+            Self::Msgs => "msgs",
+            Self::MsgsBuffered => "msgs-buffered",
+            Self::Conns1 => "conns1",
+            Self::Conns16 => "conns16",
+            Self::Memory => "memory",
+        }
+    }
+
+    /// The table's row label.
+    fn label(self) -> &'static str {
+        match self {
+            Self::Throughput => "throughput, 1 MiB messages (MB/s)",
+            Self::Msgs => "256 B messages/s",
+            Self::MsgsBuffered => "256 B messages/s, libp2p BufWriter",
+            Self::Conns1 => "connections/s, 1 in flight",
+            Self::Conns16 => "connections/s, 16 in flight",
+            Self::Memory => "RSS per idle connection end (KiB)",
+        }
+    }
+
+    /// The value printed: raw results are bytes/s and bytes.
+    fn scale(self, value: f64) -> f64 {
+        match self {
+            Self::Throughput => value / 1e6,
+            Self::Memory => value / 1024.0,
+            _ => value,
+        }
+    }
+
+    /// Whether less is better (the ratio's goal is an upper bound).
+    fn lower_is_better(self) -> bool {
+        self == Self::Memory
+    }
+
+    /// The goal on tm2-p2p / libp2p, from issue 9, if any.
+    fn goal(self) -> Option<f64> {
+        match self {
+            Self::Throughput => Some(2.0),
+            Self::Conns1 | Self::Conns16 => Some(3.0),
+            Self::Memory => Some(0.5),
+            Self::Msgs | Self::MsgsBuffered => None,
+        }
+    }
+
+    /// The stacks that run for this row (`msgs-buffered` reuses tm2-p2p's `msgs` figure).
+    fn stacks(self) -> &'static [Stack] {
+        match self {
+            Self::MsgsBuffered => &[Stack::Libp2p],
+            _ => &[Stack::Tm2, Stack::Libp2p],
+        }
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let window = Window {
+        warmup: Duration::from_secs_f64(cli.warmup),
+        duration: Duration::from_secs_f64(cli.duration),
+    };
+    match cli.child {
+        Some(Child::Child { stack, measure }) => {
+            raise_fd_limit();
+            let figure = run_one(stack, measure, window, cli.idle_conns, cli.tm2_sender)?;
+            match figure.per_cpu_second {
+                Some(per_cpu) => println!("RESULT {} {per_cpu}", figure.value),
+                None => println!("RESULT {}", figure.value),
+            }
+            // Connections and tasks are still up; the process ends them all.
+            std::process::exit(0);
+        }
+        None => compare(&cli, window),
+    }
+}
+
+/// One measurement of one stack, in this process.
+fn run_one(
+    stack: Stack,
+    measure: Measure,
+    window: Window,
+    idle_conns: usize,
+    tm2_sender: tm2::SenderOn,
+) -> anyhow::Result<Figure> {
+    match (stack, measure) {
+        (Stack::Tm2, Measure::Throughput) => tm2::throughput(window, tm2_sender),
+        (Stack::Tm2, Measure::Msgs | Measure::MsgsBuffered) => tm2::messages(window, tm2_sender),
+        (Stack::Tm2, Measure::Conns1) => tm2::connections(window, 1),
+        (Stack::Tm2, Measure::Conns16) => tm2::connections(window, 16),
+        (Stack::Tm2, Measure::Memory) => tm2::memory(idle_conns),
+        (Stack::Libp2p, Measure::Throughput) => lp2p::throughput(window),
+        (Stack::Libp2p, Measure::Msgs) => lp2p::messages(window, lp2p::Writes::PerMessage),
+        (Stack::Libp2p, Measure::MsgsBuffered) => lp2p::messages(window, lp2p::Writes::Buffered),
+        (Stack::Libp2p, Measure::Conns1) => lp2p::connections(window, 1),
+        (Stack::Libp2p, Measure::Conns16) => lp2p::connections(window, 16),
+        (Stack::Libp2p, Measure::Memory) => lp2p::memory(idle_conns),
+    }
+}
+
+/// Runs every selected measurement `runs` times for both stacks, each in a child process, and
+/// prints the table.
+fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
+    let measures: Vec<Measure> = if cli.only.is_empty() {
+        Measure::ALL.to_vec()
+    } else {
+        Measure::ALL
+            .into_iter()
+            .filter(|m| cli.only.contains(m))
+            .collect()
+    };
+    anyhow::ensure!(cli.runs > 0, "--runs must be at least 1");
+    let exe = std::env::current_exe()?;
+    let load_before = load_average();
+    let mut results = vec![Results::default(); measures.len()];
+    let started = Instant::now();
+    for run in 0..cli.runs {
+        for (i, &measure) in measures.iter().enumerate() {
+            let mut stacks = measure.stacks().to_vec();
+            // Alternate which stack goes first, so a drift in the machine's load hits both.
+            if run % 2 == 1 {
+                stacks.reverse();
+            }
+            for stack in stacks {
+                let figure = run_child(&exe, cli, stack, measure, window)?;
+                eprintln!(
+                    "run {}/{} {:<14} {:<7} {:>12.1}{}",
+                    run + 1,
+                    cli.runs,
+                    measure.name(),
+                    stack.name(),
+                    measure.scale(figure.value),
+                    figure
+                        .per_cpu_second
+                        .map(|c| format!("  ({:.1} per CPU-second)", measure.scale(c)))
+                        .unwrap_or_default()
+                );
+                results[i].of(stack).push(figure);
+            }
+        }
+    }
+    let header = format!(
+        "tm2-p2p vs rust-libp2p {LIBP2P_VERSION} (TCP + noise + yamux), 127.0.0.1, both ends in one \
+         process per measurement, {IO_WORKERS} runtime workers; median of {} runs ({} s warm-up + \
+         {} s window; {} idle connections); took {:.0} s; load average before {load_before}, \
+         after {}",
+        cli.runs,
+        cli.warmup,
+        cli.duration,
+        cli.idle_conns,
+        started.elapsed().as_secs_f64(),
+        load_average(),
+    );
+    print_table(&header, &measures, &results);
+    Ok(())
+}
+
+/// The figures of one measurement, per stack, one per run.
+#[derive(Debug, Clone, Default)]
+struct Results {
+    tm2: Vec<Figure>,
+    libp2p: Vec<Figure>,
+}
+
+impl Results {
+    fn of(&mut self, stack: Stack) -> &mut Vec<Figure> {
+        match stack {
+            Stack::Tm2 => &mut self.tm2,
+            Stack::Libp2p => &mut self.libp2p,
+        }
+    }
+}
+
+/// The 1-minute load average of the machine (/proc/loadavg), or "?".
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned())
+}
+
+/// Runs one child process and parses its `RESULT` line; kills it if it overruns.
+fn run_child(
+    exe: &std::path::Path,
+    cli: &Cli,
+    stack: Stack,
+    measure: Measure,
+    window: Window,
+) -> anyhow::Result<Figure> {
+    let mut child = Command::new(exe)
+        .args([
+            "--warmup",
+            &cli.warmup.to_string(),
+            "--duration",
+            &cli.duration.to_string(),
+            "--idle-conns",
+            &cli.idle_conns.to_string(),
+            "--tm2-sender",
+            cli.tm2_sender
+                .to_possible_value()
+                .expect("no skipped variants")
+                .get_name(),
+            "child",
+            "--stack",
+            stack.name(),
+            "--measure",
+            measure.name(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let limit = window.warmup + window.duration + Duration::from_secs(180);
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            anyhow::bail!("{stack:?} {measure:?} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut out)?;
+    }
+    anyhow::ensure!(status.success(), "{stack:?} {measure:?} failed: {status}");
+    let line = out
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .ok_or_else(|| anyhow::anyhow!("{stack:?} {measure:?} printed no result"))?;
+    let mut fields = line.split_whitespace().map(str::parse::<f64>);
+    let value = fields
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("{stack:?} {measure:?}: empty result"))??;
+    let per_cpu_second = fields.next().transpose()?;
+    Ok(Figure {
+        value,
+        per_cpu_second,
+    })
+}
+
+/// The median of `values` (the mean of the two middle ones for an even count), or NaN.
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => v[n / 2],
+        _ => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Prints the Markdown table of medians and ratios, then every run's figures.
+fn print_table(header: &str, measures: &[Measure], results: &[Results]) {
+    // `msgs-buffered` has no tm2-p2p run of its own: it is compared with `msgs`.
+    let msgs_tm2 = measures
+        .iter()
+        .position(|&m| m == Measure::Msgs)
+        .map(|i| results[i].tm2.clone())
+        .unwrap_or_default();
+    println!("\n{header}\n");
+    println!(
+        "| measurement | tm2-p2p | rust-libp2p | tm2 / libp2p | goal | met | \
+         tm2 / libp2p per CPU-second |"
+    );
+    println!("| --- | ---: | ---: | ---: | --- | --- | ---: |");
+    for (r, &m) in results.iter().zip(measures) {
+        let ours = if m == Measure::MsgsBuffered {
+            &msgs_tm2
+        } else {
+            &r.tm2
+        };
+        let value = |f: &[Figure]| m.scale(median(f.iter().map(|f| f.value)));
+        let per_cpu = |f: &[Figure]| median(f.iter().filter_map(|f| f.per_cpu_second));
+        let (a, b) = (value(ours), value(&r.libp2p));
+        let ratio = a / b;
+        let (goal, met) = match m.goal() {
+            Some(g) if m.lower_is_better() => (format!("<= {g}"), ratio <= g),
+            Some(g) => (format!(">= {g}"), ratio >= g),
+            None => (String::new(), true),
+        };
+        let met = match (m.goal(), ours.is_empty()) {
+            (None, _) | (_, true) => "",
+            (Some(_), false) if met => "yes",
+            (Some(_), false) => "no",
+        };
+        let cpu_ratio = per_cpu(ours) / per_cpu(&r.libp2p);
+        let cpu_ratio = if cpu_ratio.is_nan() {
+            String::new()
+        } else {
+            format!("{cpu_ratio:.2}")
+        };
+        let prec = if m == Measure::Memory { 1 } else { 0 };
+        println!(
+            "| {} | {a:.prec$} | {b:.prec$} | {ratio:.2} | {goal} | {met} | {cpu_ratio} |",
+            m.label()
+        );
+    }
+    println!("\nper run (tm2-p2p ; rust-libp2p):");
+    for (r, &m) in results.iter().zip(measures) {
+        let fmt = |v: &[Figure]| {
+            v.iter()
+                .map(|f| format!("{:.1}", m.scale(f.value)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!("  {:<36} {} ; {}", m.label(), fmt(&r.tm2), fmt(&r.libp2p));
+    }
+}
