@@ -98,15 +98,20 @@ for entry in "${TARGETS[@]}"; do
   fi
   if [[ "$CMIN" == 1 ]]; then
     # cmin renames what it keeps to content hashes and drops what adds no coverage; the
-    # hand-written seeds are kept under their names whatever it decides. -use_counters=0:
-    # keep one input per covered edge (not per hit-count bucket), which keeps the committed
-    # corpus to tens or hundreds of files per target.
+    # hand-written seeds are kept under their names whatever it decides. -use_counters=0
+    # (edges, not hit-count buckets) and -set_cover_merge=1 (a greedy set cover rather than
+    # smallest files first) keep the committed corpus to tens or hundreds of files a target.
     seeds=$(mktemp -d)
     find "$corpus" -maxdepth 1 -name 'seed-*' -exec cp {} "$seeds"/ \;
     fuzz cmin --fuzz-dir fuzz --debug-assertions "$target" -- \
-        -max_len="${max_len}" -use_counters=0 >/dev/null 2>&1 \
+        -max_len="${max_len}" -use_counters=0 -set_cover_merge=1 >/dev/null 2>&1 \
       || echo "   (cmin failed; corpus left unminimized)"
-    cp "$seeds"/* "$corpus"/ 2>/dev/null || true
+    # Put the seeds back and drop cmin's content-hash copies of them.
+    for seed in "$seeds"/*; do
+      [[ -f "$seed" ]] || continue
+      cp "$seed" "$corpus"/
+      rm -f "$corpus/$(sha1sum < "$seed" | cut -d' ' -f1)"
+    done
     rm -rf "$seeds"
   fi
   after=$(find "$corpus" -type f | wc -l)
