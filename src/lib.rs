@@ -48,6 +48,8 @@ pub mod codec;
 pub mod config;
 pub mod dial;
 pub mod flowrate;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod key;
 pub mod mconn;
 pub mod peers;

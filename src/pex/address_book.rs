@@ -299,7 +299,7 @@ impl AddressBook {
         let e = self.entries.get(id)?;
         let backoff_end = match (e.failures, e.last_attempt) {
             (0, _) | (_, None) => UNIX_EPOCH,
-            (n, Some(t)) => t + self.backoff(n),
+            (n, Some(t)) => saturating_add(t, self.backoff(n)),
         };
         Some(match self.bans.get(id) {
             Some(&until) => backoff_end.max(until),
@@ -567,8 +567,20 @@ fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// The latest time read from a book file, in unix seconds (3000-01-01T00:00:00Z). A file may
+/// hold any `u64`; `UNIX_EPOCH + u64::MAX` seconds does not fit in a `SystemTime` (adding it
+/// panics), so later times, which no real clock produces, are read as this one.
+const MAX_FILE_TIME_SECS: u64 = 32_503_680_000;
+
 fn from_unix_secs(s: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(s)
+    UNIX_EPOCH + Duration::from_secs(s.min(MAX_FILE_TIME_SECS))
+}
+
+/// `t + d`, or, when that does not fit in a `SystemTime`, a time no earlier than `t` and at
+/// least [`MAX_FILE_TIME_SECS`]: a deadline that far away is never reached either way.
+fn saturating_add(t: SystemTime, d: Duration) -> SystemTime {
+    t.checked_add(d)
+        .unwrap_or_else(|| t.max(from_unix_secs(MAX_FILE_TIME_SECS)))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -920,6 +932,47 @@ mod tests {
         // Missing file: empty.
         let empty = AddressBook::load(&dir.path().join("none.json"), me(), b.config).unwrap();
         assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn times_past_what_system_time_holds_load_clamped() {
+        // Found by the address_book fuzz target (fuzz/corpus/address_book/seed-extreme-times):
+        // UNIX_EPOCH + u64::MAX seconds panicked while loading.
+        let id = peer(7);
+        let json = format!(
+            r#"{{"version":1,"entries":[{{"addr":"{id}@8.8.7.1:5","source":"{id}",
+              "last_seen":18446744073709551615,"last_attempt":18446744073709551615,
+              "last_success":null,"failures":4294967295}}],
+              "bans":[{{"id":"{}","until":18446744073709551615}}]}}"#,
+            peer(8)
+        );
+        let b =
+            AddressBook::from_json(json.as_bytes(), me(), AddressBookConfig::default()).unwrap();
+        let far = UNIX_EPOCH + Duration::from_secs(MAX_FILE_TIME_SECS);
+        assert_eq!(b.get(&id).unwrap().last_seen, far);
+        assert!(b.next_dial_at(&id).unwrap() >= far);
+        assert!(!b.is_dialable(&id, t0()));
+        assert!(b.is_banned(&peer(8), t0()));
+        // What it saves loads back the same.
+        let saved = b.to_json();
+        let again = AddressBook::from_json(&saved, me(), AddressBookConfig::default()).unwrap();
+        assert_eq!(again.to_json(), saved);
+        assert!(String::from_utf8(saved).unwrap().contains("32503680000"));
+    }
+
+    #[test]
+    fn backoff_end_saturates_instead_of_overflowing() {
+        let config = AddressBookConfig {
+            capacity: 10,
+            backoff_base: Duration::MAX,
+            backoff_max: Duration::MAX,
+        };
+        let mut b = AddressBook::new(me(), config);
+        b.add(addr(1), peer(9), t0());
+        b.mark_attempt(&peer(1), t0());
+        b.mark_failed(&peer(1), t0());
+        assert!(b.next_dial_at(&peer(1)).unwrap() > t0());
+        assert!(!b.is_dialable(&peer(1), t0()));
     }
 
     #[test]

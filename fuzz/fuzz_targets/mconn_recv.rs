@@ -1,0 +1,3 @@
+//! `mconn_recv`: see `tm2_p2p::fuzzing::mconn_recv` (src/fuzzing.rs) for what it feeds and checks.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tm2_p2p::fuzzing::mconn_recv(data));

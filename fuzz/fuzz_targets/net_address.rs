@@ -1,0 +1,3 @@
+//! `net_address`: see `tm2_p2p::fuzzing::net_address` (src/fuzzing.rs) for what it feeds and checks.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tm2_p2p::fuzzing::net_address(data));

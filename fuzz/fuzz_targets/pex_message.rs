@@ -1,0 +1,3 @@
+//! `pex_message`: see `tm2_p2p::fuzzing::pex_message` (src/fuzzing.rs) for what it feeds and checks.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| tm2_p2p::fuzzing::pex_message(data));
