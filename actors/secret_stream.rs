@@ -11,7 +11,9 @@
 //!   kernel in one `write` (up to [`WRITE_BATCH_FRAMES`]). Like a `BufWriter`, nothing is
 //!   guaranteed to reach the socket until `flush`.
 //! - [`SecretReader`] reads up to [`READ_BUFFER_FRAMES`] frames per `read` syscall and opens
-//!   them in place in its buffer; no allocation per frame on either side.
+//!   them in place in its buffer; no allocation per frame on either side. One `read` hands out
+//!   the plaintext of every whole frame buffered, as far as the caller's buffer has room. While
+//!   it waits on a quiet peer with nothing buffered it holds no buffer at all.
 //!
 //! Everything a peer sends is hostile: a frame that fails to authenticate, a length field over
 //! 1024, or a stream that ends inside a frame is an `io::Error` of kind `InvalidData` (or
@@ -432,8 +434,9 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
         &self.io
     }
 
-    /// Bytes this half holds for buffering: [`INITIAL_READ_FRAMES`] frames while the peer is
-    /// quiet, at most [`READ_BUFFER_FRAMES`] frames.
+    /// Bytes this half holds for buffering: none while it waits on a quiet peer with nothing
+    /// buffered, [`INITIAL_READ_FRAMES`] frames while the peer sends little, at most
+    /// [`READ_BUFFER_FRAMES`] frames.
     pub fn buffer_len(&self) -> usize {
         self.buf.len()
     }
@@ -461,38 +464,67 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for SecretReader<R> {
+    /// Fills `out` with the plaintext of every complete frame already buffered (opened in
+    /// place one after another while `out` has room), reading from the socket only when no
+    /// whole frame is buffered and nothing was handed out yet.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = out.filled().len();
         loop {
+            let gave = out.filled().len() > before;
             if let Some(e) = this.failed {
-                return Poll::Ready(Err(frame_io_error(e)));
+                // Data handed out before a bad frame is returned first; the error comes next.
+                return Poll::Ready(if gave { Ok(()) } else { Err(frame_io_error(e)) });
             }
             if !this.plain.is_empty() {
                 let n = this.plain.len().min(out.remaining());
                 out.put_slice(&this.buf[this.plain.start..this.plain.start + n]);
                 this.plain.start += n;
-                return Poll::Ready(Ok(()));
+                if out.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             if this.end - this.start >= FRAME_LEN {
                 // A frame of zero data bytes yields nothing; keep going rather than report EOF.
-                this.open_next()?;
+                // A frame that fails to open sets `failed`, reported on the next turn.
+                let _ = this.open_next();
                 continue;
+            }
+            if gave {
+                return Poll::Ready(Ok(()));
             }
             // Need more ciphertext. No plaintext is pending, so the partial frame can move to
             // the front of the buffer.
+            this.plain = 0..0;
             if this.start > 0 {
                 this.buf.copy_within(this.start..this.end, 0);
                 this.end -= this.start;
                 this.start = 0;
             }
+            if this.buf.is_empty() {
+                // Released while idle (below): take the quiet-size buffer back.
+                this.buf.resize(INITIAL_READ_FRAMES * FRAME_LEN, 0);
+            }
             let space = this.buf.len() - this.end;
             let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            let polled = Pin::new(&mut this.io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
+            if polled.is_pending() {
+                if this.end == 0 && this.buf.len() <= INITIAL_READ_FRAMES * FRAME_LEN {
+                    // Nothing buffered and the peer is quiet: hold no buffer while waiting.
+                    // A busy connection (grown buffer) keeps its buffer.
+                    this.buf = Vec::new();
+                }
+                return Poll::Pending;
+            }
+            if let Poll::Ready(Err(e)) = polled {
+                return Poll::Ready(Err(e));
+            }
             if n == space && this.buf.len() < READ_BUFFER_FRAMES * FRAME_LEN {
                 // The socket had at least as much as we could take: read more at once next time.
                 let grown = (this.buf.len() * 2).min(READ_BUFFER_FRAMES * FRAME_LEN);
