@@ -203,8 +203,8 @@ pub struct SecretWriter<W> {
     /// Bytes used in `pending`.
     pending_len: usize,
     /// Sealed frames waiting for the socket. Grows a frame at a time up to
-    /// `WRITE_BATCH_FRAMES` frames as writes need it, so an idle connection holds about one
-    /// frame, not a whole batch.
+    /// `WRITE_BATCH_FRAMES` frames as writes need it; released when a single frame has been
+    /// written out, so a quiet connection holds none.
     out: Vec<u8>,
     /// End of the sealed bytes in `out`.
     out_len: usize,
@@ -234,8 +234,8 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         &self.io
     }
 
-    /// Bytes this half holds for buffering (its batch of sealed frames); about one frame while
-    /// the connection is idle, at most `WRITE_BATCH_FRAMES` frames.
+    /// Bytes this half holds for buffering (its batch of sealed frames): none once a quiet
+    /// connection's frame is written out, at most `WRITE_BATCH_FRAMES` frames.
     pub fn buffer_len(&self) -> usize {
         self.out.len()
     }
@@ -308,6 +308,11 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         }
         self.out_pos = 0;
         self.out_len = 0;
+        if self.out.len() <= FRAME_LEN {
+            // A quiet connection's single frame: hold no buffer until the next write. A busy
+            // one (grown batch) keeps its buffer.
+            self.out = Vec::new();
+        }
         Poll::Ready(Ok(()))
     }
 
