@@ -199,9 +199,9 @@ pub struct SecretWriter<W> {
     /// Seals each frame with the next send nonce.
     sealer: FrameSealer,
     /// Plaintext of the frame being filled; sealed when full or on flush.
-    pending: [u8; DATA_MAX],
-    /// Bytes used in `pending`.
-    pending_len: usize,
+    /// Holds at most `DATA_MAX` bytes; allocated (once, at that capacity) by the first small
+    /// write and released with `out` while the connection is quiet.
+    pending: Vec<u8>,
     /// Sealed frames waiting for the socket. Grows a frame at a time up to
     /// `WRITE_BATCH_FRAMES` frames as writes need it; released when a single frame has been
     /// written out, so a quiet connection holds none.
@@ -220,8 +220,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         Self {
             io,
             sealer,
-            pending: [0; DATA_MAX],
-            pending_len: 0,
+            pending: Vec::new(),
             out: Vec::new(),
             out_len: 0,
             out_pos: 0,
@@ -249,13 +248,8 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
     /// there is one).
     fn seal_pending(&mut self) -> io::Result<()> {
         let at = self.claim_slot();
-        let result = seal_at(
-            &mut self.sealer,
-            &mut self.out,
-            at,
-            &self.pending[..self.pending_len],
-        );
-        self.pending_len = 0;
+        let result = seal_at(&mut self.sealer, &mut self.out, at, &self.pending);
+        self.pending.clear();
         self.after_seal(result)
     }
 
@@ -309,9 +303,12 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         self.out_pos = 0;
         self.out_len = 0;
         if self.out.len() <= FRAME_LEN {
-            // A quiet connection's single frame: hold no buffer until the next write. A busy
-            // one (grown batch) keeps its buffer.
+            // A quiet connection's single frame: hold no buffers until the next write. A busy
+            // one (grown batch) keeps them.
             self.out = Vec::new();
+            if self.pending.is_empty() {
+                self.pending = Vec::new();
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -321,7 +318,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         if let Some(e) = self.failed {
             return Poll::Ready(Err(frame_io_error(e)));
         }
-        if self.pending_len > 0 {
+        if !self.pending.is_empty() {
             if !self.has_slot() {
                 ready!(self.poll_drain(cx))?;
             }
@@ -350,17 +347,19 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
         let mut taken = 0;
         while taken < data.len() && this.has_slot() {
             let rest = &data[taken..];
-            if this.pending_len == 0 && rest.len() >= DATA_MAX {
+            if this.pending.is_empty() && rest.len() >= DATA_MAX {
                 // A whole frame straight from the caller's buffer: one copy, in the sealer.
                 this.seal_direct(&rest[..DATA_MAX])?;
                 taken += DATA_MAX;
                 continue;
             }
-            let n = rest.len().min(DATA_MAX - this.pending_len);
-            this.pending[this.pending_len..this.pending_len + n].copy_from_slice(&rest[..n]);
-            this.pending_len += n;
+            if this.pending.capacity() == 0 {
+                this.pending.reserve_exact(DATA_MAX);
+            }
+            let n = rest.len().min(DATA_MAX - this.pending.len());
+            this.pending.extend_from_slice(&rest[..n]);
             taken += n;
-            if this.pending_len == DATA_MAX {
+            if this.pending.len() == DATA_MAX {
                 this.seal_pending()?;
             }
         }
@@ -383,7 +382,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
 impl<W> std::fmt::Debug for SecretWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretWriter")
-            .field("pending_len", &self.pending_len)
+            .field("pending_len", &self.pending.len())
             .field("queued", &(self.out_len - self.out_pos))
             .finish_non_exhaustive()
     }
