@@ -79,7 +79,7 @@ use actix::prelude::*;
 use bytes::Bytes;
 use futures::future::Either;
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::runtime::Handle;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
@@ -108,8 +108,8 @@ pub const ACK_EVERY_BYTES: usize = 256 * 1024;
 /// per peer and channel. Two let the reactor work on one group while the next is delivered.
 pub const MAX_ACKS: usize = 2;
 
-/// Bytes the reader asks for per `read` (the secret stream yields at most one 1024-byte frame
-/// per call; other streams may yield more).
+/// Bytes the reader asks for per `read` (the secret stream fills it with every whole frame it
+/// has buffered). The buffer is released while a read waits, so an idle connection holds none.
 const READ_CHUNK: usize = 4096;
 
 /// What a [`PeerConn`] needs besides the stream and channels.
@@ -235,8 +235,15 @@ impl PeerConn {
         let probe: Weak<dyn QueueProbe> = Arc::downgrade(&shared) as Weak<Shared>;
         shared.metrics.watch_queues(probe);
         let io = io.unwrap_or_else(Handle::current);
-        let reader_task = io.spawn(read_loop(shared.clone(), reader, receiver, links));
-        let writer_task = io.spawn(write_loop(shared.clone(), writer));
+        // The halves and the receiver are boxed: an async fn keeps its arguments and the
+        // locals they move into in separate slots of the task, so big ones would count twice.
+        let reader_task = io.spawn(read_loop(
+            shared.clone(),
+            Box::new(reader),
+            Box::new(receiver),
+            links,
+        ));
+        let writer_task = io.spawn(write_loop(shared.clone(), Box::new(writer)));
         let handle = PeerHandle { shared };
         let addr = Self::create(|ctx| {
             let tasks = [
@@ -684,7 +691,7 @@ async fn watch_tasks(shared: Arc<Shared>, reader: JoinHandle<()>, writer: JoinHa
 
 /// The writer task: drives the send half and writes to the socket (module docs of `mconn`,
 /// "Writer task").
-async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
+async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: Box<W>) {
     // Grows to one batch (`BATCH_BYTES`, 64 KiB, plus a packet) under load.
     let mut buf = Vec::new();
     let reason = loop {
@@ -737,11 +744,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: W) {
 /// (module docs of `mconn`, "Reader task").
 async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
-    mut io: R,
-    mut rx: MConnReceiver,
+    mut io: Box<R>,
+    mut rx: Box<MConnReceiver>,
     mut links: Vec<ReactorLink>,
 ) {
-    let mut buf = vec![0u8; READ_CHUNK];
+    // Allocated for each read that finds data, released while a read waits (an idle
+    // connection holds no read buffer).
+    let mut buf = Vec::new();
     let reason = loop {
         while let Some(event) = rx.poll_event() {
             match event {
@@ -764,7 +773,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             tokio::time::sleep_until(at.into()).await;
             continue;
         }
-        let n = match io.read(&mut buf).await {
+        let n = match read_releasing(&mut *io, &mut buf).await {
             Ok(0) => break DisconnectReason::RemoteClosed,
             Ok(n) => n,
             Err(e) => break e.into(),
@@ -782,6 +791,30 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
     };
     shared.close(reason);
+}
+
+/// Reads into `buf` (sized to [`READ_CHUNK`] first if it was released), and releases the buffer
+/// whenever the read has to wait: the wait of an idle connection holds no buffer, and a busy one
+/// pays at most one allocation per wake-up, not per read.
+async fn read_releasing<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        if buf.is_empty() {
+            buf.resize(READ_CHUNK, 0);
+        }
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => std::task::Poll::Ready(Ok(rb.filled().len())),
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => {
+                *buf = Vec::new();
+                std::task::Poll::Pending
+            }
+        }
+    })
+    .await
 }
 
 /// Adds the channels [`PeerHandle::add_channel`] gave the sender to the receiver and the

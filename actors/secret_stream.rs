@@ -11,7 +11,9 @@
 //!   kernel in one `write` (up to [`WRITE_BATCH_FRAMES`]). Like a `BufWriter`, nothing is
 //!   guaranteed to reach the socket until `flush`.
 //! - [`SecretReader`] reads up to [`READ_BUFFER_FRAMES`] frames per `read` syscall and opens
-//!   them in place in its buffer; no allocation per frame on either side.
+//!   them in place in its buffer; no allocation per frame on either side. One `read` hands out
+//!   the plaintext of every whole frame buffered, as far as the caller's buffer has room. While
+//!   it waits on a quiet peer with nothing buffered it holds no buffer at all.
 //!
 //! Everything a peer sends is hostile: a frame that fails to authenticate, a length field over
 //! 1024, or a stream that ends inside a frame is an `io::Error` of kind `InvalidData` (or
@@ -197,12 +199,12 @@ pub struct SecretWriter<W> {
     /// Seals each frame with the next send nonce.
     sealer: FrameSealer,
     /// Plaintext of the frame being filled; sealed when full or on flush.
-    pending: [u8; DATA_MAX],
-    /// Bytes used in `pending`.
-    pending_len: usize,
+    /// Holds at most `DATA_MAX` bytes; allocated (once, at that capacity) by the first small
+    /// write and released with `out` while the connection is quiet.
+    pending: Vec<u8>,
     /// Sealed frames waiting for the socket. Grows a frame at a time up to
-    /// `WRITE_BATCH_FRAMES` frames as writes need it, so an idle connection holds about one
-    /// frame, not a whole batch.
+    /// `WRITE_BATCH_FRAMES` frames as writes need it; released when a single frame has been
+    /// written out, so a quiet connection holds none.
     out: Vec<u8>,
     /// End of the sealed bytes in `out`.
     out_len: usize,
@@ -218,8 +220,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         Self {
             io,
             sealer,
-            pending: [0; DATA_MAX],
-            pending_len: 0,
+            pending: Vec::new(),
             out: Vec::new(),
             out_len: 0,
             out_pos: 0,
@@ -232,8 +233,8 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         &self.io
     }
 
-    /// Bytes this half holds for buffering (its batch of sealed frames); about one frame while
-    /// the connection is idle, at most `WRITE_BATCH_FRAMES` frames.
+    /// Bytes this half holds for buffering (its batch of sealed frames): none once a quiet
+    /// connection's frame is written out, at most `WRITE_BATCH_FRAMES` frames.
     pub fn buffer_len(&self) -> usize {
         self.out.len()
     }
@@ -247,13 +248,8 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
     /// there is one).
     fn seal_pending(&mut self) -> io::Result<()> {
         let at = self.claim_slot();
-        let result = seal_at(
-            &mut self.sealer,
-            &mut self.out,
-            at,
-            &self.pending[..self.pending_len],
-        );
-        self.pending_len = 0;
+        let result = seal_at(&mut self.sealer, &mut self.out, at, &self.pending);
+        self.pending.clear();
         self.after_seal(result)
     }
 
@@ -306,6 +302,14 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         }
         self.out_pos = 0;
         self.out_len = 0;
+        if self.out.len() <= FRAME_LEN {
+            // A quiet connection's single frame: hold no buffers until the next write. A busy
+            // one (grown batch) keeps them.
+            self.out = Vec::new();
+            if self.pending.is_empty() {
+                self.pending = Vec::new();
+            }
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -314,7 +318,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         if let Some(e) = self.failed {
             return Poll::Ready(Err(frame_io_error(e)));
         }
-        if self.pending_len > 0 {
+        if !self.pending.is_empty() {
             if !self.has_slot() {
                 ready!(self.poll_drain(cx))?;
             }
@@ -343,17 +347,19 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
         let mut taken = 0;
         while taken < data.len() && this.has_slot() {
             let rest = &data[taken..];
-            if this.pending_len == 0 && rest.len() >= DATA_MAX {
+            if this.pending.is_empty() && rest.len() >= DATA_MAX {
                 // A whole frame straight from the caller's buffer: one copy, in the sealer.
                 this.seal_direct(&rest[..DATA_MAX])?;
                 taken += DATA_MAX;
                 continue;
             }
-            let n = rest.len().min(DATA_MAX - this.pending_len);
-            this.pending[this.pending_len..this.pending_len + n].copy_from_slice(&rest[..n]);
-            this.pending_len += n;
+            if this.pending.capacity() == 0 {
+                this.pending.reserve_exact(DATA_MAX);
+            }
+            let n = rest.len().min(DATA_MAX - this.pending.len());
+            this.pending.extend_from_slice(&rest[..n]);
             taken += n;
-            if this.pending_len == DATA_MAX {
+            if this.pending.len() == DATA_MAX {
                 this.seal_pending()?;
             }
         }
@@ -376,7 +382,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
 impl<W> std::fmt::Debug for SecretWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretWriter")
-            .field("pending_len", &self.pending_len)
+            .field("pending_len", &self.pending.len())
             .field("queued", &(self.out_len - self.out_pos))
             .finish_non_exhaustive()
     }
@@ -432,8 +438,9 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
         &self.io
     }
 
-    /// Bytes this half holds for buffering: [`INITIAL_READ_FRAMES`] frames while the peer is
-    /// quiet, at most [`READ_BUFFER_FRAMES`] frames.
+    /// Bytes this half holds for buffering: none while it waits on a quiet peer with nothing
+    /// buffered, [`INITIAL_READ_FRAMES`] frames while the peer sends little, at most
+    /// [`READ_BUFFER_FRAMES`] frames.
     pub fn buffer_len(&self) -> usize {
         self.buf.len()
     }
@@ -461,38 +468,67 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
 }
 
 impl<R: AsyncRead + Unpin> AsyncRead for SecretReader<R> {
+    /// Fills `out` with the plaintext of every complete frame already buffered (opened in
+    /// place one after another while `out` has room), reading from the socket only when no
+    /// whole frame is buffered and nothing was handed out yet.
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let before = out.filled().len();
         loop {
+            let gave = out.filled().len() > before;
             if let Some(e) = this.failed {
-                return Poll::Ready(Err(frame_io_error(e)));
+                // Data handed out before a bad frame is returned first; the error comes next.
+                return Poll::Ready(if gave { Ok(()) } else { Err(frame_io_error(e)) });
             }
             if !this.plain.is_empty() {
                 let n = this.plain.len().min(out.remaining());
                 out.put_slice(&this.buf[this.plain.start..this.plain.start + n]);
                 this.plain.start += n;
-                return Poll::Ready(Ok(()));
+                if out.remaining() == 0 {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
             }
             if this.end - this.start >= FRAME_LEN {
                 // A frame of zero data bytes yields nothing; keep going rather than report EOF.
-                this.open_next()?;
+                // A frame that fails to open sets `failed`, reported on the next turn.
+                let _ = this.open_next();
                 continue;
+            }
+            if gave {
+                return Poll::Ready(Ok(()));
             }
             // Need more ciphertext. No plaintext is pending, so the partial frame can move to
             // the front of the buffer.
+            this.plain = 0..0;
             if this.start > 0 {
                 this.buf.copy_within(this.start..this.end, 0);
                 this.end -= this.start;
                 this.start = 0;
             }
+            if this.buf.is_empty() {
+                // Released while idle (below): take the quiet-size buffer back.
+                this.buf.resize(INITIAL_READ_FRAMES * FRAME_LEN, 0);
+            }
             let space = this.buf.len() - this.end;
             let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
-            ready!(Pin::new(&mut this.io).poll_read(cx, &mut rb))?;
+            let polled = Pin::new(&mut this.io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
+            if polled.is_pending() {
+                if this.end == 0 && this.buf.len() <= INITIAL_READ_FRAMES * FRAME_LEN {
+                    // Nothing buffered and the peer is quiet: hold no buffer while waiting.
+                    // A busy connection (grown buffer) keeps its buffer.
+                    this.buf = Vec::new();
+                }
+                return Poll::Pending;
+            }
+            if let Poll::Ready(Err(e)) = polled {
+                return Poll::Ready(Err(e));
+            }
             if n == space && this.buf.len() < READ_BUFFER_FRAMES * FRAME_LEN {
                 // The socket had at least as much as we could take: read more at once next time.
                 let grown = (this.buf.len() * 2).min(READ_BUFFER_FRAMES * FRAME_LEN);

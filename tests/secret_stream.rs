@@ -99,8 +99,8 @@ async fn buffers_stay_small_while_idle_and_grow_under_load() {
     aw.flush().await.unwrap();
     let mut got = [0u8; 4];
     br.read_exact(&mut got).await.unwrap();
-    // An idle connection: one frame of write buffer, the initial read buffer.
-    assert_eq!(aw.buffer_len(), FRAME_LEN);
+    // An idle connection: no write buffer once its frame is out, the initial read buffer.
+    assert_eq!(aw.buffer_len(), 0);
     assert_eq!(br.buffer_len(), INITIAL_READ_FRAMES * FRAME_LEN);
     // Under load both grow, to their caps at most.
     let data = pseudo_random(4 * 1024 * 1024, 3);
@@ -293,4 +293,128 @@ async fn a_clean_close_between_frames_is_eof() {
     let mut buf = Vec::new();
     r.read_to_end(&mut buf).await.unwrap();
     assert_eq!(buf, b"bye");
+}
+
+#[tokio::test]
+async fn one_read_with_room_returns_every_buffered_frame() {
+    let ((ea, x), (eb, mut y)) = piped().await;
+    // Three frames' worth of data (1024 + 1024 + 452 bytes) all on the wire before the read.
+    let data = pseudo_random(2500, 7);
+    let wire = seal_to_vec(eb.sealer, &data).await;
+    assert_eq!(wire.len(), 3 * FRAME_LEN);
+    y.write_all(&wire).await.unwrap();
+    let mut r = SecretReader::new(x, ea.opener);
+    let mut buf = vec![0u8; 8192];
+    let mut got = Vec::new();
+    // The reader's buffer starts at two frames, so the first read may see two of the three; a
+    // read never stops at one frame while it has more whole frames buffered and room for them.
+    let n = r.read(&mut buf).await.unwrap();
+    assert!(n >= 2 * 1024, "one read returned only {n} bytes");
+    got.extend_from_slice(&buf[..n]);
+    while got.len() < data.len() {
+        let n = r.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data, "data corrupted");
+}
+
+#[tokio::test]
+async fn a_small_read_buffer_still_gets_every_byte_in_order() {
+    let ((ea, x), (eb, mut y)) = piped().await;
+    let data = pseudo_random(5000, 8);
+    let wire = seal_to_vec(eb.sealer, &data).await;
+    y.write_all(&wire).await.unwrap();
+    drop(y);
+    let mut r = SecretReader::new(x, ea.opener);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 300];
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(n <= 300);
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got == data, "data corrupted");
+}
+
+#[tokio::test]
+async fn whole_frames_before_a_cut_are_returned_then_unexpected_eof() {
+    let ((ea, x), (eb, mut y)) = piped().await;
+    let data = pseudo_random(2048 + 10, 9);
+    let wire = seal_to_vec(eb.sealer, &data).await;
+    assert_eq!(wire.len(), 3 * FRAME_LEN);
+    // Two whole frames and part of the third, then the peer hangs up.
+    y.write_all(&wire[..2 * FRAME_LEN + 100]).await.unwrap();
+    drop(y);
+    let mut r = SecretReader::new(x, ea.opener);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let err = loop {
+        match r.read(&mut buf).await {
+            Ok(0) => panic!("a cut inside a frame read as a clean end"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+    assert!(
+        got == data[..2048],
+        "the whole frames' data was not delivered"
+    );
+}
+
+#[tokio::test]
+async fn good_frames_before_a_bad_one_are_returned_then_the_error() {
+    let ((ea, x), (eb, mut y)) = piped().await;
+    let data = pseudo_random(3000, 10);
+    let mut wire = seal_to_vec(eb.sealer, &data).await;
+    wire[2 * FRAME_LEN + 50] ^= 1;
+    y.write_all(&wire).await.unwrap();
+    let mut r = SecretReader::new(x, ea.opener);
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 8192];
+    let err = loop {
+        match r.read(&mut buf).await {
+            Ok(n) => {
+                assert!(n > 0);
+                got.extend_from_slice(&buf[..n]);
+            }
+            Err(e) => break e,
+        }
+    };
+    assert!(
+        matches!(frame_error(&err), Some(FrameError::Decrypt)),
+        "{err:?}"
+    );
+    assert!(got == data[..2048]);
+    assert!(r.read(&mut buf).await.is_err());
+}
+
+#[tokio::test]
+async fn a_reader_waiting_on_a_quiet_peer_holds_no_buffer() {
+    let (a, b, _, _) = connected_pair().await;
+    let (_ar, mut aw) = a.into_split();
+    let (mut br, _bw) = b.into_split();
+    aw.write_all(b"ping").await.unwrap();
+    aw.flush().await.unwrap();
+    let mut got = [0u8; 4];
+    br.read_exact(&mut got).await.unwrap();
+    // Poll once more: nothing is on the wire, so the read waits, and releases its buffer.
+    let mut buf = [0u8; 16];
+    let pending = std::future::poll_fn(|cx| {
+        let mut rb = tokio::io::ReadBuf::new(&mut buf);
+        let polled = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut br), cx, &mut rb);
+        std::task::Poll::Ready(polled.is_pending())
+    })
+    .await;
+    assert!(pending);
+    assert_eq!(br.buffer_len(), 0);
+    // The next message still arrives whole.
+    aw.write_all(b"pong").await.unwrap();
+    aw.flush().await.unwrap();
+    br.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"pong");
 }
