@@ -251,8 +251,8 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// The listen backlog: accepted-but-not-yet-taken connections the kernel holds (it caps this
-/// at `net.core.somaxconn`, 4096 on current Linux). Handshake slots, not this, bound the work.
+/// The listen backlog: connections the kernel has completed and holds until we accept them (capped
+/// by `net.core.somaxconn`, 4096 on current Linux). Handshake slots, not this, bound the work.
 pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// A running node: the address of its Switch, the address it listens on, and its events.
