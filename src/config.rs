@@ -61,6 +61,31 @@ pub enum LogLevel {
     Trace,
 }
 
+impl std::str::FromStr for LogLevel {
+    type Err = ConfigError;
+
+    /// The names the config uses: `critical`, `error`, `warning` (or `warn`), `info`, `debug`,
+    /// `trace`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "critical" => Self::Critical,
+            "error" => Self::Error,
+            "warning" | "warn" => Self::Warning,
+            "info" => Self::Info,
+            "debug" => Self::Debug,
+            "trace" => Self::Trace,
+            _ => {
+                return Err(ConfigError::Invalid {
+                    field: "log_level",
+                    reason: format!(
+                        "{s:?} is not one of critical, error, warning, info, debug, trace"
+                    ),
+                });
+            }
+        })
+    }
+}
+
 impl From<LogLevel> for slog::Level {
     fn from(level: LogLevel) -> Self {
         match level {
@@ -834,6 +859,28 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_level_parses_the_config_names_and_names_the_field_otherwise() {
+        for (text, level) in [
+            ("critical", LogLevel::Critical),
+            ("error", LogLevel::Error),
+            ("warning", LogLevel::Warning),
+            ("warn", LogLevel::Warning),
+            ("info", LogLevel::Info),
+            ("debug", LogLevel::Debug),
+            ("trace", LogLevel::Trace),
+        ] {
+            assert_eq!(text.parse::<LogLevel>().unwrap(), level);
+        }
+        assert!(matches!(
+            "loud".parse::<LogLevel>(),
+            Err(ConfigError::Invalid {
+                field: "log_level",
+                ..
+            })
+        ));
+    }
     use proptest::prelude::*;
 
     const ID_A: &str = "g1x36slx9at870e9rd53d2405n80s4ff94dx42dl";

@@ -14,6 +14,7 @@ use tm2_p2p::actors::gossip::{
     SubscribeDelivered, gossip_channel,
 };
 use tm2_p2p::actors::testnet::{self, TestnetConfig, TestnetProgress};
+use tm2_p2p::config::LogLevel;
 use tm2_p2p::{NodeKey, P2pConfig, RegisterReactor, SwitchBuilder};
 
 /// tm2-p2p: a peer-to-peer network runtime modelled on Tendermint2's p2p layer.
@@ -52,8 +53,9 @@ enum Command {
         /// The network (chain id) this node belongs to; peers on another network are refused.
         #[arg(long, default_value = "tm2p2p")]
         network: String,
-        /// The least severe log level shown [default: `log_level` in config.toml, `info`].
-        #[arg(long, value_enum)]
+        /// The least severe log level shown: critical, error, warning, info, debug or trace
+        /// [default: `log_level` in config.toml, `info`].
+        #[arg(long)]
         log_level: Option<LogLevel>,
         /// Log output: human-readable lines, or one JSON object a line.
         #[arg(long, value_enum, default_value_t = LogFormat::Term)]
@@ -106,36 +108,6 @@ impl TestnetArgs {
             discovery: !self.no_discovery,
             max_in_flight: self.in_flight,
             ..TestnetConfig::default()
-        }
-    }
-}
-
-/// The least severe log level shown.
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogLevel {
-    /// Only critical errors.
-    Critical,
-    /// Errors.
-    Error,
-    /// Warnings and errors.
-    Warning,
-    /// What a node operator wants to see.
-    Info,
-    /// Details for debugging.
-    Debug,
-    /// Everything.
-    Trace,
-}
-
-impl From<LogLevel> for tm2_p2p::config::LogLevel {
-    fn from(l: LogLevel) -> Self {
-        match l {
-            LogLevel::Critical => Self::Critical,
-            LogLevel::Error => Self::Error,
-            LogLevel::Warning => Self::Warning,
-            LogLevel::Info => Self::Info,
-            LogLevel::Debug => Self::Debug,
-            LogLevel::Trace => Self::Trace,
         }
     }
 }
@@ -194,7 +166,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             publish_every,
         }) => {
             let config = load_node_config(&home)?;
-            let level = log_level.map_or(config.log_level, Into::into);
+            let level = log_level.unwrap_or(config.log_level);
             let log = logger(log_format, level);
             actix::System::new().block_on(run_node(config, network, publish_every, log))
         }
@@ -202,7 +174,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// A logger to stderr in the chosen format, showing `level` and more severe.
-fn logger(format: LogFormat, level: tm2_p2p::config::LogLevel) -> slog::Logger {
+fn logger(format: LogFormat, level: LogLevel) -> slog::Logger {
     use slog::Drain;
     let level = slog::Level::from(level);
     match format {

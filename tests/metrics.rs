@@ -4,21 +4,22 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
 use tm2_p2p::actors::metrics::{CONTENT_TYPE, DialOutcome};
 use tm2_p2p::{
-    ChannelDescriptor, DialPeers, DisconnectPeer, NetAddress, Node, NodeKey, P2pConfig, PeerAdded,
-    PeerId, PeerRemoved, Receive, RegisterReactor, SendTo, SwitchBuilder, SwitchError, SwitchEvent,
+    ChannelDescriptor, DisconnectPeer, NetAddress, NodeKey, P2pConfig, PeerAdded, PeerId,
+    PeerRemoved, Receive, RegisterReactor, SendTo, SwitchBuilder, SwitchError, SwitchEvent,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+use common::TIMEOUT;
 const CHANNEL: u8 = 0x40;
 
 /// A reactor that forwards what it receives into a bounded channel.
@@ -47,10 +48,23 @@ impl Handler<Receive> for Inbox {
     }
 }
 
+/// A [`common::TestNode`] serving metrics on 127.0.0.1:0, with an [`Inbox`] on [`CHANNEL`].
 struct TestNode {
-    node: Node,
-    events: tm2_p2p::EventStream,
+    harness: common::TestNode,
     inbox: mpsc::Receiver<(PeerId, Bytes)>,
+}
+
+impl std::ops::Deref for TestNode {
+    type Target = common::TestNode;
+    fn deref(&self) -> &common::TestNode {
+        &self.harness
+    }
+}
+
+impl std::ops::DerefMut for TestNode {
+    fn deref_mut(&mut self) -> &mut common::TestNode {
+        &mut self.harness
+    }
 }
 
 impl TestNode {
@@ -58,22 +72,15 @@ impl TestNode {
     /// only connections are the ones the test makes), with a reactor on [`CHANNEL`].
     async fn spawn() -> Self {
         let config = P2pConfig {
-            laddr: "127.0.0.1:0".parse().unwrap(),
             metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
-            allow_non_routable: true,
-            pex: false,
-            ..P2pConfig::default()
+            ..common::config()
         };
-        let node = SwitchBuilder::new(config, NodeKey::generate().unwrap())
-            .network("metrics-test")
-            .spawn()
-            .await
-            .unwrap();
-        // Subscribe before acting, so no event is missed.
-        let events = node.subscribe(|_| true);
+        let harness = common::TestNode::spawn(config).await;
         let (tx, inbox) = mpsc::channel(1000);
         let reactor = Inbox { tx }.start();
-        node.switch()
+        harness
+            .node
+            .switch()
             .send(RegisterReactor::new(
                 "inbox",
                 vec![ChannelDescriptor::new(CHANNEL)],
@@ -82,45 +89,7 @@ impl TestNode {
             .await
             .unwrap()
             .unwrap();
-        Self {
-            node,
-            events,
-            inbox,
-        }
-    }
-
-    fn id(&self) -> PeerId {
-        self.node.net_address().id()
-    }
-
-    fn dial(&self, addr: NetAddress) {
-        #[allow(clippy::disallowed_methods)] // Test: a fire-and-forget command.
-        self.node.switch().do_send(DialPeers(vec![addr]));
-    }
-
-    async fn wait_for(
-        &mut self,
-        what: &str,
-        mut pred: impl FnMut(&SwitchEvent) -> bool,
-    ) -> SwitchEvent {
-        tokio::time::timeout(TIMEOUT, async {
-            loop {
-                let e = self.events.recv().await.expect("node gone");
-                if pred(&e) {
-                    return e;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-    }
-
-    async fn connected_to(&mut self, peer: PeerId) {
-        self.wait_for(
-            "PeerConnected",
-            |e| matches!(e, SwitchEvent::PeerConnected { peer: p, .. } if *p == peer),
-        )
-        .await;
+        Self { harness, inbox }
     }
 
     async fn scrape(&self) -> Scrape {

@@ -1,4 +1,4 @@
-//! Shared harness of the fault and soak tests: loopback configs, a test node that subscribes to
+//! Shared harness of the fault, soak and metrics tests: loopback configs, a test node that subscribes to
 //! its events before acting, a counting reactor that checks per-peer sequence numbers, the
 //! process's RSS, the open-file limit, and running a test of this binary in a child process.
 //!
