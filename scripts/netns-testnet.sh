@@ -7,7 +7,16 @@
 # What it does:
 #   1. creates 6 network namespaces (tm2nt-0 .. tm2nt-5) and a hub namespace holding a bridge;
 #      each host is joined to the bridge by a veth pair and gets 10.77.0.(i+1)/24;
-#   2. adds delay and loss on some links with `tc netem`;
+#   2. impairs the links of hosts 2, 3 and 4 in both directions: host 2 loses 2% and is limited
+#      to 1 mbit/s, host 3 loses 5%, host 4 is limited to 512 kbit/s. Where the kernel has
+#      sch_netem, `tc netem` applies all of it plus a fixed delay (40 ms +- 10, 80 ms, 20 ms
+#      +- 5). A fixed delay needs sch_netem; kernels without it (such as the 6.18 VM this was
+#      written on) get no added delay, and the script falls back to random loss with nftables
+#      (`numgen random mod 100 < N drop` on the host's bridge port, in the hub) and to rate
+#      limits with `tc tbf`, which only delays packets when traffic exceeds the rate (queueing)
+#      and drops what overflows its queue. nftables is installed with apt-get when `nft` is
+#      missing; without it the links run without loss. At the end it prints what the
+#      impairments did to the run's real traffic (nftables drop counters, qdisc statistics);
 #   3. generates a home per host (`tm2p2p init`): host 0 is the seed, the others know only the
 #      seed (`seeds`); host 1 also lists host 5 as a persistent peer; every node publishes a
 #      gossip message every second and serves metrics on its own address;
@@ -15,8 +24,11 @@
 #   5. cuts host 5 off (link down), checks that host 1 drops it (log: peer disconnected),
 #      restores the link and checks that host 1 redials it (log: peer connected again);
 #   6. checks that gossip published after the restore reaches every host.
-# Everything is torn down on exit. It needs root and iproute2 (installed with apt-get when
-# missing); where namespaces cannot be created it prints "skipped" and exits 0.
+# Hosts 1 and 5 (the redial pair) and host 0 (the seed) stay unimpaired. The PASS line names the
+# impairments applied and what applied them. Everything is torn down on exit (the nftables
+# table and qdiscs live in the namespaces and go with them). It needs root and iproute2
+# (installed with apt-get when missing); where namespaces cannot be created it prints "skipped"
+# and exits 0.
 set -euo pipefail
 
 HOSTS=6
@@ -99,20 +111,124 @@ for i in $(seq 0 $((HOSTS - 1))); do
     ip -n "${PREFIX}-$i" link set eth0 up
 done
 
-step "adding delay and loss with tc netem"
-NETEM=applied
-netem() { # host, netem arguments
+# Impairments. Loss is in percent and the rate is a tc rate; both act in both directions of the
+# host's link. Host $CUT (cut off and restored) and host $WATCHER (which redials it) are left
+# clean so the drop/redial check measures the node, not the loss.
+declare -A LOSS=([2]=2 [3]=5)
+declare -A RATE=([2]=1mbit [4]=512kbit)
+declare -A DELAY=([2]="40ms 10ms" [3]="80ms" [4]="20ms 5ms")   # used only with netem
+IMPAIRED="2 3 4"
+IMPAIR_BY=""     # what applied the impairments, for the PASS line
+hub() { ip netns exec "$HUB" "$@"; }
+# Adds the same root qdisc on both ends of host $1's link: its eth0 (outgoing) and its bridge
+# port in the hub (incoming).
+qdisc_both() { # host, qdisc and its arguments
     local i=$1; shift
-    if ! ns "$i" tc qdisc add dev eth0 root netem "$@" 2>/dev/null; then
-        NETEM="unavailable (this kernel has no sch_netem): links run without added delay or loss"
-        return 0
-    fi
-    echo "    host $i: $*"
+    ns "$i" tc qdisc add dev eth0 root "$@" && hub tc qdisc add dev "tm2b$i" root "$@"
 }
-netem 2 delay 40ms 10ms loss 1%
-netem 3 delay 80ms loss 2%
-netem 4 delay 20ms 5ms
-[ "$NETEM" = applied ] || echo "    netem $NETEM"
+describe() { # host: its impairments as one phrase, "" when none was applied
+    local i=$1 d=""
+    if [ "$IMPAIR_BY" = netem ] && [ -n "${DELAY[$i]:-}" ]; then d+=", delay ${DELAY[$i]}"; fi
+    if [ "$HAVE_LOSS" = 1 ] && [ -n "${LOSS[$i]:-}" ]; then d+=", loss ${LOSS[$i]}%"; fi
+    if [ "$HAVE_RATE" = 1 ] && [ -n "${RATE[$i]:-}" ]; then d+=", rate ${RATE[$i]}"; fi
+    [ -z "$d" ] || echo "host $i ${d#, }"
+}
+# The nftables ruleset for the hub's bridge: for each lossy host and direction ("out" is
+# from the host, "in" is to it), a counter of every frame on its bridge port and a rule that
+# drops LOSS percent of them at random, with a counter of the drops. The bridge runs the forward
+# hook once per output port, so a flooded frame (ARP broadcast, unknown destination) is counted,
+# and may be dropped, once per port it goes to.
+nft_rules() {
+    local i dir port
+    echo "table bridge tm2impair {"
+    for i in "${!LOSS[@]}"; do
+        for dir in out in; do echo "  counter h${i}_${dir}_all { }"; echo "  counter h${i}_${dir}_drop { }"; done
+    done
+    echo "  chain forward {"
+    echo "    type filter hook forward priority 0; policy accept;"
+    for i in "${!LOSS[@]}"; do
+        for dir in out in; do
+            if [ "$dir" = out ]; then port="iifname \"tm2b$i\""; else port="oifname \"tm2b$i\""; fi
+            echo "    $port counter name \"h${i}_${dir}_all\""
+            echo "    $port numgen random mod 100 < ${LOSS[$i]} counter name \"h${i}_${dir}_drop\" drop"
+        done
+    done
+    echo "  }"
+    echo "}"
+}
+nft_packets() { # counter name: its packet count
+    hub nft list counter bridge tm2impair "$1" | awk '$1 == "packets" { print $2 }'
+}
+HAVE_LOSS=0
+HAVE_RATE=0
+if ns 2 tc qdisc add dev eth0 root netem delay 1ms 2>/dev/null; then
+    ns 2 tc qdisc del dev eth0 root
+    step "adding delay, loss and rate limits with tc netem (both directions of each link)"
+    IMPAIR_BY=netem
+    HAVE_LOSS=1
+    HAVE_RATE=1
+    for i in $IMPAIRED; do
+        args=()
+        [ -z "${DELAY[$i]:-}" ] || read -ra args <<<"delay ${DELAY[$i]}"
+        [ -z "${LOSS[$i]:-}" ] || args+=(loss "${LOSS[$i]}%")
+        [ -z "${RATE[$i]:-}" ] || args+=(rate "${RATE[$i]}")
+        qdisc_both "$i" netem "${args[@]}" || fail "tc netem ${args[*]} on host $i"
+        echo "    $(describe "$i")"
+    done
+else
+    # No sch_netem: nothing else in tc can hold packets for a fixed time, so there is no added
+    # delay. Random loss comes from nftables in the hub's bridge (a dropped frame vanishes on
+    # the "wire", as on a lossy cable; dropping in the host's own output hook would instead
+    # fail the sender's write with EPERM), and the rate limit from tbf, which queues packets
+    # (delay under load only) and drops what overflows its queue.
+    step "adding loss (nftables) and rate limits (tbf): no fixed delay, this kernel has no sch_netem"
+    if ! command -v nft >/dev/null && command -v apt-get >/dev/null; then
+        echo "    installing nftables"
+        (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nftables) \
+            >/dev/null 2>&1 || true
+    fi
+    if command -v nft >/dev/null; then
+        if nft_rules | hub nft -f -; then
+            HAVE_LOSS=1
+        else
+            echo "    nft could not load the loss rules: links run without loss"
+        fi
+    else
+        echo "    nft missing and could not be installed: links run without loss"
+    fi
+    HAVE_RATE=1
+    for i in $IMPAIRED; do
+        [ -n "${RATE[$i]:-}" ] || continue
+        # burst: a few full-size frames may pass at line speed; latency: how long a packet may
+        # wait in the queue before tbf drops it instead.
+        if ! qdisc_both "$i" tbf rate "${RATE[$i]}" burst 16kb latency 200ms 2>/dev/null; then
+            HAVE_RATE=0
+            echo "    tc tbf failed (no sch_tbf?): links run without rate limits"
+            break
+        fi
+    done
+    if [ "$HAVE_LOSS" = 1 ] && [ "$HAVE_RATE" = 1 ]; then
+        IMPAIR_BY="nftables loss + tbf rate"
+    elif [ "$HAVE_LOSS" = 1 ]; then
+        IMPAIR_BY="nftables loss"
+    elif [ "$HAVE_RATE" = 1 ]; then
+        IMPAIR_BY="tbf rate"
+    else
+        IMPAIR_BY="nothing"
+    fi
+    for i in $IMPAIRED; do
+        line=$(describe "$i")
+        [ -z "$line" ] || echo "    $line"
+    done
+fi
+# The impairments as one phrase, for the PASS line.
+SUMMARY=""
+for i in $IMPAIRED; do
+    line=$(describe "$i")
+    [ -z "$line" ] || SUMMARY+="; $line"
+done
+SUMMARY="impaired by $IMPAIR_BY${SUMMARY:+: ${SUMMARY#; }}"
+[ "$IMPAIR_BY" = netem ] || SUMMARY+="; no fixed delay (kernel has no sch_netem)"
 
 step "generating homes"
 IDS=()
@@ -226,4 +342,34 @@ step "stopping nodes"
 for pid in "${PIDS[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
 for pid in "${PIDS[@]}"; do wait "$pid" || fail "a node exited non-zero on SIGINT"; done
 PIDS=()
-echo "PASS: converged, host $CUT dropped and redialed, gossip reached all $HOSTS hosts (netem: $NETEM)"
+
+# Proof that the impairments acted on the nodes' real traffic during the run: the drop counters
+# of the nftables rules, and the statistics of the qdiscs (netem or tbf) on both ends of a link.
+# Overlimits counts the times the qdisc had to hold packets back (tbf: out of tokens).
+qdisc_stats() { # "tc -s qdisc show" output: the counters of its root qdisc
+    awk '$1 == "Sent" { gsub(/[(),]/, ""); printf "sent %s pkt, dropped %s, overlimits %s", $4, $7, $9; exit }'
+}
+step "impairments observed during the run (out: frames the host sent; in: frames sent to it)"
+loss_seen=0
+for i in $IMPAIRED; do
+    if [ "$HAVE_LOSS" = 1 ] && [ -n "${LOSS[$i]:-}" ] && [ "$IMPAIR_BY" != netem ]; then
+        for dir in out in; do
+            all=$(nft_packets "h${i}_${dir}_all")
+            dropped=$(nft_packets "h${i}_${dir}_drop")
+            loss_seen=$((loss_seen + all))
+            echo "    host $i $dir: nftables dropped $dropped of $all frames" \
+                "($(awk -v d="$dropped" -v a="$all" 'BEGIN { printf "%.1f", a ? 100 * d / a : 0 }')%," \
+                "target ${LOSS[$i]}%)"
+        done
+    fi
+    if [ "$IMPAIR_BY" = netem ] || { [ "$HAVE_RATE" = 1 ] && [ -n "${RATE[$i]:-}" ]; }; then
+        kind=tbf
+        [ "$IMPAIR_BY" != netem ] || kind=netem
+        echo "    host $i out: $kind $(ns "$i" tc -s qdisc show dev eth0 | qdisc_stats)"
+        echo "    host $i in: $kind $(hub tc -s qdisc show dev "tm2b$i" | qdisc_stats)"
+    fi
+done
+if [ "$HAVE_LOSS" = 1 ] && [ "$IMPAIR_BY" != netem ] && [ "$loss_seen" -eq 0 ]; then
+    fail "the nftables loss rules saw no frames: they do not match the hosts' traffic"
+fi
+echo "PASS: converged, host $CUT dropped and redialed, gossip reached all $HOSTS hosts ($SUMMARY)"
