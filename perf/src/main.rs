@@ -19,6 +19,7 @@
 #![allow(clippy::disallowed_methods)]
 
 mod common;
+mod floor;
 mod lp2p;
 mod tm2;
 
@@ -60,6 +61,10 @@ struct Cli {
     /// faster for small messages and equal for large ones).
     #[arg(long, value_enum, default_value_t = tm2::SenderOn::Arbiter)]
     tm2_sender: tm2::SenderOn,
+    /// Skip the floors: TM2's wire alone (crypto in memory; the secret layer over TCP), which
+    /// turn the goals into ceilings this machine allows.
+    #[arg(long)]
+    no_floors: bool,
     #[command(subcommand)]
     child: Option<Child>,
 }
@@ -78,11 +83,15 @@ enum Child {
     },
 }
 
-/// The two stacks.
+/// The two stacks, and the two floors of TM2's wire (see `floor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Stack {
     Tm2,
     Libp2p,
+    /// TM2's cryptography alone, in memory, one thread.
+    FloorCpu,
+    /// TM2's secret layer (and upgrade) alone over loopback TCP.
+    FloorTcp,
 }
 
 impl Stack {
@@ -90,7 +99,13 @@ impl Stack {
         match self {
             Self::Tm2 => "tm2",
             Self::Libp2p => "libp2p",
+            Self::FloorCpu => "floor-cpu",
+            Self::FloorTcp => "floor-tcp",
         }
+    }
+
+    fn is_floor(self) -> bool {
+        matches!(self, Self::FloorCpu | Self::FloorTcp)
     }
 }
 
@@ -163,11 +178,26 @@ impl Measure {
         }
     }
 
-    /// The stacks that run for this row (`msgs-buffered` reuses tm2-p2p's `msgs` figure).
+    /// The stacks that run for this row (`msgs-buffered` reuses tm2-p2p's `msgs` figure); the
+    /// rows with a goal on a rate also run the floors.
     fn stacks(self) -> &'static [Stack] {
         match self {
             Self::MsgsBuffered => &[Stack::Libp2p],
-            _ => &[Stack::Tm2, Stack::Libp2p],
+            Self::Throughput | Self::Conns1 | Self::Conns16 => {
+                &[Stack::Tm2, Stack::Libp2p, Stack::FloorCpu, Stack::FloorTcp]
+            }
+            Self::Msgs | Self::Memory => &[Stack::Tm2, Stack::Libp2p],
+        }
+    }
+
+    /// What each floor of this row measures.
+    fn floor_label(self, stack: Stack) -> &'static str {
+        match (self, stack) {
+            (Self::Throughput, Stack::FloorCpu) => "seal + open of every 1024 B, in memory",
+            (Self::Throughput, _) => "SecretStream alone over TCP, 1 MiB writes",
+            (_, Stack::FloorCpu) => "both sides' handshake, in memory",
+            (Self::Conns1, _) => "TCP + upgrade alone, 1 in flight",
+            (_, _) => "TCP + upgrade alone, 16 in flight",
         }
     }
 }
@@ -213,6 +243,14 @@ fn run_one(
         (Stack::Libp2p, Measure::Conns1) => lp2p::connections(window, 1),
         (Stack::Libp2p, Measure::Conns16) => lp2p::connections(window, 16),
         (Stack::Libp2p, Measure::Memory) => lp2p::memory(idle_conns),
+        (Stack::FloorCpu, Measure::Throughput) => floor::seal_open(window),
+        (Stack::FloorCpu, Measure::Conns1 | Measure::Conns16) => floor::handshakes(window),
+        (Stack::FloorTcp, Measure::Throughput) => floor::secret_stream(window),
+        (Stack::FloorTcp, Measure::Conns1) => floor::upgrades(window, 1),
+        (Stack::FloorTcp, Measure::Conns16) => floor::upgrades(window, 16),
+        (Stack::FloorCpu | Stack::FloorTcp, _) => {
+            anyhow::bail!("{} has no floor", measure.name())
+        }
     }
 }
 
@@ -234,7 +272,12 @@ fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
     let started = Instant::now();
     for run in 0..cli.runs {
         for (i, &measure) in measures.iter().enumerate() {
-            let mut stacks = measure.stacks().to_vec();
+            let mut stacks: Vec<Stack> = measure
+                .stacks()
+                .iter()
+                .copied()
+                .filter(|s| !(cli.no_floors && s.is_floor()))
+                .collect();
             // Alternate which stack goes first, so a drift in the machine's load hits both.
             if run % 2 == 1 {
                 stacks.reverse();
@@ -242,7 +285,7 @@ fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
             for stack in stacks {
                 let figure = run_child(&exe, cli, stack, measure, window)?;
                 eprintln!(
-                    "run {}/{} {:<14} {:<7} {:>12.1}{}",
+                    "run {}/{} {:<14} {:<9} {:>12.1}{}",
                     run + 1,
                     cli.runs,
                     measure.name(),
@@ -270,6 +313,7 @@ fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
         load_average(),
     );
     print_table(&header, &measures, &results);
+    print_floors(&measures, &results);
     Ok(())
 }
 
@@ -278,6 +322,8 @@ fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
 struct Results {
     tm2: Vec<Figure>,
     libp2p: Vec<Figure>,
+    floor_cpu: Vec<Figure>,
+    floor_tcp: Vec<Figure>,
 }
 
 impl Results {
@@ -285,6 +331,8 @@ impl Results {
         match stack {
             Stack::Tm2 => &mut self.tm2,
             Stack::Libp2p => &mut self.libp2p,
+            Stack::FloorCpu => &mut self.floor_cpu,
+            Stack::FloorTcp => &mut self.floor_tcp,
         }
     }
 }
@@ -427,5 +475,50 @@ fn print_table(header: &str, measures: &[Measure], results: &[Results]) {
                 .join(" ")
         };
         println!("  {:<36} {} ; {}", m.label(), fmt(&r.tm2), fmt(&r.libp2p));
+    }
+}
+
+/// Prints what TM2's wire alone allows on this machine next to what each goal needs: a floor's
+/// rate per CPU-second times the machine's cores is the most any implementation doing at least
+/// that work reaches here, whatever it does above it.
+fn print_floors(measures: &[Measure], results: &[Results]) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rows: Vec<(Measure, &Results)> = measures
+        .iter()
+        .copied()
+        .zip(results)
+        .filter(|(m, r)| m.goal().is_some() && !(r.floor_cpu.is_empty() && r.floor_tcp.is_empty()))
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "\nTM2's wire alone, same run: each floor's rate per CPU-second x {cores} cores is a \
+         ceiling for any implementation that does at least that work on this machine\n"
+    );
+    println!(
+        "| measurement | floor | floor per CPU-second | ceiling on {cores} cores | goal x libp2p | \
+         goal reachable here |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | --- |");
+    for (m, r) in rows {
+        let goal = m.goal().unwrap_or(f64::NAN);
+        let needed = goal * m.scale(median(r.libp2p.iter().map(|f| f.value)));
+        for (stack, figures) in [
+            (Stack::FloorCpu, &r.floor_cpu),
+            (Stack::FloorTcp, &r.floor_tcp),
+        ] {
+            if figures.is_empty() {
+                continue;
+            }
+            let per_cpu = m.scale(median(figures.iter().filter_map(|f| f.per_cpu_second)));
+            let ceiling = per_cpu * cores as f64;
+            let reachable = if ceiling >= needed { "yes" } else { "no" };
+            println!(
+                "| {} | {} | {per_cpu:.0} | {ceiling:.0} | {needed:.0} | {reachable} |",
+                m.label(),
+                m.floor_label(stack),
+            );
+        }
     }
 }
