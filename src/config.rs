@@ -16,9 +16,11 @@
 //!   TM2 writes them, one comma-separated string.
 //!
 //! Parsing ([`P2pConfig::from_toml_str`]) is separate from reading the file
-//! ([`P2pConfig::from_toml_file`]); both run [`P2pConfig::validate`].
+//! ([`P2pConfig::from_toml_file`]); both run [`P2pConfig::validate`]. The file is read only up
+//! to [`MAX_CONFIG_FILE_LEN`] bytes.
 
 use std::fmt;
+use std::io::{self, Read};
 use std::marker::PhantomData;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -40,6 +42,16 @@ pub const MAX_PACKET_MSG_PAYLOAD_SIZE: usize = 1024 * 1024;
 /// The longest accepted moniker, in bytes: far below NodeInfo's 10,240-byte limit, so a long
 /// moniker cannot make our own NodeInfo unacceptable to every peer.
 pub const MAX_MONIKER_LEN: usize = 1024;
+
+/// The largest config file [`P2pConfig::from_toml_file`] reads: 1 MiB.
+///
+/// The file `tm2p2p init` writes, with a comment on every key, is about 4 KiB; the only
+/// fields that grow are the peer lists (`seeds`, `persistent_peers`, `private_peer_ids`), at
+/// under 100 bytes an address, so 1 MiB still holds over ten thousand peers. The bound exists
+/// because the path comes from the command line or the home directory and may name anything:
+/// a multi-gigabyte log, `/dev/zero`, a pipe that never ends. At most one byte more than this
+/// is ever read or held in memory, whatever length the file system reports.
+pub const MAX_CONFIG_FILE_LEN: u64 = 1024 * 1024;
 
 /// A log level, as written in the config (`log_level = "debug"`) and on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -314,6 +326,19 @@ pub enum ConfigError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The config file holds more than `limit` ([`MAX_CONFIG_FILE_LEN`]) bytes: it is not a
+    /// config file (or the path names a device or an endless pipe). Nothing of it is parsed,
+    /// and reading stopped at `limit + 1` bytes.
+    #[error(
+        "config file {} is larger than {limit} bytes, the most accepted; is it the right file?",
+        path.display()
+    )]
+    TooLarge {
+        /// The config file.
+        path: PathBuf,
+        /// The most bytes accepted ([`MAX_CONFIG_FILE_LEN`]).
+        limit: u64,
+    },
     /// The text is not valid TOML for this config: a syntax error, an unknown field (named in
     /// the message), a value of the wrong type, or a value that does not parse (a duration, an
     /// address, a peer id); the message gives the line.
@@ -339,6 +364,21 @@ pub enum ConfigError {
     },
 }
 
+/// Reads everything `reader` yields if that is at most `limit` bytes; `Ok(None)` when there is
+/// more. Never reads, nor holds in memory, more than `limit + 1` bytes, whatever the source: a
+/// file larger than it should be, one growing while it is read, a pipe, a device such as
+/// `/dev/zero`. (A file's reported length is no bound: a pipe or a device reports 0.)
+///
+/// The one reader of local files with a size limit, shared by the config, the node key and the
+/// address book loaders.
+pub(crate) fn read_capped(reader: impl Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
 fn path_suffix(path: Option<&Path>) -> String {
     path.map(|p| format!(" {}", p.display()))
         .unwrap_or_default()
@@ -356,12 +396,26 @@ impl P2pConfig {
 
     /// Reads, parses and [validates](Self::validate) a TOML file. Relative paths in it are
     /// left as written; see [`resolve_paths`](Self::resolve_paths).
+    ///
+    /// At most [`MAX_CONFIG_FILE_LEN`] bytes are accepted: a longer file (or an endless source
+    /// such as `/dev/zero`) is [`ConfigError::TooLarge`], found after reading one byte past the
+    /// limit. The path may be a pipe (`--config <(generate-config)`); opening one waits for its
+    /// writer, as any reader of a pipe does. Text that is not UTF-8 is [`ConfigError::Io`].
     pub fn from_toml_file(path: impl AsRef<Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let io_err = |source| ConfigError::Io {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        let Some(bytes) = read_capped(file, MAX_CONFIG_FILE_LEN).map_err(io_err)? else {
+            return Err(ConfigError::TooLarge {
+                path: path.to_owned(),
+                limit: MAX_CONFIG_FILE_LEN,
+            });
+        };
+        let text = String::from_utf8(bytes)
+            .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
         Self::from_toml_str(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: Some(path.to_owned()),
@@ -1273,6 +1327,130 @@ mod tests {
         };
         std::fs::write(&good, config.to_toml_string().unwrap()).unwrap();
         assert_eq!(P2pConfig::from_toml_file(&good).unwrap(), config);
+    }
+
+    /// `len` bytes that are one valid TOML comment line: `# xxx...x\n`.
+    fn comment_of_len(len: u64) -> Vec<u8> {
+        let len = usize::try_from(len).unwrap();
+        let mut text = vec![b'x'; len];
+        text[0] = b'#';
+        text[len - 1] = b'\n';
+        text
+    }
+
+    #[test]
+    fn config_file_over_the_limit_is_too_large_even_when_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.toml");
+        // Valid TOML (a comment), one byte too long.
+        std::fs::write(&path, comment_of_len(MAX_CONFIG_FILE_LEN + 1)).unwrap();
+        let err = P2pConfig::from_toml_file(&path).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::TooLarge { path: p, limit } if *p == path && *limit == MAX_CONFIG_FILE_LEN),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("huge.toml") && msg.contains(&MAX_CONFIG_FILE_LEN.to_string()),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn config_file_of_exactly_the_limit_is_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        // Valid TOML of exactly the limit loads.
+        std::fs::write(&path, comment_of_len(MAX_CONFIG_FILE_LEN)).unwrap();
+        assert_eq!(
+            P2pConfig::from_toml_file(&path).unwrap(),
+            P2pConfig::default()
+        );
+        // Garbage of exactly the limit gets past the size check to the parser.
+        let garbage = vec![b'@'; usize::try_from(MAX_CONFIG_FILE_LEN).unwrap()];
+        std::fs::write(&path, garbage).unwrap();
+        let err = P2pConfig::from_toml_file(&path).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Parse { path: Some(p), .. } if *p == path),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn config_file_that_is_not_utf8_is_an_io_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, b"moniker = \"\xff\"\n").unwrap();
+        let err = P2pConfig::from_toml_file(&path).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Io { source, .. } if source.kind() == io::ErrorKind::InvalidData),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn the_config_init_writes_is_far_below_the_limit() {
+        let text = P2pConfig::default().to_commented_toml().unwrap();
+        assert!(
+            (text.len() as u64) < MAX_CONFIG_FILE_LEN / 16,
+            "{}",
+            text.len()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn endless_config_sources_are_read_only_up_to_the_limit() {
+        use std::io::Write;
+
+        let dir = tempfile::tempdir().unwrap();
+        // A symlink to /dev/zero: endless NUL bytes, and a reported length of 0.
+        let zero = dir.path().join("zero.toml");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let err = P2pConfig::from_toml_file(&zero).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+
+        // A pipe whose writer never stops on its own (`--config <(yes '#')`).
+        let fifo = dir.path().join("fifo.toml");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let writer_path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            let mut pipe = std::fs::OpenOptions::new()
+                .write(true)
+                .open(writer_path)
+                .unwrap();
+            let chunk = [b'#'; 64 * 1024];
+            let mut sent = 0_u64;
+            // Stops when the reader closes the pipe (EPIPE), or after 64 times the limit.
+            while sent < 64 * MAX_CONFIG_FILE_LEN && pipe.write_all(&chunk).is_ok() {
+                sent += chunk.len() as u64;
+            }
+            sent
+        });
+        let err = P2pConfig::from_toml_file(&fifo).unwrap_err();
+        assert!(matches!(err, ConfigError::TooLarge { .. }), "{err:?}");
+        let sent = writer.join().unwrap();
+        assert!(sent < 64 * MAX_CONFIG_FILE_LEN, "the reader kept reading");
+    }
+
+    #[test]
+    fn read_capped_stops_one_byte_past_the_limit() {
+        let endless = io::repeat(7);
+        assert_eq!(read_capped(endless, 10).unwrap(), None);
+        // Exactly limit + 1 bytes are consumed from the source.
+        let mut source = &[7_u8; 100][..];
+        assert_eq!(read_capped(&mut source, 10).unwrap(), None);
+        assert_eq!(source.len(), 89);
+        assert_eq!(
+            read_capped(&[1_u8, 2, 3][..], 3).unwrap(),
+            Some(vec![1, 2, 3])
+        );
+        assert_eq!(read_capped(&[1_u8, 2, 3][..], 2).unwrap(), None);
+        assert_eq!(read_capped(&[][..], 0).unwrap(), Some(Vec::new()));
     }
 
     #[test]

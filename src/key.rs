@@ -18,11 +18,12 @@
 //! the builder call once at start, never on a hot path.
 //!
 //! On Unix the file is created with mode `0600` (never wider, not even for an instant), and a
-//! key file that group or others may read or write is refused.
+//! key file that group or others may read or write is refused. Only a regular file is read, and
+//! only up to [`MAX_KEY_FILE_LEN`] bytes.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::Deserialize;
 
+use crate::config::read_capped;
 use crate::types::PeerId;
 
 /// Length of an Ed25519 seed (the private half TM2 stores first).
@@ -45,6 +47,15 @@ pub const SIGNATURE_LEN: usize = 64;
 pub const KEYPAIR_LEN: usize = SEED_LEN + PUBLIC_KEY_LEN;
 /// The mode a key file is created with on Unix: read and write for the owner only.
 pub const KEY_FILE_MODE: u32 = 0o600;
+/// The largest key file [`NodeKey::load`] reads: 64 KiB.
+///
+/// A real key file is 103 bytes (`{"priv_key":"` + 88 characters of base64 + `"}`); the limit
+/// leaves room for whitespace and newlines that an editor or a tool may add, and is still far
+/// too small to hurt. It exists because the path may name anything (a misconfigured
+/// `node_key_file` pointing at a multi-gigabyte log, a file filled by another local user): at
+/// most one byte more than this is read or held in memory, whatever length the file system
+/// reports.
+pub const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 
 /// The node's Ed25519 identity key.
 ///
@@ -98,7 +109,8 @@ pub enum KeyFormatError {
 /// Why a key file could not be loaded or saved. Every message names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
-    /// The file could not be opened or read (missing, a directory, no permission, I/O error).
+    /// The file could not be opened or read: missing, not a regular file (a directory, a pipe,
+    /// a device), no permission, an I/O error.
     #[error("cannot read key file {}: {source}", path.display())]
     Read {
         /// The key file.
@@ -128,6 +140,20 @@ pub enum KeyFileError {
         path: PathBuf,
         /// The permission bits found (`mode & 0o777`).
         mode: u32,
+    },
+    /// The file holds more than `limit` ([`MAX_KEY_FILE_LEN`]) bytes, so it is no key file.
+    /// Nothing of it is parsed (reading stopped at `limit + 1` bytes), and it is never
+    /// replaced.
+    #[error(
+        "key file {} is larger than {limit} bytes, the most a key file may be; is it the right \
+         file?",
+        path.display()
+    )]
+    TooLarge {
+        /// The key file.
+        path: PathBuf,
+        /// The most bytes accepted ([`MAX_KEY_FILE_LEN`]).
+        limit: u64,
     },
     /// The file was read but does not hold a valid key.
     #[error("key file {} is corrupt: {source}", path.display())]
@@ -252,23 +278,36 @@ impl NodeKey {
     /// On Unix a file whose mode grants group or others any access is refused
     /// ([`KeyFileError::Permissions`], whose message says to `chmod 600` it). A file that cannot
     /// be read, or holds no valid key, is an error too; nothing is ever replaced.
+    ///
+    /// Only a regular file (or a symlink to one) is read: anything else (a directory, a pipe, a
+    /// device such as `/dev/zero`) is [`KeyFileError::Read`], found before opening it, so a
+    /// pipe with no writer does not block. A file of more than [`MAX_KEY_FILE_LEN`] bytes is
+    /// [`KeyFileError::TooLarge`], found after reading one byte past the limit.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, KeyFileError> {
         let path = path.as_ref();
         let read_err = |source| KeyFileError::Read {
             path: path.to_owned(),
             source,
         };
-        let mut file = File::open(path).map_err(read_err)?;
+        // Checked before opening, because opening a FIFO for reading blocks until a writer
+        // comes; checked again on the open handle below, for a file swapped in meanwhile.
+        if !fs::metadata(path).map_err(read_err)?.is_file() {
+            return Err(read_err(not_a_regular_file()));
+        }
+        let file = File::open(path).map_err(read_err)?;
         // Checked on the open handle, so the mode and the contents are those of one file.
         let metadata = file.metadata().map_err(read_err)?;
         if !metadata.is_file() {
-            let source = io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
-            return Err(read_err(source));
+            return Err(read_err(not_a_regular_file()));
         }
         #[cfg(unix)]
         check_permissions(&metadata, path)?;
-        let mut json = Vec::new();
-        file.read_to_end(&mut json).map_err(read_err)?;
+        let Some(json) = read_capped(file, MAX_KEY_FILE_LEN).map_err(read_err)? else {
+            return Err(KeyFileError::TooLarge {
+                path: path.to_owned(),
+                limit: MAX_KEY_FILE_LEN,
+            });
+        };
         Self::from_key_file_json(&json).map_err(|source| KeyFileError::Format {
             path: path.to_owned(),
             source,
@@ -397,6 +436,11 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
+}
+
+/// The error for a key path that is not a regular file.
+fn not_a_regular_file() -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
 }
 
 /// Removes a temporary file after a failure or a hard link. Best effort: the original error (or
@@ -598,6 +642,100 @@ mod tests {
         assert!(matches!(err, KeyFileError::Read { .. }), "{err}");
         assert!(matches!(
             NodeKey::load_or_generate(dir.path()),
+            Err(KeyFileError::Read { .. })
+        ));
+    }
+
+    /// Runs `load` on another thread and waits for it, so a load that blocks fails the test
+    /// instead of hanging it.
+    #[cfg(unix)]
+    fn load_within_30s(path: &Path) -> Result<NodeKey, KeyFileError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(NodeKey::load(&path));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("NodeKey::load blocked")
+    }
+
+    #[test]
+    fn key_file_over_the_limit_is_too_large_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A valid key padded with whitespace (which JSON allows) to one byte past the limit:
+        // refused for its size, before parsing.
+        let mut contents = NodeKey::from_seed([7; 32])
+            .unwrap()
+            .to_key_file_json()
+            .into_bytes();
+        contents.resize(usize::try_from(MAX_KEY_FILE_LEN).unwrap() + 1, b' ');
+        let path = key_file(&dir, &contents, 0o600);
+        let err = NodeKey::load(&path).unwrap_err();
+        assert!(
+            matches!(&err, KeyFileError::TooLarge { path: p, limit } if *p == path && *limit == MAX_KEY_FILE_LEN),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("node_key.json") && msg.contains(&MAX_KEY_FILE_LEN.to_string()),
+            "{msg}"
+        );
+        // load_or_generate reports it and leaves the file alone.
+        assert!(matches!(
+            NodeKey::load_or_generate(&path),
+            Err(KeyFileError::TooLarge { .. })
+        ));
+        assert_eq!(fs::read(&path).unwrap(), contents);
+    }
+
+    #[test]
+    fn key_file_of_exactly_the_limit_is_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let limit = usize::try_from(MAX_KEY_FILE_LEN).unwrap();
+        // Garbage of exactly the limit gets past the size check to the parser.
+        let err = format_error(&vec![b'x'; limit]);
+        assert!(matches!(err, KeyFormatError::Json(_)), "{err}");
+        // A valid key padded to exactly the limit loads.
+        let key = NodeKey::from_seed([7; 32]).unwrap();
+        let mut contents = key.to_key_file_json().into_bytes();
+        contents.resize(limit, b'\n');
+        let path = key_file(&dir, &contents, 0o600);
+        assert_eq!(NodeKey::load(&path).unwrap().id(), key.id());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn symlink_to_dev_zero_is_refused_without_reading_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_key.json");
+        std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+        let err = load_within_30s(&path).unwrap_err();
+        assert!(
+            matches!(&err, KeyFileError::Read { source, .. } if source.kind() == io::ErrorKind::InvalidInput),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fifo_is_refused_without_waiting_for_a_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node_key.json");
+        let made = std::process::Command::new("mkfifo")
+            .args(["-m", "600"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let err = load_within_30s(&path).unwrap_err();
+        assert!(
+            matches!(&err, KeyFileError::Read { source, .. } if source.kind() == io::ErrorKind::InvalidInput),
+            "{err:?}"
+        );
+        // Not replaced by load_or_generate either.
+        assert!(matches!(
+            NodeKey::load_or_generate(&path),
             Err(KeyFileError::Read { .. })
         ));
     }

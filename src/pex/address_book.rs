@@ -13,6 +13,11 @@
 //! count). Only good addresses are shared, and a good one is never evicted. The driver calls
 //! `mark_good` for every connected peer, inbound ones too (with their advertised address), so
 //! a seed that only receives connections has addresses to give out.
+//!
+//! # The file
+//! [`save`](AddressBook::save) writes versioned JSON ([`to_json`](AddressBook::to_json));
+//! [`load`](AddressBook::load) reads only a regular file, and only up to
+//! [`AddressBookConfig::max_file_len`] bytes, derived from the capacity.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
@@ -23,11 +28,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::config::P2pConfig;
+use crate::config::{P2pConfig, read_capped};
 use crate::types::{NetAddress, PeerId};
 
 /// The version written in, and the only one accepted from, the persisted file.
 pub const FILE_VERSION: u32 = 1;
+
+/// A generous bound on the bytes one entry of the book takes in its file: 1 KiB.
+///
+/// What [`AddressBook::to_json`] writes for one entry is at most about 550 bytes: the address
+/// (a 40-character id, `@`, a DNS name of up to 253 bytes, a port), the source id, three times
+/// and the failure count at their widest, the keys and the pretty-printer's indentation. Bans
+/// are bounded by the capacity too, and one takes at most about 110 bytes. So 1 KiB per entry
+/// covers an entry and a ban with half again to spare; a test fills a book with the widest
+/// entries and bans and checks that its file fits.
+pub const MAX_FILE_BYTES_PER_ENTRY: u64 = 1024;
+
+/// The smallest limit on the book's file, whatever the capacity: 1 MiB.
+///
+/// It holds the default book (1000 entries) at its widest, so a book saved before
+/// `addr_book_size` was lowered still loads (its first `capacity` entries are kept) instead of
+/// being set aside as too large.
+pub const MIN_FILE_LEN_LIMIT: u64 = 1024 * 1024;
+
+/// The largest limit on the book's file, whatever the capacity: 64 MiB.
+///
+/// `addr_book_size` has no upper bound, so the limit derived from it needs one: 64 MiB is
+/// [`MAX_FILE_BYTES_PER_ENTRY`] for 65,536 entries (65 times TM2's 1000), and parsing it costs
+/// a few times that in memory. A book of more than about 100,000 of the widest entries would
+/// write a file larger than this, which would be set aside at the next start.
+pub const MAX_FILE_LEN_LIMIT: u64 = 64 * 1024 * 1024;
 
 /// The parameters of an [`AddressBook`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +79,20 @@ impl AddressBookConfig {
             capacity: config.addr_book_size,
             ..Self::default()
         }
+    }
+
+    /// The largest file [`AddressBook::load`] reads for this capacity:
+    /// [`MAX_FILE_BYTES_PER_ENTRY`] per entry, at least [`MIN_FILE_LEN_LIMIT`] and at most
+    /// [`MAX_FILE_LEN_LIMIT`]. With the default capacity (1000) it is 1 MiB.
+    ///
+    /// No book of this capacity writes a larger file, so a larger one is not a book: a file
+    /// grown by a disk fault or filled by someone else. It is refused after reading one byte
+    /// past the limit, whatever length the file system reports.
+    pub fn max_file_len(&self) -> u64 {
+        u64::try_from(self.capacity)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(MAX_FILE_BYTES_PER_ENTRY)
+            .clamp(MIN_FILE_LEN_LIMIT, MAX_FILE_LEN_LIMIT)
     }
 }
 
@@ -110,7 +154,8 @@ pub enum AddOutcome {
 /// Why an address book could not be loaded or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum AddressBookError {
-    /// Reading or writing the file failed.
+    /// Reading or writing the file failed, or the path names something other than a regular
+    /// file (a directory, a pipe, a device), which is not read.
     #[error("address book I/O on {path}: {source}")]
     Io {
         /// The file.
@@ -121,6 +166,20 @@ pub enum AddressBookError {
     /// The file is not a valid address book (bad JSON, wrong shape).
     #[error("corrupt address book: {0}")]
     Corrupt(String),
+    /// The file holds more than `limit` bytes ([`AddressBookConfig::max_file_len`]), more than
+    /// any book of the configured capacity writes: treated as corrupt. Nothing of it is parsed
+    /// (reading stopped at `limit + 1` bytes), and
+    /// [`load_or_set_aside`](AddressBook::load_or_set_aside) moves it aside.
+    #[error(
+        "address book {} is larger than {limit} bytes, more than a book of this capacity takes",
+        path.display()
+    )]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The most bytes accepted ([`AddressBookConfig::max_file_len`]).
+        limit: u64,
+    },
     /// The file has a version this code does not read.
     #[error("address book version {found}, expected {FILE_VERSION}")]
     UnsupportedVersion {
@@ -497,25 +556,59 @@ impl AddressBook {
 
     /// Loads the book from `path`. A missing file gives an empty book; a corrupt one is an
     /// error the caller reports (see [`load_or_set_aside`](Self::load_or_set_aside)).
+    ///
+    /// Only a regular file (or a symlink to one) is read: anything else (a directory, a pipe,
+    /// a device such as `/dev/zero`) is [`AddressBookError::Io`], found before opening it, so a
+    /// pipe with no writer does not block. A file of more than
+    /// [`config.max_file_len()`](AddressBookConfig::max_file_len) bytes is
+    /// [`AddressBookError::TooLarge`], found after reading one byte past the limit.
     pub fn load(
         path: &Path,
         own_id: PeerId,
         config: AddressBookConfig,
     ) -> Result<Self, AddressBookError> {
-        match fs::read(path) {
-            Ok(bytes) => Self::from_json(&bytes, own_id, config),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Self::new(own_id, config)),
-            Err(source) => Err(AddressBookError::Io {
-                path: path.to_owned(),
-                source,
-            }),
+        let io_err = |source| AddressBookError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let not_a_file = || {
+            io_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ))
+        };
+        // Checked before opening, because opening a FIFO for reading blocks until a writer
+        // comes; checked again on the open handle, for a file swapped in meanwhile.
+        let file = match fs::metadata(path).and_then(|m| {
+            if m.is_file() {
+                fs::File::open(path).map(Some)
+            } else {
+                Ok(None)
+            }
+        }) {
+            Ok(Some(file)) => file,
+            Ok(None) => return Err(not_a_file()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::new(own_id, config)),
+            Err(source) => return Err(io_err(source)),
+        };
+        if !file.metadata().map_err(io_err)?.is_file() {
+            return Err(not_a_file());
         }
+        let limit = config.max_file_len();
+        let Some(bytes) = read_capped(file, limit).map_err(io_err)? else {
+            return Err(AddressBookError::TooLarge {
+                path: path.to_owned(),
+                limit,
+            });
+        };
+        Self::from_json(&bytes, own_id, config)
     }
 
     /// Loads the book from `path`; when that fails, starts empty and returns the error for the
-    /// caller to report. A corrupt or unsupported file is first moved aside to
+    /// caller to report. A corrupt, too large or unsupported file is first moved aside to
     /// `<path>.corrupt` (replacing an earlier one) so the next save does not destroy it; an
-    /// error doing so is ignored (the load error is what gets reported).
+    /// error doing so is ignored (the load error is what gets reported). After an I/O error
+    /// (which includes a path that is not a regular file) nothing is moved.
     pub fn load_or_set_aside(
         path: &Path,
         own_id: PeerId,
@@ -995,6 +1088,187 @@ mod tests {
         // The node can save a fresh book in its place.
         b.save(&path).unwrap();
         assert!(AddressBook::load(&path, me(), AddressBookConfig::default()).is_ok());
+    }
+
+    /// A book file padded with whitespace (which JSON allows) to exactly `len` bytes.
+    fn padded_file(b: &AddressBook, len: u64) -> Vec<u8> {
+        let mut json = b.to_json();
+        json.resize(usize::try_from(len).unwrap(), b' ');
+        json
+    }
+
+    #[test]
+    fn file_over_the_limit_is_too_large_and_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let mut b = book(10);
+        b.add(addr(1), peer(9), secs(1));
+        let limit = b.config.max_file_len();
+        assert_eq!(limit, MIN_FILE_LEN_LIMIT);
+        // A valid book, one byte too long: refused for its size, before parsing.
+        let contents = padded_file(&b, limit + 1);
+        fs::write(&path, &contents).unwrap();
+        let err = AddressBook::load(&path, me(), b.config).unwrap_err();
+        assert!(
+            matches!(&err, AddressBookError::TooLarge { path: p, limit: l } if *p == path && *l == limit),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("addrbook.json") && msg.contains(&limit.to_string()),
+            "{msg}"
+        );
+        // Handled as a corrupt file: the node starts empty and the file is kept aside, whole.
+        let (empty, err) = AddressBook::load_or_set_aside(&path, me(), b.config);
+        assert!(empty.is_empty());
+        assert!(
+            matches!(err, Some(AddressBookError::TooLarge { .. })),
+            "{err:?}"
+        );
+        assert!(!path.exists());
+        assert_eq!(
+            fs::read(dir.path().join("addrbook.json.corrupt")).unwrap(),
+            contents
+        );
+    }
+
+    #[test]
+    fn file_of_exactly_the_limit_is_parsed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        let mut b = book(10);
+        b.add(addr(1), peer(9), secs(1));
+        let limit = b.config.max_file_len();
+        // A valid book of exactly the limit loads.
+        fs::write(&path, padded_file(&b, limit)).unwrap();
+        let back = AddressBook::load(&path, me(), b.config).unwrap();
+        assert_eq!(back.entries, b.entries);
+        // Garbage of exactly the limit gets past the size check to the parser.
+        fs::write(&path, vec![b'x'; usize::try_from(limit).unwrap()]).unwrap();
+        assert!(matches!(
+            AddressBook::load(&path, me(), b.config),
+            Err(AddressBookError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn file_limit_follows_the_capacity_between_floor_and_ceiling() {
+        let limit = |capacity| {
+            AddressBookConfig {
+                capacity,
+                ..AddressBookConfig::default()
+            }
+            .max_file_len()
+        };
+        assert_eq!(limit(0), MIN_FILE_LEN_LIMIT);
+        assert_eq!(limit(1), MIN_FILE_LEN_LIMIT);
+        assert_eq!(
+            AddressBookConfig::default().max_file_len(),
+            MIN_FILE_LEN_LIMIT
+        );
+        assert_eq!(limit(4096), 4096 * MAX_FILE_BYTES_PER_ENTRY);
+        assert_eq!(limit(65_536), MAX_FILE_LEN_LIMIT);
+        assert_eq!(limit(65_537), MAX_FILE_LEN_LIMIT);
+        assert_eq!(limit(usize::MAX), MAX_FILE_LEN_LIMIT);
+    }
+
+    #[test]
+    fn a_full_book_of_the_widest_entries_and_bans_fits_its_limit() {
+        // Above the floor, so the per-entry bound is what is checked.
+        let capacity = 1100;
+        let config = AddressBookConfig {
+            capacity,
+            ..AddressBookConfig::default()
+        };
+        assert!(config.max_file_len() > MIN_FILE_LEN_LIMIT);
+        // The longest DNS name (253 bytes), the largest times and failure count.
+        let host = format!("{a}.{a}.{a}.{b}", a = "a".repeat(63), b = "b".repeat(61));
+        assert_eq!(host.len(), 253);
+        let id = |n: usize| {
+            let mut bytes = [0xff; 20];
+            bytes[..8].copy_from_slice(&(n as u64 + 1).to_be_bytes());
+            PeerId::from_bytes(bytes)
+        };
+        let entries: Vec<String> = (0..capacity)
+            .map(|n| {
+                format!(
+                    r#"{{"addr":"{}@{host}:65535","source":"{}","last_seen":{max},"last_attempt":{max},"last_success":{max},"failures":{}}}"#,
+                    id(n),
+                    id(n + capacity),
+                    u32::MAX,
+                    max = u64::MAX
+                )
+            })
+            .collect();
+        let bans: Vec<String> = (0..capacity)
+            .map(|n| format!(r#"{{"id":"{}","until":{}}}"#, id(n + capacity), u64::MAX))
+            .collect();
+        let json = format!(
+            r#"{{"version":1,"entries":[{}],"bans":[{}]}}"#,
+            entries.join(","),
+            bans.join(",")
+        );
+        let b = AddressBook::from_json(json.as_bytes(), me(), config).unwrap();
+        assert_eq!((b.len(), b.bans.len()), (capacity, capacity));
+        let written = b.to_json().len() as u64;
+        // What save writes fits, with at least a third of the limit to spare.
+        assert!(
+            written * 3 < config.max_file_len() * 2,
+            "{written} bytes for {capacity} entries and bans, limit {}",
+            config.max_file_len()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("addrbook.json");
+        b.save(&path).unwrap();
+        assert_eq!(
+            AddressBook::load(&path, me(), config).unwrap().len(),
+            capacity
+        );
+    }
+
+    /// Runs `load_or_set_aside` on another thread and waits for it, so a load that blocks
+    /// fails the test instead of hanging it.
+    #[cfg(unix)]
+    fn load_or_set_aside_within_30s(path: &Path) -> (AddressBook, Option<AddressBookError>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let path = path.to_owned();
+        std::thread::spawn(move || {
+            let _ = tx.send(AddressBook::load_or_set_aside(
+                &path,
+                me(),
+                AddressBookConfig::default(),
+            ));
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("AddressBook::load blocked")
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn endless_sources_are_refused_without_reading_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let zero = dir.path().join("zero.json");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let fifo = dir.path().join("fifo.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        for path in [&zero, &fifo] {
+            let (b, err) = load_or_set_aside_within_30s(path);
+            assert!(b.is_empty());
+            assert!(
+                matches!(&err, Some(AddressBookError::Io { source, .. }) if source.kind() == io::ErrorKind::InvalidInput),
+                "{}: {err:?}",
+                path.display()
+            );
+            // An I/O error: nothing moved aside; the next save replaces the path.
+            assert!(fs::symlink_metadata(path).is_ok());
+            assert!(!sibling(path, ".corrupt").exists());
+            b.save(path).unwrap();
+            assert!(fs::symlink_metadata(path).unwrap().is_file());
+        }
     }
 
     proptest::proptest! {
