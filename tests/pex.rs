@@ -3,10 +3,13 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
+mod common;
+
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use common::{TIMEOUT, loopback_config, recv_within, wait_until};
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
 use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
 use tm2_p2p::actors::transport::dial;
@@ -18,14 +21,22 @@ use tm2_p2p::{
 };
 use tokio::sync::mpsc;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`wait_until`] checks a node's state.
+const POLL: Duration = Duration::from_millis(50);
 
+/// Loopback, asking for addresses every 200 ms.
 fn config() -> P2pConfig {
     P2pConfig {
-        laddr: "127.0.0.1:0".parse().unwrap(),
-        allow_non_routable: true,
         pex_interval: Duration::from_millis(200),
-        ..P2pConfig::default()
+        ..loopback_config()
+    }
+}
+
+/// A [`config`] in seed mode.
+fn seed_config() -> P2pConfig {
+    P2pConfig {
+        seed_mode: true,
+        ..config()
     }
 }
 
@@ -37,20 +48,13 @@ async fn spawn(config: P2pConfig) -> Node {
         .unwrap()
 }
 
-/// Waits until `cond` holds, checking every 50 ms, up to `TIMEOUT` (for states no single event
-/// announces, such as "at least 4 peers").
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut cond: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A node that asks its peers for addresses every `pex_interval`.
+async fn spawn_asking_every(pex_interval: Duration) -> Node {
+    spawn(P2pConfig {
+        pex_interval,
+        ..config()
+    })
+    .await
 }
 
 /// Starts a seed with `seed_config` and 12 nodes that know only the seed, and waits until each
@@ -68,7 +72,7 @@ async fn bootstrap_twelve_from(seed_config: P2pConfig) {
     }
     let want = 4.min(P2pConfig::default().max_num_outbound_peers);
     for (i, node) in nodes.iter().enumerate() {
-        wait_until(&format!("node {i} to reach {want} peers"), || async {
+        wait_until(&format!("node {i} to reach {want} peers"), POLL, || async {
             let peers = node.switch().send(GetPeers).await.unwrap().peers;
             peers.iter().filter(|p| p.id != seed_id).count() >= want
         })
@@ -83,43 +87,22 @@ async fn twelve_nodes_that_know_only_a_seed_find_each_other() {
 
 #[actix::test]
 async fn a_seed_in_seed_mode_bootstraps_twelve_nodes() {
-    bootstrap_twelve_from(P2pConfig {
-        seed_mode: true,
-        ..config()
-    })
-    .await;
+    bootstrap_twelve_from(seed_config()).await;
 }
 
 #[actix::test]
 async fn a_seed_disconnects_a_peer_it_served_without_blame() {
-    let seed = spawn(P2pConfig {
-        seed_mode: true,
-        ..config()
-    })
-    .await;
+    let seed = spawn(seed_config()).await;
     let mut events = seed.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
     let mut c = client(&seed).await;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
-    let answer = tokio::time::timeout(TIMEOUT, c.received.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = recv_within("the answer", c.received.recv()).await;
     assert!(matches!(
         decode(&answer).unwrap().message,
         PexMessage::Response(_)
     ));
-    let stop = tokio::time::timeout(TIMEOUT, c.stopped.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(stop.reason, DisconnectReason::RemoteClosed),
-        "{stop:?}"
-    );
-    let e = tokio::time::timeout(TIMEOUT, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_closed_by_node(&mut c).await;
+    let e = recv_within("PeerDisconnected", events.recv()).await;
     assert!(
         matches!(&e, SwitchEvent::PeerDisconnected { peer, reason: DisconnectReason::Stopped(_) } if *peer == c.id),
         "{e:?}"
@@ -181,6 +164,15 @@ async fn client(node: &Node) -> Client {
     }
 }
 
+/// Waits for `c`'s connection to end, and asserts the node closed it.
+async fn assert_closed_by_node(c: &mut Client) {
+    let stop = recv_within("the connection to end", c.stopped.recv()).await;
+    assert!(
+        matches!(stop.reason, DisconnectReason::RemoteClosed),
+        "{stop:?}"
+    );
+}
+
 fn request() -> Bytes {
     Bytes::from(PexMessage::Request.encode().unwrap())
 }
@@ -200,10 +192,7 @@ async fn a_private_peer_is_never_shared() {
             .send(tm2_p2p::DialPeers(vec![hub.net_address()]))
             .await
             .unwrap();
-        tokio::time::timeout(TIMEOUT, events.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        recv_within("PeerConnected", events.recv()).await;
     }
     let mut c = client(&hub).await;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
@@ -230,15 +219,11 @@ async fn a_private_peer_is_never_shared() {
 async fn an_unsolicited_response_is_ignored() {
     // A node that never asks (one peer only and a long interval) gets a response it did not
     // request: its book must not grow.
-    let node = spawn(P2pConfig {
-        pex_interval: Duration::from_secs(3600),
-        ..config()
-    })
-    .await;
+    let node = spawn_asking_every(Duration::from_secs(3600)).await;
     let pex = node.peer_exchange().unwrap();
     let c = client(&node).await;
     // The client itself enters the book when it connects.
-    wait_until("the client in the book", || async {
+    wait_until("the client in the book", POLL, || async {
         pex.send(BookSize).await.unwrap() >= 1
     })
     .await;
@@ -251,32 +236,18 @@ async fn an_unsolicited_response_is_ignored() {
     // A request right after, answered, proves the response was processed before it.
     let mut c = c;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
-    tokio::time::timeout(TIMEOUT, c.received.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    recv_within("the answer", c.received.recv()).await;
     assert_eq!(pex.send(BookSize).await.unwrap(), before);
 }
 
 #[actix::test]
 async fn a_node_that_floods_requests_is_disconnected() {
-    let node = spawn(P2pConfig {
-        pex_interval: Duration::from_secs(10),
-        ..config()
-    })
-    .await;
+    let node = spawn_asking_every(Duration::from_secs(10)).await;
     let mut c = client(&node).await;
     for _ in 0..3 {
         assert!(c.handle.send(PEX_CHANNEL, request()).await);
     }
-    let stop = tokio::time::timeout(TIMEOUT, c.stopped.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(stop.reason, DisconnectReason::RemoteClosed),
-        "{stop:?}"
-    );
+    assert_closed_by_node(&mut c).await;
 }
 
 #[actix::test]
@@ -293,12 +264,9 @@ async fn the_address_book_survives_a_restart_and_a_corrupt_one_does_not_stop_the
         .send(tm2_p2p::DialPeers(vec![other.net_address()]))
         .await
         .unwrap();
-    tokio::time::timeout(TIMEOUT, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    recv_within("PeerConnected", events.recv()).await;
     let pex = node.peer_exchange().unwrap();
-    wait_until("the peer in the book", || async {
+    wait_until("the peer in the book", POLL, || async {
         pex.send(BookSize).await.unwrap() >= 1
     })
     .await;
