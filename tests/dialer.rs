@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TestNode, counter, loopback_config};
+use common::{TestNode, counter, loopback_config, thread_cpu_time};
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::switch::AddPersistentPeers;
 use tm2_p2p::{
@@ -45,6 +45,19 @@ async fn spawn(config: P2pConfig) -> TestNode {
     spawn_with(config, NodeKey::generate().unwrap()).await
 }
 
+/// A node with `key` at the address `old` (shut down) listened on: `old` restarted.
+async fn restart(old: &TestNode, key: NodeKey) -> TestNode {
+    let laddr = old.node.local_addr();
+    spawn_with(
+        P2pConfig {
+            laddr,
+            ..loopback_config()
+        },
+        key,
+    )
+    .await
+}
+
 /// A loopback address nobody listens on (a port bound then released), with a random id. Tests
 /// of this binary run in parallel, so another test's node may take the port meanwhile; dialing
 /// it then fails too (the id does not match).
@@ -54,20 +67,6 @@ fn closed_address() -> NetAddress {
         .local_addr()
         .unwrap();
     NetAddress::from_socket_addr(NodeKey::generate().unwrap().id(), port).unwrap()
-}
-
-/// CPU time (user + system) of the calling thread, from /proc/thread-self/stat. `actix::test`
-/// runs the whole actor system of a test (Switch, Dialer, Transport, connection tasks) on the
-/// test's thread, so this is exactly the test's node work; /proc/self/stat would also count the
-/// other tests of this binary, which run in parallel. Fields 14 and 15 (utime, stime) are in
-/// clock ticks of 1/100 s (USER_HZ, fixed at 100 by the Linux /proc ABI).
-fn thread_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
 }
 
 /// 100 dials of closed ports: each ends in one `DialFailed`, and the node does not spin while
@@ -149,14 +148,7 @@ async fn a_persistent_peer_that_restarts_is_reconnected_by_itself() {
     )
     .await;
 
-    let b = spawn_with(
-        P2pConfig {
-            laddr: b.node.local_addr(),
-            ..loopback_config()
-        },
-        key_b,
-    )
-    .await;
+    let b = restart(&b, key_b).await;
     a.connected_to(b_id).await;
     let peers = a.node.switch().send(GetPeers).await.unwrap();
     assert_eq!(peers.peers.len(), 1);
@@ -193,14 +185,7 @@ async fn an_inbound_persistent_peer_is_redialed_at_its_listen_address() {
 
     c.node.shutdown().await;
     a.disconnected_from(c_id).await;
-    let c = spawn_with(
-        P2pConfig {
-            laddr: c.node.local_addr(),
-            ..loopback_config()
-        },
-        key_c,
-    )
-    .await;
+    let c = restart(&c, key_c).await;
     a.connected_to(c_id).await;
     let peers = a.node.switch().send(GetPeers).await.unwrap();
     assert_eq!(peers.peers.len(), 1);

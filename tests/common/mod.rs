@@ -86,6 +86,29 @@ pub(crate) async fn wait_until<F: Future<Output = bool>>(
     }
 }
 
+/// CPU time (user + system) of the calling thread so far, from /proc/thread-self/stat. Under
+/// `actix::test` a test's whole actor system runs on its thread, so this is the test's node
+/// work, not that of the other tests of the binary running beside it.
+pub(crate) fn thread_cpu_time() -> Duration {
+    cpu_time("/proc/thread-self/stat")
+}
+
+/// CPU time (user + system) of this process so far, from /proc/self/stat.
+pub(crate) fn process_cpu_time() -> Duration {
+    cpu_time("/proc/self/stat")
+}
+
+/// Fields 14 and 15 (utime, stime) of a /proc `stat` file, in clock ticks of 1/100 s (USER_HZ,
+/// fixed at 100 by the Linux /proc ABI).
+fn cpu_time(stat: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
 /// A raw TCP connection to `to` from `source` (any port): for connections that never
 /// handshake, from an address of the test's choosing in 127.0.0.0/8.
 pub(crate) async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
@@ -235,6 +258,23 @@ pub(crate) async fn counter(node: &Node, channel: u8, queue: usize, check_seq: b
         .unwrap()
         .unwrap();
     tally
+}
+
+// ---- forwarding to the test ----
+
+/// An actor that forwards every `M` it gets to a bounded channel; what does not fit is dropped
+/// (a test reads only the first few).
+pub(crate) struct Forward<M>(pub(crate) mpsc::Sender<M>);
+
+impl<M: Unpin + 'static> Actor for Forward<M> {
+    type Context = Context<Self>;
+}
+
+impl<M: Message<Result = ()> + Send + Unpin + 'static> Handler<M> for Forward<M> {
+    type Result = ();
+    fn handle(&mut self, msg: M, _: &mut Self::Context) {
+        let _ = self.0.try_send(msg);
+    }
 }
 
 // ---- a node and its events ----
