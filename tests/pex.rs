@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use common::{TIMEOUT, loopback_config, recv_within, wait_until};
+use common::{Forward, TIMEOUT, loopback_config, recv_within, wait_until};
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
 use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
 use tm2_p2p::actors::transport::dial;
@@ -96,7 +96,7 @@ async fn a_seed_disconnects_a_peer_it_served_without_blame() {
     let mut events = seed.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
     let mut c = client(&seed).await;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
-    let answer = recv_within("the answer", c.received.recv()).await;
+    let answer = recv_within("the answer", c.received.recv()).await.payload;
     assert!(matches!(
         decode(&answer).unwrap().message,
         PexMessage::Response(_)
@@ -113,30 +113,9 @@ async fn a_seed_disconnects_a_peer_it_served_without_blame() {
 /// messages land in a channel.
 struct Client {
     handle: PeerHandle,
-    received: mpsc::Receiver<Bytes>,
+    received: mpsc::Receiver<Receive>,
     stopped: mpsc::Receiver<PeerStopped>,
     id: tm2_p2p::PeerId,
-}
-
-struct Sink(mpsc::Sender<Bytes>);
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-impl Handler<Receive> for Sink {
-    type Result = ();
-    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
-        let _ = self.0.try_send(msg.payload);
-    }
-}
-struct Stops(mpsc::Sender<PeerStopped>);
-impl Actor for Stops {
-    type Context = Context<Self>;
-}
-impl Handler<PeerStopped> for Stops {
-    type Result = ();
-    fn handle(&mut self, msg: PeerStopped, _: &mut Self::Context) {
-        let _ = self.0.try_send(msg);
-    }
 }
 
 async fn client(node: &Node) -> Client {
@@ -151,8 +130,8 @@ async fn client(node: &Node) -> Client {
     let (_, handle) = PeerConn::start(
         up.stream,
         PeerConnConfig::default(),
-        vec![(pex_channel(), Sink(tx).start().recipient())],
-        Stops(stx).start().recipient(),
+        vec![(pex_channel(), Forward(tx).start().recipient())],
+        Forward(stx).start().recipient(),
         None,
     )
     .unwrap();
@@ -198,7 +177,7 @@ async fn a_private_peer_is_never_shared() {
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
     let answer = tokio::time::timeout(TIMEOUT, async {
         loop {
-            let bytes = c.received.recv().await.unwrap();
+            let bytes = c.received.recv().await.unwrap().payload;
             if let PexMessage::Response(addrs) = decode(&bytes).unwrap().message {
                 return addrs;
             }
