@@ -82,6 +82,19 @@ async fn node_with_r(config: P2pConfig, network: &str) -> (TestNode, mpsc::Recei
     (node, rx)
 }
 
+/// Asks `node`'s Switch to send `payload` to `peer` on `channel`; returns whether it accepted.
+async fn send_to(node: &TestNode, peer: PeerId, channel: u8, payload: &'static [u8]) -> bool {
+    node.node
+        .switch()
+        .send(tm2_p2p::SendTo {
+            peer,
+            channel,
+            payload: Bytes::from_static(payload),
+        })
+        .await
+        .unwrap()
+}
+
 async fn next_seen(rx: &mut mpsc::Receiver<Seen>) -> Seen {
     recv_within("a reactor event", rx.recv()).await
 }
@@ -297,16 +310,7 @@ async fn a_late_reactor_gets_peer_added_for_connected_peers() {
     let mut late = reactor(&a.node, "late", &[0x41]).await;
     assert!(matches!(next_seen(&mut late).await, Seen::Added(p) if p == b.id()));
     // b never advertised 0x41: the Switch refuses to send there rather than let b drop us.
-    let refused = a
-        .node
-        .switch()
-        .send(tm2_p2p::SendTo {
-            peer: b.id(),
-            channel: 0x41,
-            payload: Bytes::from_static(b"x"),
-        })
-        .await
-        .unwrap();
+    let refused = send_to(&a, b.id(), 0x41, b"x").await;
     assert!(!refused);
     // A node that connects after the registration has the channel both ways.
     let mut c = TestNode::spawn_in(loopback_config(), "net").await;
@@ -315,16 +319,7 @@ async fn a_late_reactor_gets_peer_added_for_connected_peers() {
     connect(&mut c, &mut a).await;
     assert!(matches!(next_seen(&mut late).await, Seen::Added(p) if p == c.id()));
     assert!(matches!(next_seen(&mut c1).await, Seen::Added(p) if p == a.id()));
-    let sent = a
-        .node
-        .switch()
-        .send(tm2_p2p::SendTo {
-            peer: c.id(),
-            channel: 0x41,
-            payload: Bytes::from_static(b"late hello"),
-        })
-        .await
-        .unwrap();
+    let sent = send_to(&a, c.id(), 0x41, b"late hello").await;
     assert!(sent);
     assert!(
         matches!(next_seen(&mut c1).await, Seen::Received(p, 0x41, m) if p == a.id() && m == "late hello")
