@@ -9,15 +9,14 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use common::{Forward, TIMEOUT, loopback_config, recv_within, wait_until};
+use common::{Forward, TIMEOUT, loopback_config, raw_dial, recv_within, wait_until};
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
 use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
-use tm2_p2p::actors::transport::dial;
 use tm2_p2p::pex::PexMessage;
 use tm2_p2p::pex::protocol::decode;
 use tm2_p2p::{
-    DisconnectReason, GetPeers, NetAddress, Node, NodeInfo, NodeKey, P2pConfig, Receive,
-    SwitchBuilder, SwitchEvent,
+    DisconnectReason, GetPeers, NetAddress, Node, NodeKey, P2pConfig, Receive, SwitchBuilder,
+    SwitchEvent,
 };
 use tokio::sync::mpsc;
 
@@ -119,12 +118,7 @@ struct Client {
 }
 
 async fn client(node: &Node) -> Client {
-    let key = NodeKey::generate().unwrap();
-    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
-    let info = NodeInfo::new(addr, "net", vec![PEX_CHANNEL]);
-    let up = dial(&node.net_address(), &key, &info, TIMEOUT, TIMEOUT)
-        .await
-        .unwrap();
+    let (key, up) = raw_dial(&node.net_address(), "net", vec![PEX_CHANNEL]).await;
     let (tx, received) = mpsc::channel(64);
     let (stx, stopped) = mpsc::channel(4);
     let (_, handle) = PeerConn::start(

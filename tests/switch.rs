@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use common::{TIMEOUT, TestNode, connect, connect_from, loopback_config, recv_within};
+use common::{TIMEOUT, TestNode, connect, connect_from, loopback_config, raw_dial, recv_within};
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DialError, DisconnectReason, GetPeers, InboundRejection,
     NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId, PeerRemoved, Receive, RegisterReactor,
@@ -465,13 +465,7 @@ async fn a_peer_that_stops_reading_loses_broadcasts_alone_and_they_are_counted()
     connect(&mut good, &mut hub).await;
     assert!(matches!(next_seen(&mut good_rx).await, Seen::Added(_)));
     // A peer that completes the handshake and then never reads a byte.
-    let key = NodeKey::generate().unwrap();
-    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
-    let info = tm2_p2p::NodeInfo::new(addr, "net", vec![0x30]);
-    let stuck =
-        tm2_p2p::actors::transport::dial(&hub.node.net_address(), &key, &info, TIMEOUT, TIMEOUT)
-            .await
-            .unwrap();
+    let (key, stuck) = raw_dial(&hub.address(), "net", vec![0x30]).await;
     hub.connected_to(key.id()).await;
     // 400 broadcasts of 64 KiB (25 MiB, more than the socket buffers hold), each sent once
     // the good leaf has the previous one, so only the stuck peer can fall behind.

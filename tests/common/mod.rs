@@ -21,9 +21,10 @@ use std::time::Duration;
 use actix::prelude::*;
 use bytes::Bytes;
 use tm2_p2p::actors::clock;
+use tm2_p2p::actors::transport::{self, Upgraded};
 use tm2_p2p::{
-    ChannelDescriptor, EventStream, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId,
-    PeerRemoved, Receive, RegisterReactor, SwitchBuilder, SwitchEvent,
+    ChannelDescriptor, EventStream, NetAddress, Node, NodeInfo, NodeKey, P2pConfig, PeerAdded,
+    PeerId, PeerRemoved, Receive, RegisterReactor, SwitchBuilder, SwitchEvent,
 };
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::runtime::Handle;
@@ -387,6 +388,23 @@ impl TestNode {
         #[allow(clippy::disallowed_methods)] // Test: a fire-and-forget command.
         self.node.switch().do_send(tm2_p2p::DialPeers(vec![addr]));
     }
+}
+
+/// Dials `to` as a bare peer with a new key and no Switch of its own (its advertised listen
+/// address, port 1, is never dialed), on `network` with `channels`: the handshake and the
+/// NodeInfo exchange only. Returns the key and the connection, which the test drives itself.
+pub(crate) async fn raw_dial(
+    to: &NetAddress,
+    network: &str,
+    channels: Vec<u8>,
+) -> (NodeKey, Upgraded) {
+    let key = NodeKey::generate().unwrap();
+    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
+    let info = NodeInfo::new(addr, network, channels);
+    let up = transport::dial(to, &key, &info, TIMEOUT, TIMEOUT)
+        .await
+        .unwrap();
+    (key, up)
 }
 
 /// Connects `a` to `b` (a dials) and waits until both report it.
