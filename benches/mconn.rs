@@ -20,7 +20,7 @@
 #![allow(clippy::unwrap_used)] // Benchmark code: a failed unwrap aborts the run, which is right.
 
 mod common;
-use common::{FRAME_PLAIN, seal_frames};
+use common::{FRAME_PLAIN, io_runtime, seal_frames};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,27 +35,12 @@ use tm2_p2p::actors::reactor::Receive;
 use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::mconn::{ChannelDescriptor, MConnConfig};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::{Handle, Runtime};
+use tokio::runtime::Handle;
 use tokio::sync::Notify;
 
 const CHANNEL: u8 = 0x01;
 const SMALL: usize = 256;
 const LARGE: usize = 1 << 20;
-
-/// The multi-thread runtime for connection tasks (never dropped: dropping a runtime inside
-/// another one's context panics).
-fn io_runtime() -> Handle {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-    .handle()
-    .clone()
-}
 
 /// What the counting reactor has seen; shared with the benchmark driver.
 #[derive(Default)]

@@ -13,6 +13,9 @@
 #![allow(clippy::disallowed_methods)]
 #![allow(clippy::unwrap_used)] // Benchmark code: a failed unwrap aborts the run, which is right.
 
+mod common;
+use common::{raise_fd_limit, rss};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -130,29 +133,6 @@ async fn broadcast_round(
         }
     }
     start.elapsed()
-}
-
-/// Resident set size of this process, in bytes.
-fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
-/// Raises the soft open-file limit to the hard limit (500 connections need ~1,000 fds).
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit get a valid pointer to an rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
 
 /// Ignores connection ends (the memory pass keeps every connection open).

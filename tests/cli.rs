@@ -2,13 +2,14 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+
+use common::{TIMEOUT, interrupt, lines, wait_line};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tm2p2p");
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn tm2p2p(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).output().unwrap()
@@ -49,16 +50,7 @@ fn init_then_show_id_then_a_node_that_stops_cleanly_on_ctrl_c() {
         std::io::Read::read_to_string(&mut stderr, &mut text).unwrap();
         text
     });
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
+    let rx = lines(child.stdout.take().unwrap());
     let listening = rx.recv_timeout(TIMEOUT).expect("node printed nothing");
     assert!(
         listening.starts_with(&format!("listening as {id}@127.0.0.1:")),
@@ -66,10 +58,7 @@ fn init_then_show_id_then_a_node_that_stops_cleanly_on_ctrl_c() {
     );
 
     // Ctrl-C: the node shuts down gracefully and exits 0.
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe {
-        libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGINT);
-    }
+    interrupt(&child);
     let stopped = rx
         .recv_timeout(TIMEOUT)
         .expect("node did not report stopping");
@@ -203,43 +192,18 @@ impl RunningNode {
 
     /// Waits for a stderr line containing every one of `parts`.
     fn wait_log(&self, parts: &[&str]) -> String {
-        let deadline = tm2_p2p::actors::clock::now() + TIMEOUT;
-        loop {
-            let left = deadline.saturating_duration_since(tm2_p2p::actors::clock::now());
-            let line = self
-                .stderr
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no log line with {parts:?}"));
-            if parts.iter().all(|p| line.contains(p)) {
-                return line;
-            }
-        }
+        wait_line(&self.stderr, &format!("log line with {parts:?}"), |l| {
+            parts.iter().all(|p| l.contains(p))
+        })
     }
 
     /// Ctrl-C, then waits for exit 0.
     fn stop(mut self) -> mpsc::Receiver<String> {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe {
-            libc::kill(i32::try_from(self.child.id()).unwrap(), libc::SIGINT);
-        }
+        interrupt(&self.child);
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{status:?}");
         self.stderr
     }
-}
-
-/// Forwards a pipe's lines to a channel from a thread.
-fn lines(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(pipe).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
 }
 
 #[test]

@@ -4,54 +4,18 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
+mod common;
+
 use std::collections::HashSet;
 use std::time::Duration;
 
-use actix::prelude::*;
+use common::{TestNode, counter, loopback_config, thread_cpu_time};
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::switch::AddPersistentPeers;
 use tm2_p2p::{
-    ChannelDescriptor, DialError, DialPeers, Direction, GetPeers, NetAddress, Node, NodeKey,
-    P2pConfig, PeerAdded, PeerId, PeerRemoved, Receive, RegisterReactor, SwitchBuilder,
-    SwitchEvent,
+    ChannelDescriptor, DialError, DialPeers, Direction, GetPeers, NetAddress, NodeKey, P2pConfig,
+    PeerId, SwitchEvent,
 };
-
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A reactor that ignores everything: nodes need a common channel to connect.
-struct Quiet;
-
-impl Actor for Quiet {
-    type Context = Context<Self>;
-}
-
-impl Handler<PeerAdded> for Quiet {
-    type Result = ();
-    fn handle(&mut self, _: PeerAdded, _: &mut Self::Context) {}
-}
-
-impl Handler<PeerRemoved> for Quiet {
-    type Result = ();
-    fn handle(&mut self, _: PeerRemoved, _: &mut Self::Context) {}
-}
-
-impl Handler<Receive> for Quiet {
-    type Result = ();
-    fn handle(&mut self, _: Receive, _: &mut Self::Context) {}
-}
-
-struct TestNode {
-    node: Node,
-    events: tm2_p2p::EventStream,
-}
-
-fn config() -> P2pConfig {
-    P2pConfig {
-        laddr: "127.0.0.1:0".parse().unwrap(),
-        allow_non_routable: true,
-        ..P2pConfig::default()
-    }
-}
 
 /// A config whose persistent peers are redialed quickly: 50 ms doubling to 400 ms.
 fn fast_redial() -> P2pConfig {
@@ -59,76 +23,39 @@ fn fast_redial() -> P2pConfig {
         redial_backoff_base: Duration::from_millis(50),
         redial_backoff_max: Duration::from_millis(400),
         redial_backoff_reset_after: Duration::from_secs(1),
-        ..config()
+        ..loopback_config()
     }
 }
 
+/// A node on network "net" with `key`, and a reactor on channel 0x40 (nodes need a common
+/// channel to connect).
 async fn spawn_with(config: P2pConfig, key: NodeKey) -> TestNode {
-    let node = SwitchBuilder::new(config, key)
-        .network("net")
-        .spawn()
-        .await
-        .unwrap();
-    // Subscribe before any actor runs (they run only when this test awaits), so no event is
-    // missed.
-    let events = node.subscribe(|_| true);
-    let quiet = Quiet.start();
-    node.switch()
-        .send(RegisterReactor::new(
-            "quiet",
-            vec![ChannelDescriptor::new(0x40)],
-            &quiet,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    TestNode { node, events }
+    let node = TestNode::start(config, "net", key, None).await;
+    counter(
+        &node.node,
+        0x40,
+        ChannelDescriptor::DEFAULT_SEND_QUEUE_CAPACITY,
+        false,
+    )
+    .await;
+    node
 }
 
 async fn spawn(config: P2pConfig) -> TestNode {
     spawn_with(config, NodeKey::generate().unwrap()).await
 }
 
-impl TestNode {
-    fn id(&self) -> PeerId {
-        self.node.net_address().id()
-    }
-
-    async fn next(&mut self) -> SwitchEvent {
-        tokio::time::timeout(TIMEOUT, self.events.recv())
-            .await
-            .expect("timed out waiting for an event")
-            .expect("node gone")
-    }
-
-    async fn wait_for(&mut self, what: &str, mut pred: impl FnMut(&SwitchEvent) -> bool) {
-        tokio::time::timeout(TIMEOUT, async {
-            loop {
-                let e = self.events.recv().await.expect("node gone");
-                if pred(&e) {
-                    return;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
-    }
-
-    async fn connected_to(&mut self, peer: PeerId) {
-        self.wait_for(
-            "PeerConnected",
-            |e| matches!(e, SwitchEvent::PeerConnected { peer: p, .. } if *p == peer),
-        )
-        .await;
-    }
-
-    async fn disconnected_from(&mut self, peer: PeerId) {
-        self.wait_for(
-            "PeerDisconnected",
-            |e| matches!(e, SwitchEvent::PeerDisconnected { peer: p, .. } if *p == peer),
-        )
-        .await;
-    }
+/// A node with `key` at the address `old` (shut down) listened on: `old` restarted.
+async fn restart(old: &TestNode, key: NodeKey) -> TestNode {
+    let laddr = old.node.local_addr();
+    spawn_with(
+        P2pConfig {
+            laddr,
+            ..loopback_config()
+        },
+        key,
+    )
+    .await
 }
 
 /// A loopback address nobody listens on (a port bound then released), with a random id. Tests
@@ -140,20 +67,6 @@ fn closed_address() -> NetAddress {
         .local_addr()
         .unwrap();
     NetAddress::from_socket_addr(NodeKey::generate().unwrap().id(), port).unwrap()
-}
-
-/// CPU time (user + system) of the calling thread, from /proc/thread-self/stat. `actix::test`
-/// runs the whole actor system of a test (Switch, Dialer, Transport, connection tasks) on the
-/// test's thread, so this is exactly the test's node work; /proc/self/stat would also count the
-/// other tests of this binary, which run in parallel. Fields 14 and 15 (utime, stime) are in
-/// clock ticks of 1/100 s (USER_HZ, fixed at 100 by the Linux /proc ABI).
-fn thread_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
 }
 
 /// 100 dials of closed ports: each ends in one `DialFailed`, and the node does not spin while
@@ -172,7 +85,7 @@ async fn a_hundred_dials_of_closed_ports_fail_without_busy_waiting() {
         persistent_peers: vec![persistent.clone()],
         redial_backoff_base: Duration::from_millis(100),
         redial_backoff_max: Duration::from_millis(200),
-        ..config()
+        ..loopback_config()
     })
     .await;
     let addrs: Vec<NetAddress> = (0..100).map(|_| closed_address()).collect();
@@ -182,7 +95,7 @@ async fn a_hundred_dials_of_closed_ports_fail_without_busy_waiting() {
     let mut failed = HashSet::new();
     let mut redials = 0;
     while failed.len() < 100 || redials < 6 {
-        match a.next().await {
+        match a.next("an event").await {
             SwitchEvent::DialFailed { address, error } => {
                 assert!(
                     matches!(error, DialError::Transport(_)),
@@ -216,7 +129,7 @@ async fn a_hundred_dials_of_closed_ports_fail_without_busy_waiting() {
 #[actix::test]
 async fn a_persistent_peer_that_restarts_is_reconnected_by_itself() {
     let key_b = NodeKey::generate().unwrap();
-    let b = spawn_with(config(), key_b.clone()).await;
+    let b = spawn_with(loopback_config(), key_b.clone()).await;
     let b_addr = b.node.net_address();
     let b_id = b.id();
     let mut a = spawn(P2pConfig {
@@ -235,14 +148,7 @@ async fn a_persistent_peer_that_restarts_is_reconnected_by_itself() {
     )
     .await;
 
-    let b = spawn_with(
-        P2pConfig {
-            laddr: b.node.local_addr(),
-            ..config()
-        },
-        key_b,
-    )
-    .await;
+    let b = restart(&b, key_b).await;
     a.connected_to(b_id).await;
     let peers = a.node.switch().send(GetPeers).await.unwrap();
     assert_eq!(peers.peers.len(), 1);
@@ -258,7 +164,7 @@ async fn a_persistent_peer_that_restarts_is_reconnected_by_itself() {
 async fn an_inbound_persistent_peer_is_redialed_at_its_listen_address() {
     let mut a = spawn(fast_redial()).await;
     let key_c = NodeKey::generate().unwrap();
-    let mut c = spawn_with(config(), key_c.clone()).await;
+    let mut c = spawn_with(loopback_config(), key_c.clone()).await;
     let c_id = c.id();
     c.node
         .switch()
@@ -279,14 +185,7 @@ async fn an_inbound_persistent_peer_is_redialed_at_its_listen_address() {
 
     c.node.shutdown().await;
     a.disconnected_from(c_id).await;
-    let c = spawn_with(
-        P2pConfig {
-            laddr: c.node.local_addr(),
-            ..config()
-        },
-        key_c,
-    )
-    .await;
+    let c = restart(&c, key_c).await;
     a.connected_to(c_id).await;
     let peers = a.node.switch().send(GetPeers).await.unwrap();
     assert_eq!(peers.peers.len(), 1);
@@ -306,12 +205,12 @@ async fn the_outbound_limit_holds_when_fifty_addresses_are_dialed_at_once() {
     const LIMIT: usize = 5;
     let mut hub = spawn(P2pConfig {
         max_num_outbound_peers: LIMIT,
-        ..config()
+        ..loopback_config()
     })
     .await;
     let mut targets = Vec::new();
     for _ in 0..20 {
-        targets.push(spawn(config()).await);
+        targets.push(spawn(loopback_config()).await);
     }
     let mut addrs = Vec::new();
     for i in 0..50 {
@@ -324,7 +223,7 @@ async fn the_outbound_limit_holds_when_fifty_addresses_are_dialed_at_once() {
     hub.node.switch().send(DialPeers(addrs)).await.unwrap();
     let (mut connected, mut outcomes) = (0_usize, 0);
     while outcomes < 50 {
-        match hub.next().await {
+        match hub.next("an event").await {
             SwitchEvent::PeerConnected { direction, .. } => {
                 assert_eq!(direction, Direction::Outbound);
                 connected += 1;

@@ -7,17 +7,18 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
+use common::{TIMEOUT, interrupt, lines, wait_line};
 use tm2_p2p::actors::clock;
 
-/// For one process to print an expected line or finish.
-const TIMEOUT: Duration = Duration::from_secs(30);
 /// For cargo to build the examples (slow on a busy machine).
 const BUILD_TIMEOUT: Duration = Duration::from_secs(900);
 
@@ -123,31 +124,7 @@ impl Drop for Guard {
 
 /// The child's stdout, line by line, from a reader thread; disconnects at end of output.
 fn read_lines(child: &mut Guard) -> Receiver<String> {
-    let stdout = child.0.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if tx.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Waits for a line `want` accepts; panics with everything seen on timeout or exit.
-fn wait_for(lines: &Receiver<String>, what: &str, want: impl Fn(&str) -> bool) -> String {
-    let deadline = clock::now() + TIMEOUT;
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(clock::now());
-        match lines.recv_timeout(left) {
-            Ok(line) if want(&line) => return line,
-            Ok(line) => seen.push(line),
-            Err(e) => panic!("no {what} ({e:?}); output so far: {seen:#?}"),
-        }
-    }
+    lines(child.0.stdout.take().unwrap())
 }
 
 /// Waits for the process to exit, checks it exited 0 and returns the lines it printed since
@@ -215,7 +192,7 @@ impl Chat {
         );
         let stdin = child.0.stdin.take();
         let lines = read_lines(&mut child);
-        let listening = wait_for(&lines, "address", |l| l.starts_with("listening as "));
+        let listening = wait_line(&lines, "address", |l| l.starts_with("listening as "));
         let address = listening["listening as ".len()..].to_owned();
         assert!(
             address.starts_with("g1") && address.contains("@127.0.0.1:"),
@@ -246,25 +223,25 @@ fn a_line_typed_in_one_chat_appears_in_the_other() {
     let a = Chat::start(&[]);
     let mut b = Chat::start(&["--peer", &a.address]);
     let (a_short, b_short) = (a.short_id(), b.short_id());
-    wait_for(&b.lines, "b connected to a", |l| {
+    wait_line(&b.lines, "b connected to a", |l| {
         l.starts_with(&format!("* {a_short} connected"))
     });
-    wait_for(&a.lines, "a connected to b", |l| {
+    wait_line(&a.lines, "a connected to b", |l| {
         l.starts_with(&format!("* {b_short} connected"))
     });
 
     b.type_line("hello from b");
-    wait_for(&a.lines, "b's line at a", |l| {
+    wait_line(&a.lines, "b's line at a", |l| {
         l == format!("{b_short}: hello from b")
     });
 
     // Too long: refused with a message, not sent; the next line still goes through.
     b.type_line(&"x".repeat(2000));
-    wait_for(&b.lines, "refusal", |l| {
+    wait_line(&b.lines, "refusal", |l| {
         l.starts_with("(line too long: 2000 bytes")
     });
     b.type_line("still here");
-    wait_for(&a.lines, "b's next line at a", |l| {
+    wait_line(&a.lines, "b's next line at a", |l| {
         l == format!("{b_short}: still here")
     });
 
@@ -277,15 +254,13 @@ fn a_line_typed_in_one_chat_appears_in_the_other() {
     } = b;
     drop(b_stdin);
     let _ = exits_cleanly(b_child, &b_lines, "chat b");
-    wait_for(&a.lines, "b leaving", |l| {
+    wait_line(&a.lines, "b leaving", |l| {
         l.starts_with(&format!("* {b_short} disconnected"))
     });
 
     // Ctrl-C in a: it shuts down and exits 0.
-    // SAFETY: kill(2) on our own child's pid, which the guard has not reaped yet.
-    unsafe {
-        libc::kill(i32::try_from(a.child.0.id()).unwrap(), libc::SIGINT);
-    }
-    wait_for(&a.lines, "a shutting down", |l| l == "shutting down");
+    // The guard has not reaped it yet.
+    interrupt(&a.child.0);
+    wait_line(&a.lines, "a shutting down", |l| l == "shutting down");
     let _ = exits_cleanly(a.child, &a.lines, "chat a");
 }

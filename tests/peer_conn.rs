@@ -8,11 +8,13 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use std::sync::OnceLock;
+mod common;
+
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use common::{TIMEOUT, io_runtime, wait_until};
 use tm2_p2p::NodeKey;
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::peer_conn::{
@@ -24,25 +26,8 @@ use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::mconn::{ChannelDescriptor, MConnConfig, MConnConfigError, MConnectionError};
 use tm2_p2p::types::PeerId;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::runtime::{Handle, Runtime};
+use tokio::runtime::Handle;
 use tokio::sync::watch;
-
-const TIMEOUT: Duration = Duration::from_secs(30);
-
-/// A multi-thread runtime for the connection tasks, shared by the tests and never dropped
-/// (dropping a runtime inside another one's task panics).
-fn io_runtime() -> Handle {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-    .handle()
-    .clone()
-}
 
 fn unlimited() -> PeerConnConfig {
     PeerConnConfig {
@@ -233,23 +218,11 @@ impl Sup {
     /// Asserts `peer` was reported exactly once, after its actor is gone for good (so a
     /// second report, which could only be sent before that, would be in the mailbox).
     async fn assert_reported_once(&self, peer: PeerId, conn: &Addr<PeerConn>) {
-        wait_until("the PeerConn actor to end", || !conn.connected()).await;
+        let ended = || std::future::ready(!conn.connected());
+        wait_until("the PeerConn actor to end", Duration::from_millis(5), ended).await;
         let stops = self.addr.send(Stops).await.unwrap();
         let n = stops.iter().filter(|s| s.peer == peer).count();
         assert_eq!(n, 1, "reports for {peer}: {stops:?}");
-    }
-}
-
-/// Waits for a condition no event announces (an actor's mailbox closing), checking it every
-/// few milliseconds, up to [`TIMEOUT`].
-async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -3,29 +3,39 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
+mod common;
+
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use common::{Forward, TIMEOUT, loopback_config, raw_dial, recv_within, wait_until};
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
 use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
-use tm2_p2p::actors::transport::dial;
 use tm2_p2p::pex::PexMessage;
 use tm2_p2p::pex::protocol::decode;
 use tm2_p2p::{
-    DisconnectReason, GetPeers, NetAddress, Node, NodeInfo, NodeKey, P2pConfig, Receive,
-    SwitchBuilder, SwitchEvent,
+    DisconnectReason, GetPeers, NetAddress, Node, NodeKey, P2pConfig, Receive, SwitchBuilder,
+    SwitchEvent,
 };
 use tokio::sync::mpsc;
 
-const TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`wait_until`] checks a node's state.
+const POLL: Duration = Duration::from_millis(50);
 
+/// Loopback, asking for addresses every 200 ms.
 fn config() -> P2pConfig {
     P2pConfig {
-        laddr: "127.0.0.1:0".parse().unwrap(),
-        allow_non_routable: true,
         pex_interval: Duration::from_millis(200),
-        ..P2pConfig::default()
+        ..loopback_config()
+    }
+}
+
+/// A [`config`] in seed mode.
+fn seed_config() -> P2pConfig {
+    P2pConfig {
+        seed_mode: true,
+        ..config()
     }
 }
 
@@ -37,20 +47,13 @@ async fn spawn(config: P2pConfig) -> Node {
         .unwrap()
 }
 
-/// Waits until `cond` holds, checking every 50 ms, up to `TIMEOUT` (for states no single event
-/// announces, such as "at least 4 peers").
-async fn wait_until<F: std::future::Future<Output = bool>>(
-    what: &str,
-    mut cond: impl FnMut() -> F,
-) {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while !cond().await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// A node that asks its peers for addresses every `pex_interval`.
+async fn spawn_asking_every(pex_interval: Duration) -> Node {
+    spawn(P2pConfig {
+        pex_interval,
+        ..config()
+    })
+    .await
 }
 
 /// Starts a seed with `seed_config` and 12 nodes that know only the seed, and waits until each
@@ -68,7 +71,7 @@ async fn bootstrap_twelve_from(seed_config: P2pConfig) {
     }
     let want = 4.min(P2pConfig::default().max_num_outbound_peers);
     for (i, node) in nodes.iter().enumerate() {
-        wait_until(&format!("node {i} to reach {want} peers"), || async {
+        wait_until(&format!("node {i} to reach {want} peers"), POLL, || async {
             let peers = node.switch().send(GetPeers).await.unwrap().peers;
             peers.iter().filter(|p| p.id != seed_id).count() >= want
         })
@@ -83,43 +86,22 @@ async fn twelve_nodes_that_know_only_a_seed_find_each_other() {
 
 #[actix::test]
 async fn a_seed_in_seed_mode_bootstraps_twelve_nodes() {
-    bootstrap_twelve_from(P2pConfig {
-        seed_mode: true,
-        ..config()
-    })
-    .await;
+    bootstrap_twelve_from(seed_config()).await;
 }
 
 #[actix::test]
 async fn a_seed_disconnects_a_peer_it_served_without_blame() {
-    let seed = spawn(P2pConfig {
-        seed_mode: true,
-        ..config()
-    })
-    .await;
+    let seed = spawn(seed_config()).await;
     let mut events = seed.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
     let mut c = client(&seed).await;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
-    let answer = tokio::time::timeout(TIMEOUT, c.received.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let answer = recv_within("the answer", c.received.recv()).await.payload;
     assert!(matches!(
         decode(&answer).unwrap().message,
         PexMessage::Response(_)
     ));
-    let stop = tokio::time::timeout(TIMEOUT, c.stopped.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(stop.reason, DisconnectReason::RemoteClosed),
-        "{stop:?}"
-    );
-    let e = tokio::time::timeout(TIMEOUT, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    assert_closed_by_node(&mut c).await;
+    let e = recv_within("PeerDisconnected", events.recv()).await;
     assert!(
         matches!(&e, SwitchEvent::PeerDisconnected { peer, reason: DisconnectReason::Stopped(_) } if *peer == c.id),
         "{e:?}"
@@ -130,46 +112,20 @@ async fn a_seed_disconnects_a_peer_it_served_without_blame() {
 /// messages land in a channel.
 struct Client {
     handle: PeerHandle,
-    received: mpsc::Receiver<Bytes>,
+    received: mpsc::Receiver<Receive>,
     stopped: mpsc::Receiver<PeerStopped>,
     id: tm2_p2p::PeerId,
 }
 
-struct Sink(mpsc::Sender<Bytes>);
-impl Actor for Sink {
-    type Context = Context<Self>;
-}
-impl Handler<Receive> for Sink {
-    type Result = ();
-    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
-        let _ = self.0.try_send(msg.payload);
-    }
-}
-struct Stops(mpsc::Sender<PeerStopped>);
-impl Actor for Stops {
-    type Context = Context<Self>;
-}
-impl Handler<PeerStopped> for Stops {
-    type Result = ();
-    fn handle(&mut self, msg: PeerStopped, _: &mut Self::Context) {
-        let _ = self.0.try_send(msg);
-    }
-}
-
 async fn client(node: &Node) -> Client {
-    let key = NodeKey::generate().unwrap();
-    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
-    let info = NodeInfo::new(addr, "net", vec![PEX_CHANNEL]);
-    let up = dial(&node.net_address(), &key, &info, TIMEOUT, TIMEOUT)
-        .await
-        .unwrap();
+    let (key, up) = raw_dial(&node.net_address(), "net", vec![PEX_CHANNEL]).await;
     let (tx, received) = mpsc::channel(64);
     let (stx, stopped) = mpsc::channel(4);
     let (_, handle) = PeerConn::start(
         up.stream,
         PeerConnConfig::default(),
-        vec![(pex_channel(), Sink(tx).start().recipient())],
-        Stops(stx).start().recipient(),
+        vec![(pex_channel(), Forward(tx).start().recipient())],
+        Forward(stx).start().recipient(),
         None,
     )
     .unwrap();
@@ -179,6 +135,15 @@ async fn client(node: &Node) -> Client {
         stopped,
         id: key.id(),
     }
+}
+
+/// Waits for `c`'s connection to end, and asserts the node closed it.
+async fn assert_closed_by_node(c: &mut Client) {
+    let stop = recv_within("the connection to end", c.stopped.recv()).await;
+    assert!(
+        matches!(stop.reason, DisconnectReason::RemoteClosed),
+        "{stop:?}"
+    );
 }
 
 fn request() -> Bytes {
@@ -200,16 +165,13 @@ async fn a_private_peer_is_never_shared() {
             .send(tm2_p2p::DialPeers(vec![hub.net_address()]))
             .await
             .unwrap();
-        tokio::time::timeout(TIMEOUT, events.recv())
-            .await
-            .unwrap()
-            .unwrap();
+        recv_within("PeerConnected", events.recv()).await;
     }
     let mut c = client(&hub).await;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
     let answer = tokio::time::timeout(TIMEOUT, async {
         loop {
-            let bytes = c.received.recv().await.unwrap();
+            let bytes = c.received.recv().await.unwrap().payload;
             if let PexMessage::Response(addrs) = decode(&bytes).unwrap().message {
                 return addrs;
             }
@@ -230,15 +192,11 @@ async fn a_private_peer_is_never_shared() {
 async fn an_unsolicited_response_is_ignored() {
     // A node that never asks (one peer only and a long interval) gets a response it did not
     // request: its book must not grow.
-    let node = spawn(P2pConfig {
-        pex_interval: Duration::from_secs(3600),
-        ..config()
-    })
-    .await;
+    let node = spawn_asking_every(Duration::from_secs(3600)).await;
     let pex = node.peer_exchange().unwrap();
     let c = client(&node).await;
     // The client itself enters the book when it connects.
-    wait_until("the client in the book", || async {
+    wait_until("the client in the book", POLL, || async {
         pex.send(BookSize).await.unwrap() >= 1
     })
     .await;
@@ -251,32 +209,18 @@ async fn an_unsolicited_response_is_ignored() {
     // A request right after, answered, proves the response was processed before it.
     let mut c = c;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
-    tokio::time::timeout(TIMEOUT, c.received.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    recv_within("the answer", c.received.recv()).await;
     assert_eq!(pex.send(BookSize).await.unwrap(), before);
 }
 
 #[actix::test]
 async fn a_node_that_floods_requests_is_disconnected() {
-    let node = spawn(P2pConfig {
-        pex_interval: Duration::from_secs(10),
-        ..config()
-    })
-    .await;
+    let node = spawn_asking_every(Duration::from_secs(10)).await;
     let mut c = client(&node).await;
     for _ in 0..3 {
         assert!(c.handle.send(PEX_CHANNEL, request()).await);
     }
-    let stop = tokio::time::timeout(TIMEOUT, c.stopped.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        matches!(stop.reason, DisconnectReason::RemoteClosed),
-        "{stop:?}"
-    );
+    assert_closed_by_node(&mut c).await;
 }
 
 #[actix::test]
@@ -293,12 +237,9 @@ async fn the_address_book_survives_a_restart_and_a_corrupt_one_does_not_stop_the
         .send(tm2_p2p::DialPeers(vec![other.net_address()]))
         .await
         .unwrap();
-    tokio::time::timeout(TIMEOUT, events.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    recv_within("PeerConnected", events.recv()).await;
     let pex = node.peer_exchange().unwrap();
-    wait_until("the peer in the book", || async {
+    wait_until("the peer in the book", POLL, || async {
         pex.send(BookSize).await.unwrap() >= 1
     })
     .await;

@@ -2,21 +2,20 @@
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
-use std::net::{IpAddr, SocketAddr};
+mod common;
+
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use common::{TIMEOUT, TestNode, connect, connect_from, loopback_config, raw_dial, recv_within};
 use tm2_p2p::{
-    Broadcast, ChannelDescriptor, DialError, DialPeers, DisconnectReason, GetPeers,
-    InboundRejection, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId, PeerRemoved,
-    Receive, RegisterReactor, StopPeerForError, SwitchBuilder, SwitchError, SwitchEvent,
+    Broadcast, ChannelDescriptor, DialError, DisconnectReason, GetPeers, InboundRejection,
+    NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId, PeerRemoved, Receive, RegisterReactor,
+    StopPeerForError, SwitchBuilder, SwitchError, SwitchEvent,
 };
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
-
-const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// What a test reactor saw, in order.
 #[derive(Debug, Clone)]
@@ -60,30 +59,6 @@ impl Handler<Receive> for Recorder {
     }
 }
 
-struct TestNode {
-    node: Node,
-    events: tm2_p2p::EventStream,
-}
-
-fn config() -> P2pConfig {
-    P2pConfig {
-        laddr: "127.0.0.1:0".parse().unwrap(),
-        allow_non_routable: true,
-        ..P2pConfig::default()
-    }
-}
-
-async fn spawn(config: P2pConfig, network: &str) -> TestNode {
-    let node = SwitchBuilder::new(config, NodeKey::generate().unwrap())
-        .network(network)
-        .spawn()
-        .await
-        .unwrap();
-    // Subscribe before acting, so no event is missed.
-    let events = node.subscribe(|_| true);
-    TestNode { node, events }
-}
-
 /// Registers a recording reactor for `channels`; returns what it sees.
 async fn reactor(node: &Node, name: &str, channels: &[u8]) -> mpsc::Receiver<Seen> {
     let (tx, rx) = mpsc::channel(100_000);
@@ -100,61 +75,34 @@ async fn reactor(node: &Node, name: &str, channels: &[u8]) -> mpsc::Receiver<See
     rx
 }
 
-impl TestNode {
-    async fn wait_for(
-        &mut self,
-        what: &str,
-        mut pred: impl FnMut(&SwitchEvent) -> bool,
-    ) -> SwitchEvent {
-        tokio::time::timeout(TIMEOUT, async {
-            loop {
-                let e = self.events.recv().await.expect("node gone");
-                if pred(&e) {
-                    return e;
-                }
-            }
+/// A node on `network` with a recording reactor "r" on channel 0x40.
+async fn node_with_r(config: P2pConfig, network: &str) -> (TestNode, mpsc::Receiver<Seen>) {
+    let node = TestNode::spawn_in(config, network).await;
+    let rx = reactor(&node.node, "r", &[0x40]).await;
+    (node, rx)
+}
+
+/// Asks `node`'s Switch to send `payload` to `peer` on `channel`; returns whether it accepted.
+async fn send_to(node: &TestNode, peer: PeerId, channel: u8, payload: &'static [u8]) -> bool {
+    node.node
+        .switch()
+        .send(tm2_p2p::SendTo {
+            peer,
+            channel,
+            payload: Bytes::from_static(payload),
         })
         .await
-        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-    }
-
-    async fn connected_to(&mut self, peer: PeerId) {
-        self.wait_for(
-            "PeerConnected",
-            |e| matches!(e, SwitchEvent::PeerConnected { peer: p, .. } if *p == peer),
-        )
-        .await;
-    }
-
-    fn id(&self) -> PeerId {
-        self.node.net_address().id()
-    }
-
-    fn dial(&self, addr: NetAddress) {
-        #[allow(clippy::disallowed_methods)] // Test: a fire-and-forget command.
-        self.node.switch().do_send(DialPeers(vec![addr]));
-    }
+        .unwrap()
 }
 
 async fn next_seen(rx: &mut mpsc::Receiver<Seen>) -> Seen {
-    tokio::time::timeout(TIMEOUT, rx.recv())
-        .await
-        .expect("timed out")
-        .expect("reactor gone")
-}
-
-/// Connects `a` to `b` (a dials) and waits until both report it.
-async fn connect(a: &mut TestNode, b: &mut TestNode) {
-    a.dial(b.node.net_address());
-    let (ida, idb) = (a.id(), b.id());
-    a.connected_to(idb).await;
-    b.connected_to(ida).await;
+    recv_within("a reactor event", rx.recv()).await
 }
 
 #[actix::test]
 async fn two_nodes_exchange_on_two_reactors_both_ways() {
-    let mut a = spawn(config(), "net").await;
-    let mut b = spawn(config(), "net").await;
+    let mut a = TestNode::spawn_in(loopback_config(), "net").await;
+    let mut b = TestNode::spawn_in(loopback_config(), "net").await;
     let mut a1 = reactor(&a.node, "one", &[0x40]).await;
     let mut a2 = reactor(&a.node, "two", &[0x41]).await;
     let mut b1 = reactor(&b.node, "one", &[0x40]).await;
@@ -191,11 +139,11 @@ async fn two_nodes_exchange_on_two_reactors_both_ways() {
 
 #[actix::test]
 async fn a_thousand_broadcasts_from_a_hub_reach_four_leaves_in_order() {
-    let mut hub = spawn(config(), "net").await;
+    let mut hub = TestNode::spawn_in(loopback_config(), "net").await;
     let _hub_rx = reactor(&hub.node, "gossip", &[0x30]).await;
     let mut leaves = Vec::new();
     for _ in 0..4 {
-        let mut leaf = spawn(config(), "net").await;
+        let mut leaf = TestNode::spawn_in(loopback_config(), "net").await;
         let rx = reactor(&leaf.node, "gossip", &[0x30]).await;
         connect(&mut leaf, &mut hub).await;
         leaves.push((leaf, rx));
@@ -225,23 +173,16 @@ async fn a_thousand_broadcasts_from_a_hub_reach_four_leaves_in_order() {
 
 #[actix::test]
 async fn the_inbound_limit_refuses_the_third_peer_and_closes_its_connection() {
-    let mut cfg = config();
+    let mut cfg = loopback_config();
     cfg.max_num_inbound_peers = 2;
-    let mut hub = spawn(cfg, "net").await;
-    let _r = reactor(&hub.node, "r", &[0x40]).await;
+    let (mut hub, _r) = node_with_r(cfg, "net").await;
     for _ in 0..2 {
-        let mut n = spawn(config(), "net").await;
-        let _r = reactor(&n.node, "r", &[0x40]).await;
+        let (mut n, _r) = node_with_r(loopback_config(), "net").await;
         connect(&mut n, &mut hub).await;
     }
-    let mut third = spawn(config(), "net").await;
-    let _r = reactor(&third.node, "r", &[0x40]).await;
+    let (mut third, _r) = node_with_r(loopback_config(), "net").await;
     third.dial(hub.node.net_address());
-    let e = hub
-        .wait_for("InboundRejected", |e| {
-            matches!(e, SwitchEvent::InboundRejected { .. })
-        })
-        .await;
+    let e = hub.inbound_rejected().await;
     assert!(
         matches!(
             e,
@@ -267,31 +208,19 @@ async fn the_inbound_limit_refuses_the_third_peer_and_closes_its_connection() {
 
 #[actix::test]
 async fn a_node_on_another_network_is_refused_with_the_reason_on_both_sides() {
-    let mut a = spawn(config(), "net-a").await;
-    let _r = reactor(&a.node, "r", &[0x40]).await;
-    let mut b = spawn(config(), "net-b").await;
-    let _r = reactor(&b.node, "r", &[0x40]).await;
+    let (mut a, _r) = node_with_r(loopback_config(), "net-a").await;
+    let (mut b, _r) = node_with_r(loopback_config(), "net-b").await;
     b.dial(a.node.net_address());
-    let e = b
-        .wait_for("DialFailed", |e| {
-            matches!(e, SwitchEvent::DialFailed { .. })
-        })
-        .await;
+    let e = b.dial_failed().await;
     assert!(format!("{e:?}").contains("NetworkMismatch"), "{e:?}");
-    let e = a
-        .wait_for("InboundRejected", |e| {
-            matches!(e, SwitchEvent::InboundRejected { .. })
-        })
-        .await;
+    let e = a.inbound_rejected().await;
     assert!(format!("{e:?}").contains("NetworkMismatch"), "{e:?}");
 }
 
 #[actix::test]
 async fn dialing_a_real_address_with_the_wrong_id_fails_with_an_id_mismatch() {
-    let a = spawn(config(), "net").await;
-    let _r = reactor(&a.node, "r", &[0x40]).await;
-    let mut b = spawn(config(), "net").await;
-    let _r = reactor(&b.node, "r", &[0x40]).await;
+    let (a, _r) = node_with_r(loopback_config(), "net").await;
+    let (mut b, _r) = node_with_r(loopback_config(), "net").await;
     let real = a.node.net_address();
     let wrong = NetAddress::new(
         NodeKey::generate().unwrap().id(),
@@ -300,24 +229,15 @@ async fn dialing_a_real_address_with_the_wrong_id_fails_with_an_id_mismatch() {
     )
     .unwrap();
     b.dial(wrong);
-    let e = b
-        .wait_for("DialFailed", |e| {
-            matches!(e, SwitchEvent::DialFailed { .. })
-        })
-        .await;
+    let e = b.dial_failed().await;
     assert!(format!("{e:?}").contains("DialedIdMismatch"), "{e:?}");
 }
 
 #[actix::test]
 async fn dialing_yourself_is_refused() {
-    let mut a = spawn(config(), "net").await;
-    let _r = reactor(&a.node, "r", &[0x40]).await;
+    let (mut a, _r) = node_with_r(loopback_config(), "net").await;
     a.dial(a.node.net_address());
-    let e = a
-        .wait_for("DialFailed", |e| {
-            matches!(e, SwitchEvent::DialFailed { .. })
-        })
-        .await;
+    let e = a.dial_failed().await;
     assert!(
         matches!(
             e,
@@ -332,10 +252,8 @@ async fn dialing_yourself_is_refused() {
 
 #[actix::test]
 async fn stop_peer_for_error_twice_gives_one_disconnect() {
-    let mut a = spawn(config(), "net").await;
-    let mut ra = reactor(&a.node, "r", &[0x40]).await;
-    let mut b = spawn(config(), "net").await;
-    let _rb = reactor(&b.node, "r", &[0x40]).await;
+    let (mut a, mut ra) = node_with_r(loopback_config(), "net").await;
+    let (mut b, _rb) = node_with_r(loopback_config(), "net").await;
     connect(&mut a, &mut b).await;
     let bid = b.id();
     for _ in 0..2 {
@@ -371,8 +289,7 @@ async fn stop_peer_for_error_twice_gives_one_disconnect() {
         .await
         .unwrap();
     // Nothing more: the next event is one we cause now.
-    let mut c = spawn(config(), "net").await;
-    let _rc = reactor(&c.node, "r", &[0x40]).await;
+    let (mut c, _rc) = node_with_r(loopback_config(), "net").await;
     connect(&mut c, &mut a).await;
     while let Some(e) = a.events.try_recv() {
         assert!(
@@ -385,42 +302,24 @@ async fn stop_peer_for_error_twice_gives_one_disconnect() {
 
 #[actix::test]
 async fn a_late_reactor_gets_peer_added_for_connected_peers() {
-    let mut a = spawn(config(), "net").await;
+    let mut a = TestNode::spawn_in(loopback_config(), "net").await;
     let _r = reactor(&a.node, "early", &[0x40]).await;
-    let mut b = spawn(config(), "net").await;
+    let mut b = TestNode::spawn_in(loopback_config(), "net").await;
     let _r = reactor(&b.node, "early", &[0x40]).await;
     connect(&mut a, &mut b).await;
     let mut late = reactor(&a.node, "late", &[0x41]).await;
     assert!(matches!(next_seen(&mut late).await, Seen::Added(p) if p == b.id()));
     // b never advertised 0x41: the Switch refuses to send there rather than let b drop us.
-    let refused = a
-        .node
-        .switch()
-        .send(tm2_p2p::SendTo {
-            peer: b.id(),
-            channel: 0x41,
-            payload: Bytes::from_static(b"x"),
-        })
-        .await
-        .unwrap();
+    let refused = send_to(&a, b.id(), 0x41, b"x").await;
     assert!(!refused);
     // A node that connects after the registration has the channel both ways.
-    let mut c = spawn(config(), "net").await;
+    let mut c = TestNode::spawn_in(loopback_config(), "net").await;
     let _c0 = reactor(&c.node, "early", &[0x40]).await;
     let mut c1 = reactor(&c.node, "late", &[0x41]).await;
     connect(&mut c, &mut a).await;
     assert!(matches!(next_seen(&mut late).await, Seen::Added(p) if p == c.id()));
     assert!(matches!(next_seen(&mut c1).await, Seen::Added(p) if p == a.id()));
-    let sent = a
-        .node
-        .switch()
-        .send(tm2_p2p::SendTo {
-            peer: c.id(),
-            channel: 0x41,
-            payload: Bytes::from_static(b"late hello"),
-        })
-        .await
-        .unwrap();
+    let sent = send_to(&a, c.id(), 0x41, b"late hello").await;
     assert!(sent);
     assert!(
         matches!(next_seen(&mut c1).await, Seen::Received(p, 0x41, m) if p == a.id() && m == "late hello")
@@ -431,7 +330,7 @@ async fn a_late_reactor_gets_peer_added_for_connected_peers() {
 
 #[actix::test]
 async fn a_channel_claimed_twice_is_an_error() {
-    let a = spawn(config(), "net").await;
+    let a = TestNode::spawn_in(loopback_config(), "net").await;
     let _r = reactor(&a.node, "first", &[0x40]).await;
     let (tx, _rx) = mpsc::channel(1);
     let addr = Recorder { tx }.start();
@@ -454,10 +353,8 @@ async fn a_channel_claimed_twice_is_an_error() {
 
 #[actix::test]
 async fn after_shutdown_the_port_can_be_bound_again_and_peers_were_told() {
-    let mut a = spawn(config(), "net").await;
-    let mut ra = reactor(&a.node, "r", &[0x40]).await;
-    let mut b = spawn(config(), "net").await;
-    let _rb = reactor(&b.node, "r", &[0x40]).await;
+    let (mut a, mut ra) = node_with_r(loopback_config(), "net").await;
+    let (mut b, _rb) = node_with_r(loopback_config(), "net").await;
     connect(&mut a, &mut b).await;
     let port = a.node.local_addr();
     a.node.shutdown().await;
@@ -480,10 +377,8 @@ async fn after_shutdown_the_port_can_be_bound_again_and_peers_were_told() {
 #[actix::test]
 async fn simultaneous_dials_leave_one_connection_twenty_times() {
     for round in 0..20 {
-        let mut a = spawn(config(), "net").await;
-        let _ra = reactor(&a.node, "r", &[0x40]).await;
-        let mut b = spawn(config(), "net").await;
-        let _rb = reactor(&b.node, "r", &[0x40]).await;
+        let (mut a, _ra) = node_with_r(loopback_config(), "net").await;
+        let (mut b, _rb) = node_with_r(loopback_config(), "net").await;
         a.dial(b.node.net_address());
         b.dial(a.node.net_address());
         let (ida, idb) = (a.id(), b.id());
@@ -524,27 +419,17 @@ async fn simultaneous_dials_leave_one_connection_twenty_times() {
     }
 }
 
-async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket
-        .bind(SocketAddr::new(IpAddr::from(source), 0))
-        .unwrap();
-    socket.connect(to).await.unwrap()
-}
-
 #[actix::test]
 async fn two_hundred_silent_connections_do_not_stop_real_nodes_and_are_closed() {
-    let mut cfg = config();
+    let mut cfg = loopback_config();
     cfg.handshake_timeout = Duration::from_millis(800);
-    let mut a = spawn(cfg, "net").await;
-    let _ra = reactor(&a.node, "r", &[0x40]).await;
+    let (mut a, _ra) = node_with_r(cfg, "net").await;
     let target = a.node.local_addr();
     let mut silent = Vec::new();
     for _ in 0..200 {
         silent.push(connect_from([127, 0, 0, 2], target).await);
     }
-    let mut b = spawn(config(), "net").await;
-    let _rb = reactor(&b.node, "r", &[0x40]).await;
+    let (mut b, _rb) = node_with_r(loopback_config(), "net").await;
     connect(&mut b, &mut a).await;
     for mut tcp in silent {
         let mut buf = [0u8; 16];
@@ -564,7 +449,7 @@ async fn two_hundred_silent_connections_do_not_stop_real_nodes_and_are_closed() 
 #[actix::test]
 async fn a_peer_that_stops_reading_loses_broadcasts_alone_and_they_are_counted() {
     const N: u32 = 400;
-    let mut hub = spawn(config(), "net").await;
+    let mut hub = TestNode::spawn_in(loopback_config(), "net").await;
     // The hub queues at most 8 messages per peer on this channel.
     let (tx, _hub_rx) = mpsc::channel(100_000);
     let recorder = Recorder { tx }.start();
@@ -575,18 +460,12 @@ async fn a_peer_that_stops_reading_loses_broadcasts_alone_and_they_are_counted()
         .await
         .unwrap()
         .unwrap();
-    let mut good = spawn(config(), "net").await;
+    let mut good = TestNode::spawn_in(loopback_config(), "net").await;
     let mut good_rx = reactor(&good.node, "gossip", &[0x30]).await;
     connect(&mut good, &mut hub).await;
     assert!(matches!(next_seen(&mut good_rx).await, Seen::Added(_)));
     // A peer that completes the handshake and then never reads a byte.
-    let key = NodeKey::generate().unwrap();
-    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
-    let info = tm2_p2p::NodeInfo::new(addr, "net", vec![0x30]);
-    let stuck =
-        tm2_p2p::actors::transport::dial(&hub.node.net_address(), &key, &info, TIMEOUT, TIMEOUT)
-            .await
-            .unwrap();
+    let (key, stuck) = raw_dial(&hub.address(), "net", vec![0x30]).await;
     hub.connected_to(key.id()).await;
     // 400 broadcasts of 64 KiB (25 MiB, more than the socket buffers hold), each sent once
     // the good leaf has the previous one, so only the stuck peer can fall behind.
@@ -618,13 +497,13 @@ async fn a_peer_that_stops_reading_loses_broadcasts_alone_and_they_are_counted()
 
 #[actix::test]
 async fn spawn_binds_first_and_reports_a_taken_port() {
-    let a = spawn(config(), "net").await;
+    let a = TestNode::spawn_in(loopback_config(), "net").await;
     // Port 0 was replaced by the real port.
     assert_ne!(a.node.net_address().port(), 0);
     assert_eq!(a.node.local_addr().port(), a.node.net_address().port());
     let taken = P2pConfig {
         laddr: a.node.local_addr(),
-        ..config()
+        ..loopback_config()
     };
     let err = SwitchBuilder::new(taken, NodeKey::generate().unwrap())
         .spawn()
@@ -634,7 +513,7 @@ async fn spawn_binds_first_and_reports_a_taken_port() {
     // An invalid config is refused before binding, naming the field.
     let bad = P2pConfig {
         max_packet_msg_payload_size: 0,
-        ..config()
+        ..loopback_config()
     };
     let err = SwitchBuilder::new(bad, NodeKey::generate().unwrap())
         .spawn()

@@ -1,9 +1,19 @@
-//! Measurements several benchmarks compare against.
+//! Measurements several benchmarks compare against, and the process-level helpers the tests
+//! use too (one file, `tests/common/sys.rs`, included by path).
+//!
+//! Each benchmark uses a different part of it.
+#![allow(dead_code)]
+
+#[path = "../../tests/common/sys.rs"]
+mod sys;
 
 use std::time::{Duration, Instant};
 
 use criterion::black_box;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+
+#[allow(unused_imports)] // Each benchmark uses some of them.
+pub(crate) use sys::{io_runtime, raise_fd_limit, rss};
 
 /// Plaintext size of one secret-connection frame (4-byte length + 1024 data bytes).
 pub(crate) const FRAME_PLAIN: usize = 1028;

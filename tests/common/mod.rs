@@ -1,56 +1,123 @@
-//! Shared harness of the fault, soak and metrics tests: loopback configs, a test node that subscribes to
-//! its events before acting, a counting reactor that checks per-peer sequence numbers, the
-//! process's RSS, the open-file limit, and running a test of this binary in a child process.
+//! Shared harness of the test binaries that start nodes or processes: loopback configs, a test
+//! node that subscribes to its events before acting, waits bounded by [`TIMEOUT`], a counting
+//! reactor that checks per-peer sequence numbers, the process's RSS and open-file limit (from
+//! [`sys`], which the benchmarks share), running a test of this binary in a child process, and
+//! reading another program's output lines.
 //!
 //! Each test binary uses a different part of it.
 #![allow(dead_code)]
 
+mod sys;
+
 use std::collections::HashMap;
+use std::future::Future;
 use std::io::{BufRead, BufReader};
+use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
+use tm2_p2p::actors::clock;
+use tm2_p2p::actors::transport::{self, Upgraded};
 use tm2_p2p::{
-    ChannelDescriptor, EventStream, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId,
-    PeerRemoved, Receive, RegisterReactor, SwitchBuilder, SwitchEvent,
+    ChannelDescriptor, EventStream, NetAddress, Node, NodeInfo, NodeKey, P2pConfig, PeerAdded,
+    PeerId, PeerRemoved, Receive, RegisterReactor, SwitchBuilder, SwitchEvent,
 };
-use tokio::runtime::{Handle, Runtime};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{Notify, mpsc};
+
+#[allow(unused_imports)] // Each binary uses some of them.
+pub(crate) use sys::{heap_in_use, io_runtime, mib, raise_fd_limit, rss};
 
 /// How long any single wait for an event may take before the test fails. Generous: the
 /// machine is shared and debug builds are slow.
 pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A node config for loopback tests: port 0, private addresses allowed, no peer exchange (the
-/// fault tests want only the events they cause), no rate limits.
-pub(crate) fn config() -> P2pConfig {
+/// The network of the nodes [`TestNode::spawn`] and [`TestNode::spawn_with`] start.
+pub(crate) const NETWORK: &str = "faults";
+
+/// A node config for loopback tests: port 0 on 127.0.0.1 and private addresses allowed; all
+/// else at its default (peer exchange on, default rate limits).
+pub(crate) fn loopback_config() -> P2pConfig {
     P2pConfig {
         laddr: "127.0.0.1:0".parse().unwrap(),
         allow_non_routable: true,
-        pex: false,
-        send_rate: 0,
-        recv_rate: 0,
         ..P2pConfig::default()
     }
 }
 
-/// A multi-thread runtime for connection tasks, shared by the tests of a binary and never
-/// dropped (dropping a runtime inside another one's task panics).
-pub(crate) fn io_runtime() -> Handle {
-    static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap()
-    })
-    .handle()
-    .clone()
+/// A [`loopback_config`] with no peer exchange (the fault tests want only the events they
+/// cause) and no rate limits.
+pub(crate) fn config() -> P2pConfig {
+    P2pConfig {
+        pex: false,
+        send_rate: 0,
+        recv_rate: 0,
+        ..loopback_config()
+    }
+}
+
+/// Awaits `fut`, a channel's `recv`, up to [`TIMEOUT`]; panics naming `what` if it times out
+/// or the channel is closed.
+pub(crate) async fn recv_within<T>(what: &str, fut: impl Future<Output = Option<T>>) -> T {
+    tokio::time::timeout(TIMEOUT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+        .unwrap_or_else(|| panic!("channel closed while waiting for {what}"))
+}
+
+/// Waits until `cond` holds, checking it every `every`, up to [`TIMEOUT`]: for states no event
+/// announces (an actor's mailbox closing, "at least 4 peers").
+pub(crate) async fn wait_until<F: Future<Output = bool>>(
+    what: &str,
+    every: Duration,
+    mut cond: impl FnMut() -> F,
+) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while !cond().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// CPU time (user + system) of the calling thread so far, from /proc/thread-self/stat. Under
+/// `actix::test` a test's whole actor system runs on its thread, so this is the test's node
+/// work, not that of the other tests of the binary running beside it.
+pub(crate) fn thread_cpu_time() -> Duration {
+    cpu_time("/proc/thread-self/stat")
+}
+
+/// CPU time (user + system) of this process so far, from /proc/self/stat.
+pub(crate) fn process_cpu_time() -> Duration {
+    cpu_time("/proc/self/stat")
+}
+
+/// Fields 14 and 15 (utime, stime) of a /proc `stat` file, in clock ticks of 1/100 s (USER_HZ,
+/// fixed at 100 by the Linux /proc ABI).
+fn cpu_time(stat: &str) -> Duration {
+    let stat = std::fs::read_to_string(stat).unwrap();
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 10)
+}
+
+/// A raw TCP connection to `to` from `source` (any port): for connections that never
+/// handshake, from an address of the test's choosing in 127.0.0.0/8.
+pub(crate) async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket
+        .bind(SocketAddr::new(IpAddr::from(source), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
 }
 
 /// Serialises the heavy tests of one binary: they measure throughput, memory and close
@@ -59,35 +126,6 @@ pub(crate) fn io_runtime() -> Handle {
 pub(crate) fn heavy_lock() -> std::sync::MutexGuard<'static, ()> {
     static HEAVY: Mutex<()> = Mutex::new(());
     HEAVY.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// Resident set size of this process, in bytes (`VmRSS` of /proc/self/status).
-pub(crate) fn rss() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
-}
-
-/// Raises the soft open-file limit to the hard limit (a thousand connections need two
-/// thousand descriptors in one process: both ends are here).
-pub(crate) fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit get a valid pointer to an rlimit.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
-/// `MiB` as bytes, for printing.
-pub(crate) fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
 }
 
 // ---- the counting reactor ----
@@ -223,6 +261,23 @@ pub(crate) async fn counter(node: &Node, channel: u8, queue: usize, check_seq: b
     tally
 }
 
+// ---- forwarding to the test ----
+
+/// An actor that forwards every `M` it gets to a bounded channel; what does not fit is dropped
+/// (a test reads only the first few).
+pub(crate) struct Forward<M>(pub(crate) mpsc::Sender<M>);
+
+impl<M: Unpin + 'static> Actor for Forward<M> {
+    type Context = Context<Self>;
+}
+
+impl<M: Message<Result = ()> + Send + Unpin + 'static> Handler<M> for Forward<M> {
+    type Result = ();
+    fn handle(&mut self, msg: M, _: &mut Self::Context) {
+        let _ = self.0.try_send(msg);
+    }
+}
+
 // ---- a node and its events ----
 
 /// A node with a subscription to all its events, taken before it did anything.
@@ -232,9 +287,15 @@ pub(crate) struct TestNode {
 }
 
 impl TestNode {
-    /// Spawns a node with `key` (on `io`, if given) and subscribes to its events.
-    pub(crate) async fn spawn_with(config: P2pConfig, key: NodeKey, io: Option<Handle>) -> Self {
-        let mut builder = SwitchBuilder::new(config, key).network("faults");
+    /// Spawns a node on `network` with `key` (its connection tasks on `io`, if given) and
+    /// subscribes to its events.
+    pub(crate) async fn start(
+        config: P2pConfig,
+        network: &str,
+        key: NodeKey,
+        io: Option<Handle>,
+    ) -> Self {
+        let mut builder = SwitchBuilder::new(config, key).network(network);
         if let Some(io) = io {
             builder = builder.io_runtime(io);
         }
@@ -244,8 +305,19 @@ impl TestNode {
         Self { node, events }
     }
 
+    /// Spawns a node on [`NETWORK`] with `key` (on `io`, if given) and subscribes to its events.
+    pub(crate) async fn spawn_with(config: P2pConfig, key: NodeKey, io: Option<Handle>) -> Self {
+        Self::start(config, NETWORK, key, io).await
+    }
+
+    /// Spawns a node on [`NETWORK`] with a new key.
     pub(crate) async fn spawn(config: P2pConfig) -> Self {
         Self::spawn_with(config, NodeKey::generate().unwrap(), None).await
+    }
+
+    /// Spawns a node on `network` with a new key.
+    pub(crate) async fn spawn_in(config: P2pConfig, network: &str) -> Self {
+        Self::start(config, network, NodeKey::generate().unwrap(), None).await
     }
 
     pub(crate) fn id(&self) -> PeerId {
@@ -258,10 +330,7 @@ impl TestNode {
 
     /// The next event, up to [`TIMEOUT`].
     pub(crate) async fn next(&mut self, what: &str) -> SwitchEvent {
-        tokio::time::timeout(TIMEOUT, self.events.recv())
-            .await
-            .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
-            .expect("node gone")
+        recv_within(what, self.events.recv()).await
     }
 
     /// Skips events until one matches `pred`, up to [`TIMEOUT`] in all.
@@ -290,11 +359,52 @@ impl TestNode {
         .await;
     }
 
+    pub(crate) async fn disconnected_from(&mut self, peer: PeerId) {
+        self.wait_for(
+            "PeerDisconnected",
+            |e| matches!(e, SwitchEvent::PeerDisconnected { peer: p, .. } if *p == peer),
+        )
+        .await;
+    }
+
+    /// Skips events until a `DialFailed`, up to [`TIMEOUT`]; returns it.
+    pub(crate) async fn dial_failed(&mut self) -> SwitchEvent {
+        self.wait_for("DialFailed", |e| {
+            matches!(e, SwitchEvent::DialFailed { .. })
+        })
+        .await
+    }
+
+    /// Skips events until an `InboundRejected`, up to [`TIMEOUT`]; returns it.
+    pub(crate) async fn inbound_rejected(&mut self) -> SwitchEvent {
+        self.wait_for("InboundRejected", |e| {
+            matches!(e, SwitchEvent::InboundRejected { .. })
+        })
+        .await
+    }
+
     /// Dials `addr` (fire and forget; the outcome is an event).
     pub(crate) fn dial(&self, addr: NetAddress) {
         #[allow(clippy::disallowed_methods)] // Test: a fire-and-forget command.
         self.node.switch().do_send(tm2_p2p::DialPeers(vec![addr]));
     }
+}
+
+/// Dials `to` as a bare peer with a new key and no Switch of its own (its advertised listen
+/// address, port 1, is never dialed), on `network` with `channels`: the handshake and the
+/// NodeInfo exchange only. Returns the key and the connection, which the test drives itself.
+pub(crate) async fn raw_dial(
+    to: &NetAddress,
+    network: &str,
+    channels: Vec<u8>,
+) -> (NodeKey, Upgraded) {
+    let key = NodeKey::generate().unwrap();
+    let addr: NetAddress = format!("{}@127.0.0.1:1", key.id()).parse().unwrap();
+    let info = NodeInfo::new(addr, network, channels);
+    let up = transport::dial(to, &key, &info, TIMEOUT, TIMEOUT)
+        .await
+        .unwrap();
+    (key, up)
 }
 
 /// Connects `a` to `b` (a dials) and waits until both report it.
@@ -430,19 +540,48 @@ pub(crate) fn exit_when_parent_goes() {
     });
 }
 
-/// Bytes the allocator has handed out and not got back (glibc's `mallinfo2`: `uordblks` plus
-/// `hblkhd`, the mmapped blocks), or `None` where glibc is not the allocator. Unlike RSS it
-/// does not count freed memory the allocator keeps, so it tells live growth from
-/// fragmentation.
-pub(crate) fn heap_in_use() -> Option<u64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 takes no arguments and returns a plain struct.
-        let info = unsafe { libc::mallinfo2() };
-        Some((info.uordblks + info.hblkhd) as u64)
+// ---- another program's output ----
+
+/// Forwards a pipe's lines (a child's stdout or stderr) to a channel from a thread; the channel
+/// disconnects at the end of the output.
+pub(crate) fn lines(
+    pipe: impl std::io::Read + Send + 'static,
+) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { return };
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits up to [`TIMEOUT`] for a line `want` accepts, dropping the others; panics with `what`
+/// and every line seen on timeout or end of output.
+pub(crate) fn wait_line(
+    lines: &std::sync::mpsc::Receiver<String>,
+    what: &str,
+    want: impl Fn(&str) -> bool,
+) -> String {
+    let deadline = clock::now() + TIMEOUT;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(clock::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if want(&line) => return line,
+            Ok(line) => seen.push(line),
+            Err(e) => panic!("no {what} ({e:?}); output so far: {seen:#?}"),
+        }
     }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    {
-        None
+}
+
+/// Sends SIGINT (Ctrl-C) to `child`, which must not have been reaped yet.
+pub(crate) fn interrupt(child: &Child) {
+    // SAFETY: kill(2) on our own child's pid, not reaped yet, so not reused.
+    unsafe {
+        libc::kill(i32::try_from(child.id()).unwrap(), libc::SIGINT);
     }
 }
