@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{
     ChildProcess, TIMEOUT, Tally, TestNode, child_command, child_role, config, connect, counter,
-    heavy_lock, io_runtime, mib, numbered, raise_fd_limit, rss, run_isolated,
+    heavy_lock, io_runtime, mib, numbered, process_cpu_time, raise_fd_limit, rss, run_isolated,
 };
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::rand::SystemRandom;
@@ -311,17 +311,6 @@ fn phase_mib() -> u64 {
 /// slack (arenas of the io runtime's threads, which hold freed memory). A queue without a
 /// bound would hold the stalled peer's whole 192 MiB.
 const RSS_BOUND: u64 = 48 * 1024 * 1024;
-
-/// CPU time (user + system) of this process so far, from /proc/self/stat (fields 14 and 15,
-/// in clock ticks of 1/100 s: USER_HZ is fixed at 100 by the /proc ABI).
-fn process_cpu_time() -> Duration {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
-    let rest = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    Duration::from_millis(ticks * 10)
-}
 
 /// What one phase measured.
 #[derive(Debug, Clone, Copy, Default)]

@@ -360,10 +360,7 @@ async fn garbage_instead_of_a_handshake_counts_as_a_handshake_failure() {
     raw.write_all(&[0xff; 64]).await.unwrap();
     // Kept open until the node has given up on it, so the failure is the garbage and not an
     // early close.
-    a.wait_for("InboundRejected", |e| {
-        matches!(e, SwitchEvent::InboundRejected { .. })
-    })
-    .await;
+    a.inbound_rejected().await;
     let scrape = a.scrape().await;
     assert_eq!(
         scrape.get(
