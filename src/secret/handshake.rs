@@ -92,12 +92,12 @@ impl HandshakeError {
     }
 }
 
-/// Most bytes of early data [`Handshake::with_early_data`] takes: 64 frames, the size of a
-/// secret writer's batch. A framed NodeInfo is at most about 10 KiB
-/// (`MAX_NODE_INFO_SIZE` plus its length prefix), far below. The bound also keeps the first
-/// write small enough for the kernel to take whole while the peer, which writes its own before
-/// reading, is not reading yet.
-pub const EARLY_DATA_MAX: usize = 64 * DATA_MAX;
+/// Most bytes of early data [`Handshake::with_early_data`] takes: 16 frames' worth. A framed
+/// NodeInfo is at most 10,242 bytes (`MAX_NODE_INFO_SIZE` and its length prefix: 11 frames).
+/// The bound keeps the write of the auth frame and the early frames (at most 17 frames, about
+/// 17 KiB) small enough for the kernels of both ends to take whole before either side reads:
+/// a driver may write it all before it reads, as both sides do at once.
+pub const EARLY_DATA_MAX: usize = 16 * DATA_MAX;
 
 /// The X25519 public keys of small order that TM2 refuses, as sent on the wire (from
 /// `conn/secret_connection.go`, `blacklist`).
@@ -983,11 +983,13 @@ mod tests {
             }
         );
         assert!(!err.is_peer_fault());
-        // The cap itself is accepted and goes out as 64 frames after the auth frame.
+        // The cap itself is accepted and goes out as 16 frames after the auth frame; it holds
+        // the largest framed NodeInfo.
+        assert!(EARLY_DATA_MAX >= crate::types::MAX_NODE_INFO_SIZE + crate::codec::varint::MAX_LEN);
         let mut hs = start_early(&node_a(), ALICE_PRIV, &vec![7; EARLY_DATA_MAX]);
         drain(&mut hs);
         feed(&mut hs, &[&eph_msg(&hex32(BOB_PUB))]);
-        assert_eq!(hs.poll_transmit().unwrap().len(), 65 * FRAME_LEN);
+        assert_eq!(hs.poll_transmit().unwrap().len(), 17 * FRAME_LEN);
     }
 
     #[test]
