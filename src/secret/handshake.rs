@@ -99,6 +99,10 @@ impl HandshakeError {
 /// a driver may write it all before it reads, as both sides do at once.
 pub const EARLY_DATA_MAX: usize = 16 * DATA_MAX;
 
+// The largest framed NodeInfo fits in early data.
+const _: () =
+    assert!(EARLY_DATA_MAX >= crate::types::MAX_NODE_INFO_SIZE + crate::codec::varint::MAX_LEN);
+
 /// The X25519 public keys of small order that TM2 refuses, as sent on the wire (from
 /// `conn/secret_connection.go`, `blacklist`).
 const LOW_ORDER_POINTS: [[u8; 32]; 7] = [
@@ -983,9 +987,7 @@ mod tests {
             }
         );
         assert!(!err.is_peer_fault());
-        // The cap itself is accepted and goes out as 16 frames after the auth frame; it holds
-        // the largest framed NodeInfo.
-        assert!(EARLY_DATA_MAX >= crate::types::MAX_NODE_INFO_SIZE + crate::codec::varint::MAX_LEN);
+        // The cap itself is accepted and goes out as 16 frames after the auth frame.
         let mut hs = start_early(&node_a(), ALICE_PRIV, &vec![7; EARLY_DATA_MAX]);
         drain(&mut hs);
         feed(&mut hs, &[&eph_msg(&hex32(BOB_PUB))]);
