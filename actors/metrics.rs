@@ -706,6 +706,7 @@ impl From<&TransportError> for HandshakeFailure {
                     | HandshakeError::MessageTooLarge { .. }
                     | HandshakeError::Frame(_) => Self::BadHandshake,
                     HandshakeError::NotFinished
+                    | HandshakeError::EarlyDataTooLarge { .. }
                     | HandshakeError::Rng
                     | HandshakeError::Internal(_) => Self::Internal,
                 },

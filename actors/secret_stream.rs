@@ -6,6 +6,10 @@
 //! - [`SecretStream::upgrade`] runs the [`Handshake`] over the socket under one timeout. Bytes
 //!   the peer sent after its auth frame (its first stream frames, which may arrive in the same
 //!   segment) are kept for the reader, never dropped.
+//!   [`SecretStream::upgrade_with_early_data`] also sends our first stream bytes (the
+//!   transport's NodeInfo) in the same write as our auth frame, sealed exactly as the writer
+//!   would seal them after the handshake, saving a round trip (see [`crate::secret`], "Early
+//!   data").
 //! - [`SecretWriter`] packs written bytes into 1044-byte frames, filling each frame's 1024 data
 //!   bytes before sealing it (small writes share frames), and hands many sealed frames to the
 //!   kernel in one `write` (up to [`WRITE_BATCH_FRAMES`]). Like a `BufWriter`, nothing is
@@ -95,11 +99,28 @@ impl SecretStream {
         key: &NodeKey,
         timeout: Duration,
     ) -> Result<Self, SecretStreamError> {
+        Self::upgrade_with_early_data(tcp, key, timeout, &[]).await
+    }
+
+    /// Like [`upgrade`](Self::upgrade), and sends `early` (at most
+    /// [`EARLY_DATA_MAX`](crate::secret::EARLY_DATA_MAX) bytes) on the encrypted stream in the
+    /// same write as our auth frame, as if it had been written to the [`SecretWriter`] and
+    /// flushed right after the handshake. The peer reads it as ordinary stream data.
+    ///
+    /// `early` leaves before the peer's signature is verified (encrypted to whoever ran the key
+    /// agreement with us): send only what any peer may see.
+    pub async fn upgrade_with_early_data(
+        tcp: TcpStream,
+        key: &NodeKey,
+        timeout: Duration,
+        early: &[u8],
+    ) -> Result<Self, SecretStreamError> {
         tcp.set_nodelay(true)?;
         let mut tcp = tcp;
-        let (established, leftover) = tokio::time::timeout(timeout, handshake(&mut tcp, key))
-            .await
-            .map_err(|_| SecretStreamError::Timeout(timeout))??;
+        let (established, leftover) =
+            tokio::time::timeout(timeout, handshake_with_early_data(&mut tcp, key, early))
+                .await
+                .map_err(|_| SecretStreamError::Timeout(timeout))??;
         let (read, write) = tcp.into_split();
         let Established {
             remote_public_key,
@@ -143,8 +164,8 @@ impl SecretStream {
 /// Runs the secret handshake over any byte stream. Returns the established state and the bytes
 /// the peer sent after its auth frame (the start of its encrypted stream).
 ///
-/// Both sides write before they read; this cannot deadlock because each handshake message
-/// (35 and 1044 bytes) fits in any socket buffer.
+/// Both sides write before they read; this cannot deadlock because each handshake write (35
+/// bytes, then 1044, or at most 17 frames with early data) fits in the socket buffers.
 pub async fn handshake<S>(
     io: &mut S,
     key: &NodeKey,
@@ -152,8 +173,21 @@ pub async fn handshake<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    handshake_with_early_data(io, key, &[]).await
+}
+
+/// Like [`handshake`], and sends `early` on the encrypted stream in the same write as our auth
+/// frame ([`Handshake::with_early_data`]); the returned sealer continues after it.
+pub async fn handshake_with_early_data<S>(
+    io: &mut S,
+    key: &NodeKey,
+    early: &[u8],
+) -> Result<(Established, Vec<u8>), SecretStreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let rng = SystemRandom::new();
-    let mut hs = Handshake::new(key, &rng)?;
+    let mut hs = Handshake::with_early_data(key, &rng, early)?;
     let mut buf = vec![0u8; HANDSHAKE_READ_BUFFER];
     let mut filled = 0;
     loop {

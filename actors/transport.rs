@@ -2,12 +2,21 @@
 //! connection.
 //!
 //! [`upgrade`] runs, each stage under its own timeout (TM2: 3 s each):
-//! 1. the secret-connection handshake ([`SecretStream::upgrade`]);
-//! 2. the NodeInfo exchange: both sides send `varint(len) NodeInfo` at once; the length is
-//!    checked against 10,240 bytes before the body is read; bytes after it stay buffered in the
-//!    secret reader for the connection that follows;
+//! 1. the secret-connection handshake ([`SecretStream::upgrade_with_early_data`]), which also
+//!    sends our `varint(len) NodeInfo`, sealed right after our auth frame in the same write
+//!    ("early data": two round trips after TCP instead of three, one write fewer per side);
+//! 2. the NodeInfo exchange, now only reading the peer's `varint(len) NodeInfo` (which a peer
+//!    like us sent with its auth frame, and TM2 sends after its handshake; both work): the
+//!    length is checked against 10,240 bytes before the body is read; bytes after it stay
+//!    buffered in the secret reader for the connection that follows;
 //! 3. [`verify_remote`]: valid NodeInfo, authenticated key = claimed id, not ourselves, the
 //!    dialed id, compatible.
+//!
+//! Sending our NodeInfo before the peer's signature is verified (TM2 sends it after) gives
+//! nothing away: a NodeInfo is public (any peer may connect and receive it, and peer exchange
+//! advertises our address), it is encrypted to the key we agreed with that peer, and a
+//! connection to the wrong id or an impostor is still refused by the checks of step 3 before
+//! it becomes a peer.
 //!
 //! The [`Transport`] actor owns the listener. Every accepted socket first takes a handshake
 //! slot ([`HandshakeSlots`]: bounded in total and per remote IP); without one it is closed at
@@ -35,7 +44,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{Logger, debug, warn};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::actors::metrics::Metrics;
@@ -338,7 +347,7 @@ pub enum Stage {
     Connect,
     /// The secret-connection handshake.
     SecretHandshake,
-    /// Sending and receiving NodeInfo.
+    /// Receiving the peer's NodeInfo (ours went out with the secret handshake).
     NodeInfoExchange,
 }
 
@@ -399,6 +408,11 @@ impl From<SecretStreamError> for TransportError {
 
 /// Upgrades `tcp` into a verified connection. `dialed` is the id we dialed (outbound), `None`
 /// for an accepted connection. `timeout` applies to each stage separately.
+///
+/// Our NodeInfo goes out as early data with our auth frame, before the peer's signature is
+/// checked: it is public, encrypted to the agreed key, and a dial that reaches the wrong id
+/// is still refused after the authentication check (see the module docs). A peer that sends
+/// its NodeInfo only after the handshake, as TM2 does, is read the same way.
 pub async fn upgrade(
     tcp: TcpStream,
     key: &NodeKey,
@@ -407,11 +421,11 @@ pub async fn upgrade(
     timeout: Duration,
 ) -> Result<Upgraded, TransportError> {
     let remote_addr = tcp.peer_addr()?;
-    let mut stream = SecretStream::upgrade(tcp, key, timeout).await?;
     let ours_framed = ours
         .encode_framed()
         .map_err(|e| TransportError::Io(io::Error::other(e)))?;
-    let node_info = tokio::time::timeout(timeout, exchange_node_info(&mut stream, &ours_framed))
+    let mut stream = SecretStream::upgrade_with_early_data(tcp, key, timeout, &ours_framed).await?;
+    let node_info = tokio::time::timeout(timeout, read_node_info(&mut stream))
         .await
         .map_err(|_| TransportError::Timeout {
             stage: Stage::NodeInfoExchange,
@@ -458,36 +472,23 @@ async fn connect(addr: &NetAddress, timeout: Duration) -> Result<TcpStream, Tran
         })??)
 }
 
-/// Sends our framed NodeInfo and reads theirs at the same time. Reads exactly the peer's
-/// frame, so whatever follows stays in the secret reader's buffer.
-async fn exchange_node_info(
-    stream: &mut SecretStream,
-    ours_framed: &[u8],
-) -> Result<NodeInfo, TransportError> {
-    let (reader, writer) = stream.halves_mut();
-    let send = async {
-        writer.write_all(ours_framed).await?;
-        writer.flush().await
+/// Reads the peer's framed NodeInfo (ours went out with the handshake). Reads exactly the
+/// peer's frame, so whatever follows stays in the secret reader's buffer.
+async fn read_node_info(stream: &mut SecretStream) -> Result<NodeInfo, TransportError> {
+    let (reader, _) = stream.halves_mut();
+    let mut head = [0u8; varint::MAX_LEN];
+    let mut have = 0;
+    let body_len = loop {
+        reader.read_exact(&mut head[have..=have]).await?;
+        have += 1;
+        if let Some((_, body_len)) =
+            NodeInfo::frame_header(&head[..have]).map_err(TransportError::NodeInfo)?
+        {
+            break body_len;
+        }
     };
-    let receive = async {
-        let mut head = [0u8; varint::MAX_LEN];
-        let mut have = 0;
-        let body_len = loop {
-            reader.read_exact(&mut head[have..=have]).await?;
-            have += 1;
-            if let Some((_, body_len)) =
-                NodeInfo::frame_header(&head[..have]).map_err(TransportError::NodeInfo)?
-            {
-                break body_len;
-            }
-        };
-        // body_len <= MAX_NODE_INFO_SIZE, checked by frame_header before this allocation.
-        let mut body = vec![0u8; body_len];
-        reader.read_exact(&mut body).await?;
-        NodeInfo::decode(&body).map_err(TransportError::NodeInfo)
-    };
-    let (sent, received) = tokio::join!(send, receive);
-    let node_info = received?;
-    sent?;
-    Ok(node_info)
+    // body_len <= MAX_NODE_INFO_SIZE, checked by frame_header before this allocation.
+    let mut body = vec![0u8; body_len];
+    reader.read_exact(&mut body).await?;
+    NodeInfo::decode(&body).map_err(TransportError::NodeInfo)
 }

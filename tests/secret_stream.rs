@@ -418,3 +418,56 @@ async fn a_reader_waiting_on_a_quiet_peer_holds_no_buffer() {
     br.read_exact(&mut got).await.unwrap();
     assert_eq!(&got, b"pong");
 }
+
+#[tokio::test]
+async fn early_data_reaches_the_peer_reader_and_the_sealer_continues_after_it() {
+    use tm2_p2p::actors::secret_stream::{SecretWriter, handshake_with_early_data};
+    let (mut x, mut y) = tokio::io::duplex(1 << 16);
+    let (ka, kb) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
+    let early = pseudo_random(5000, 11);
+    // `b` sends none, as TM2 does.
+    let (ra, rb) = tokio::join!(
+        handshake_with_early_data(&mut x, &ka, &early),
+        handshake(&mut y, &kb)
+    );
+    let (ea, left_a) = ra.unwrap();
+    let (eb, left_b) = rb.unwrap();
+    assert!(left_a.is_empty());
+    assert_eq!(eb.remote_id(), ka.id());
+    let (xr, xw) = tokio::io::split(x);
+    let (yr, _yw) = tokio::io::split(y);
+    let mut b_reader = SecretReader::with_leftover(yr, eb.opener, &left_b);
+    let mut got = vec![0u8; early.len()];
+    b_reader.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, early);
+    let mut a_writer = SecretWriter::new(xw, ea.sealer);
+    a_writer.write_all(b"after the early data").await.unwrap();
+    a_writer.flush().await.unwrap();
+    let mut got = [0u8; 20];
+    b_reader.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"after the early data");
+    drop(xr);
+}
+
+#[tokio::test]
+async fn early_data_over_the_cap_fails_before_anything_is_sent() {
+    use tm2_p2p::actors::secret_stream::handshake_with_early_data;
+    use tm2_p2p::secret::{EARLY_DATA_MAX, HandshakeError};
+    let (mut x, mut y) = tokio::io::duplex(1 << 16);
+    let key = NodeKey::generate().unwrap();
+    let err = handshake_with_early_data(&mut x, &key, &vec![0; EARLY_DATA_MAX + 1])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SecretStreamError::Handshake(HandshakeError::EarlyDataTooLarge { .. })
+        ),
+        "{err:?}"
+    );
+    assert!(!err.is_peer_fault());
+    drop(x);
+    let mut rest = Vec::new();
+    y.read_to_end(&mut rest).await.unwrap();
+    assert!(rest.is_empty());
+}

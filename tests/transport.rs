@@ -8,6 +8,7 @@ use std::time::Duration;
 use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, dial, upgrade};
 use tm2_p2p::codec::varint;
+use tm2_p2p::secret::FRAME_LEN;
 use tm2_p2p::types::{Direction, NodeInfoError, PeerCheckError};
 use tm2_p2p::{NetAddress, NodeInfo, NodeKey, PeerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -252,6 +253,160 @@ async fn bytes_sent_right_after_the_node_info_are_kept() {
     assert_eq!(&got, b"first packet");
     let mut their_info = vec![0u8; 1];
     r.read_exact(&mut their_info).await.unwrap();
+}
+
+// ---- early data: our NodeInfo rides with our auth frame ----
+
+/// Reads a framed NodeInfo from `reader`, exactly its bytes.
+async fn read_framed_node_info(reader: &mut (impl tokio::io::AsyncRead + Unpin)) -> NodeInfo {
+    let mut head = Vec::new();
+    let body_len = loop {
+        head.push(reader.read_u8().await.unwrap());
+        if let Some((_, len)) = NodeInfo::frame_header(&head).unwrap() {
+            break len;
+        }
+    };
+    let mut body = vec![0u8; body_len];
+    reader.read_exact(&mut body).await.unwrap();
+    NodeInfo::decode(&body).unwrap()
+}
+
+/// The upgrade as it was before early data, and as TM2 (Go) does it: the secret handshake
+/// with nothing sent after the auth frame; only once it is done, our NodeInfo is written, then
+/// the peer's read. Then the same checks.
+async fn sequential_upgrade(
+    tcp: TcpStream,
+    key: &NodeKey,
+    ours: &NodeInfo,
+    dialed: Option<PeerId>,
+) -> (SecretStream, NodeInfo) {
+    let mut stream = SecretStream::upgrade(tcp, key, TIMEOUT).await.unwrap();
+    let (reader, writer) = stream.halves_mut();
+    writer
+        .write_all(&ours.encode_framed().unwrap())
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let theirs = read_framed_node_info(reader).await;
+    tm2_p2p::types::verify_remote(ours, stream.remote_id(), &theirs, dialed).unwrap();
+    (stream, theirs)
+}
+
+/// Sends a message each way over two upgraded streams: the sealers and openers of both
+/// ends are in step after their different upgrades.
+async fn both_ways(a: SecretStream, b: SecretStream) {
+    let (mut ar, mut aw) = a.into_split();
+    let (mut br, mut bw) = b.into_split();
+    aw.write_all(b"from a").await.unwrap();
+    aw.flush().await.unwrap();
+    bw.write_all(b"from b").await.unwrap();
+    bw.flush().await.unwrap();
+    let mut got = [0u8; 6];
+    br.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"from a");
+    ar.read_exact(&mut got).await.unwrap();
+    assert_eq!(&got, b"from b");
+}
+
+#[tokio::test]
+async fn our_node_info_arrives_before_the_peer_sent_its_auth_frame() {
+    // The peer runs the handshake by hand and withholds its auth frame: our auth frame and
+    // our NodeInfo must come anyway, in one piece (before early data the NodeInfo waited for
+    // the peer's auth frame, and this read would time out).
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let server_info = server.info.clone();
+    let accepted = server.accept_one();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let mut hs = tm2_p2p::secret::Handshake::new(&key, &ring::rand::SystemRandom::new()).unwrap();
+    tcp.write_all(&hs.poll_transmit().unwrap()).await.unwrap();
+    let mut eph = [0u8; tm2_p2p::secret::EPHEMERAL_MSG_LEN];
+    tcp.read_exact(&mut eph).await.unwrap();
+    assert_eq!(hs.handle_bytes(&eph).unwrap(), eph.len());
+    let our_auth = hs.poll_transmit().unwrap(); // Withheld for now.
+    let framed_len = server_info.encode_framed().unwrap().len();
+    let frames = 1 + framed_len.div_ceil(tm2_p2p::secret::DATA_MAX);
+    let mut theirs = vec![0u8; frames * FRAME_LEN];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut theirs))
+        .await
+        .expect("auth frame and NodeInfo before our auth frame")
+        .unwrap();
+    assert_eq!(hs.handle_bytes(&theirs).unwrap(), FRAME_LEN);
+    assert!(hs.poll_transmit().is_none());
+    let established = hs.finish().unwrap();
+    assert_eq!(established.remote_id(), server_info.id());
+    let mut reader = tm2_p2p::actors::secret_stream::SecretReader::with_leftover(
+        tokio::io::empty(),
+        established.opener,
+        &theirs[FRAME_LEN..],
+    );
+    assert_eq!(read_framed_node_info(&mut reader).await, server_info);
+    // Now complete the upgrade, TM2's way: auth frame, then our NodeInfo after it.
+    let mut writer =
+        tm2_p2p::actors::secret_stream::SecretWriter::new(Vec::new(), established.sealer);
+    let info = node_info(key.id(), 1, "net");
+    writer
+        .write_all(&info.encode_framed().unwrap())
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    tcp.write_all(&our_auth).await.unwrap();
+    tcp.write_all(&writer.into_inner()).await.unwrap();
+    let up = accepted.await.unwrap().unwrap();
+    assert_eq!(up.node_info, info);
+    assert_eq!(up.id(), key.id());
+}
+
+#[tokio::test]
+async fn an_early_data_dialer_connects_to_a_sequential_listener() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_key = NodeKey::generate().unwrap();
+    let server_info = node_info(
+        server_key.id(),
+        listener.local_addr().unwrap().port(),
+        "net",
+    );
+    let addr = server_info.net_address.clone();
+    let expected_server = server_info.clone();
+    let accepted = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        sequential_upgrade(tcp, &server_key, &server_info, None).await
+    });
+    let (key, info) = dialer("net");
+    let out = dial(&addr, &key, &info, TIMEOUT, TIMEOUT).await.unwrap();
+    let (inb, got_info) = accepted.await.unwrap();
+    assert_eq!(out.node_info, expected_server);
+    assert_eq!(got_info, info);
+    assert_eq!(inb.remote_id(), key.id());
+    both_ways(out.stream, inb).await;
+}
+
+#[tokio::test]
+async fn a_sequential_dialer_connects_to_an_early_data_listener() {
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let (server_id, server_info) = (server.key.id(), server.info.clone());
+    let accepted = server.accept_one();
+    let (key, info) = dialer("net");
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (out, got_info) = sequential_upgrade(tcp, &key, &info, Some(server_id)).await;
+    let inb = accepted.await.unwrap().unwrap();
+    assert_eq!(got_info, server_info);
+    assert_eq!(inb.node_info, info);
+    assert_eq!(inb.direction, Direction::Inbound);
+    both_ways(out, inb.stream).await;
+}
+
+#[tokio::test]
+async fn two_early_data_ends_stay_in_step_after_the_upgrade() {
+    let server = Listening::new("net").await;
+    let addr = server.address();
+    let accepted = server.accept_one();
+    let (key, info) = dialer("net");
+    let out = dial(&addr, &key, &info, TIMEOUT, TIMEOUT).await.unwrap();
+    let inb = accepted.await.unwrap().unwrap();
+    both_ways(out.stream, inb.stream).await;
 }
 
 #[tokio::test]

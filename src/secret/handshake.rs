@@ -7,7 +7,7 @@ use std::fmt;
 use ring::agreement::{self, EphemeralPrivateKey, UnparsedPublicKey, X25519};
 use ring::rand::SecureRandom;
 
-use super::frame::{FRAME_LEN, FrameError, FrameOpener, FrameSealer};
+use super::frame::{DATA_MAX, FRAME_LEN, FrameError, FrameOpener, FrameSealer};
 use super::kdf::{DerivedSecrets, derive_secrets_and_challenge};
 use super::wire;
 use crate::key::{self, NodeKey};
@@ -52,6 +52,15 @@ pub enum HandshakeError {
     /// [`Handshake::finish`] was called before [`Handshake::is_established`] (a caller bug).
     #[error("handshake not finished")]
     NotFinished,
+    /// [`Handshake::with_early_data`] was given more than [`EARLY_DATA_MAX`] bytes (a caller
+    /// bug: early data is meant for a NodeInfo, at most 10 KiB framed).
+    #[error("{len} bytes of early data exceed the limit of {max} bytes")]
+    EarlyDataTooLarge {
+        /// The length given.
+        len: usize,
+        /// The cap, [`EARLY_DATA_MAX`].
+        max: usize,
+    },
     /// The random number generator failed to produce the ephemeral key.
     #[error("random number generator failed")]
     Rng,
@@ -74,10 +83,25 @@ impl HandshakeError {
             | Self::MessageTooLarge { .. }
             | Self::BadSignature => true,
             Self::Frame(e) => e.is_peer_fault(),
-            Self::UnexpectedEof | Self::NotFinished | Self::Rng | Self::Internal(_) => false,
+            Self::UnexpectedEof
+            | Self::NotFinished
+            | Self::EarlyDataTooLarge { .. }
+            | Self::Rng
+            | Self::Internal(_) => false,
         }
     }
 }
+
+/// Most bytes of early data [`Handshake::with_early_data`] takes: 16 frames' worth. A framed
+/// NodeInfo is at most 10,242 bytes (`MAX_NODE_INFO_SIZE` and its length prefix: 11 frames).
+/// The bound keeps the write of the auth frame and the early frames (at most 17 frames, about
+/// 17 KiB) small enough for the kernels of both ends to take whole before either side reads:
+/// a driver may write it all before it reads, as both sides do at once.
+pub const EARLY_DATA_MAX: usize = 16 * DATA_MAX;
+
+// The largest framed NodeInfo fits in early data.
+const _: () =
+    assert!(EARLY_DATA_MAX >= crate::types::MAX_NODE_INFO_SIZE + crate::codec::varint::MAX_LEN);
 
 /// The X25519 public keys of small order that TM2 refuses, as sent on the wire (from
 /// `conn/secret_connection.go`, `blacklist`).
@@ -165,8 +189,14 @@ impl ExpectEphemeral {
     }
 
     /// Takes the peer's ephemeral key: checks it, agrees on the secret, derives the keys and
-    /// seals our auth message. Returns the next state and the auth frame to send.
-    fn receive(self, remote: &[u8; 32]) -> Result<(ExpectAuth, [u8; FRAME_LEN]), HandshakeError> {
+    /// seals our auth message, then `early` in frames of up to [`DATA_MAX`] bytes (as a
+    /// secret writer would). Returns the next state and the bytes to send: the auth frame
+    /// followed by the early-data frames, for one write.
+    fn receive(
+        self,
+        remote: &[u8; 32],
+        early: &[u8],
+    ) -> Result<(ExpectAuth, Vec<u8>), HandshakeError> {
         if is_low_order(remote) {
             return Err(HandshakeError::LowOrderKey);
         }
@@ -184,14 +214,22 @@ impl ExpectEphemeral {
         let opener = FrameOpener::from_raw_key(&secrets.recv, 0)?;
         let signature = self.node_key.sign(&secrets.challenge);
         let auth = wire::encode_auth(&self.node_key.public_key(), &signature);
-        let mut frame = [0; FRAME_LEN];
-        sealer.seal(&auth, &mut frame)?;
+        let frames = 1 + early.len().div_ceil(DATA_MAX);
+        let mut out = vec![0; frames * FRAME_LEN];
+        let mut slots = out.chunks_exact_mut(FRAME_LEN);
+        for data in std::iter::once(&auth[..]).chain(early.chunks(DATA_MAX)) {
+            let slot: &mut [u8; FRAME_LEN] = slots
+                .next()
+                .and_then(|slot| slot.try_into().ok())
+                .ok_or(HandshakeError::Internal("early data frame slot"))?;
+            sealer.seal(data, slot)?;
+        }
         let next = ExpectAuth {
             challenge: secrets.challenge,
             sealer,
             opener,
         };
-        Ok((next, frame))
+        Ok((next, out))
     }
 }
 
@@ -222,7 +260,8 @@ impl ExpectAuth {
 }
 
 /// The outcome of a successful handshake: the peer's authenticated identity key and the two
-/// halves of the encrypted stream, both positioned after the handshake's frames.
+/// halves of the encrypted stream, both positioned after the handshake's frames (the sealer
+/// after our auth frame and early-data frames, the opener after the peer's auth frame).
 #[derive(Debug)]
 pub struct Established {
     /// The Ed25519 key the peer proved it holds. The handshake does not check it against any
@@ -259,10 +298,14 @@ enum State {
 pub struct Handshake {
     /// The current typestate.
     state: State,
-    /// Bytes to send, in order: the ephemeral message, then the auth frame.
+    /// Bytes to send, in order: the ephemeral message, then the auth frame with the
+    /// early-data frames after it (one entry, so one write).
     outbox: VecDeque<Vec<u8>>,
     /// The part of the peer's current message received so far (at most one frame).
     inbox: Vec<u8>,
+    /// Plaintext to seal right after our auth frame; set by the constructor, emptied when the
+    /// auth frame is sealed.
+    early: Vec<u8>,
 }
 
 impl Handshake {
@@ -270,16 +313,43 @@ impl Handshake {
     /// `ring::rand::SystemRandom`) and queues its message. `key` signs the challenge later; the
     /// handshake keeps its own copy.
     pub fn new(key: &NodeKey, rng: &dyn SecureRandom) -> Result<Self, HandshakeError> {
+        Self::with_early_data(key, rng, &[])
+    }
+
+    /// Like [`new`](Self::new), and sends `early` (at most [`EARLY_DATA_MAX`] bytes, else
+    /// [`HandshakeError::EarlyDataTooLarge`]) on the encrypted stream right after our auth
+    /// frame, in the same [`poll_transmit`](Self::poll_transmit) entry: the first stream
+    /// frames, sealed with the next nonces exactly as a secret writer would seal `early`
+    /// written and flushed at once. Empty `early` is [`new`](Self::new).
+    ///
+    /// The peer reads them as ordinary stream data once its handshake is done (a TM2 node
+    /// reads exactly its auth frame, so what follows waits in its buffer), which saves the
+    /// round trip of a message that does not depend on the peer's reply. The price: `early`
+    /// leaves before the peer's signature is checked, encrypted to whoever ran the key
+    /// agreement with us. Send only what any peer may see (a NodeInfo), never a secret.
+    pub fn with_early_data(
+        key: &NodeKey,
+        rng: &dyn SecureRandom,
+        early: &[u8],
+    ) -> Result<Self, HandshakeError> {
+        if early.len() > EARLY_DATA_MAX {
+            return Err(HandshakeError::EarlyDataTooLarge {
+                len: early.len(),
+                max: EARLY_DATA_MAX,
+            });
+        }
         let (state, msg) = ExpectEphemeral::start(key, rng)?;
         Ok(Self {
             state: State::Ephemeral(state),
             outbox: VecDeque::from([msg.to_vec()]),
             inbox: Vec::with_capacity(FRAME_LEN),
+            early: early.to_vec(),
         })
     }
 
     /// Bytes to write to the peer now, if any (first the 35-byte ephemeral message, later the
-    /// 1044-byte auth frame). Call after `new` and after every `handle_bytes`, until `None`.
+    /// 1044-byte auth frame followed by the early-data frames, 1044 bytes each). Call after
+    /// `new` and after every `handle_bytes`, until `None`.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.outbox.pop_front()
     }
@@ -368,8 +438,9 @@ impl Handshake {
         self.state = match state {
             State::Ephemeral(state) => {
                 let remote = wire::parse_ephemeral(&self.inbox)?;
-                let (next, frame) = state.receive(&remote)?;
-                self.outbox.push_back(frame.to_vec());
+                let early = std::mem::take(&mut self.early);
+                let (next, frames) = state.receive(&remote, &early)?;
+                self.outbox.push_back(frames);
                 State::Auth(next)
             }
             State::Auth(state) => {
@@ -771,6 +842,156 @@ mod tests {
         let mut b = hs.finish().unwrap();
         let mut frame: [u8; FRAME_LEN] = input[a_out.len()..][..FRAME_LEN].try_into().unwrap();
         assert_eq!(b.opener.open(&mut frame).unwrap(), b"node info");
+    }
+
+    // ---- early data ----
+
+    fn start_early(key: &NodeKey, eph_private: &str, early: &[u8]) -> Handshake {
+        let bytes = hex::decode(eph_private).unwrap();
+        Handshake::with_early_data(key, &FixedSliceRandom { bytes: &bytes }, early).unwrap()
+    }
+
+    /// Bytes that are no pattern a bug could reproduce by accident (a counter would do).
+    fn early_bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 8) as u8)
+            .collect()
+    }
+
+    /// Opens every whole frame of `bytes` (which must be whole frames) in order and returns
+    /// the data they carry.
+    fn open_all(opener: &mut FrameOpener, bytes: &[u8]) -> Vec<u8> {
+        assert_eq!(bytes.len() % FRAME_LEN, 0, "not whole frames");
+        let mut data = Vec::new();
+        for chunk in bytes.chunks_exact(FRAME_LEN) {
+            let mut frame: [u8; FRAME_LEN] = chunk.try_into().unwrap();
+            data.extend_from_slice(opener.open(&mut frame).unwrap());
+        }
+        data
+    }
+
+    /// Runs `a` and `b` against each other in memory, each side's whole output delivered to
+    /// the other at once. Returns both results and what each got after the peer's auth frame.
+    fn run_pair(
+        mut a: Handshake,
+        mut b: Handshake,
+    ) -> ((Established, Vec<u8>), (Established, Vec<u8>)) {
+        let a_eph = a.poll_transmit().unwrap();
+        let b_eph = b.poll_transmit().unwrap();
+        feed(&mut a, &[&b_eph]);
+        feed(&mut b, &[&a_eph]);
+        let a_rest = drain(&mut a);
+        let b_rest = drain(&mut b);
+        let finish = |mut hs: Handshake, input: &[u8]| {
+            let used = hs.handle_bytes(input).unwrap();
+            assert_eq!(used, FRAME_LEN, "only the auth frame is the handshake's");
+            drain(&mut hs);
+            assert!(hs.is_established());
+            (hs.finish().unwrap(), input[used..].to_vec())
+        };
+        (finish(a, &b_rest), finish(b, &a_rest))
+    }
+
+    #[test]
+    fn early_data_of_both_sides_arrives_after_the_auth_frames() {
+        let a_early = early_bytes(2500, 1);
+        let b_early = early_bytes(300, 2);
+        let ((mut a, a_left), (mut b, b_left)) = run_pair(
+            start_early(&node_a(), ALICE_PRIV, &a_early),
+            start_early(&node_b(), BOB_PRIV, &b_early),
+        );
+        assert_eq!(b.remote_id(), node_a().id());
+        assert_eq!(a.remote_id(), node_b().id());
+        assert_eq!(b_left.len(), 3 * FRAME_LEN);
+        assert_eq!(a_left.len(), FRAME_LEN);
+        assert_eq!(open_all(&mut b.opener, &b_left), a_early);
+        assert_eq!(open_all(&mut a.opener, &a_left), b_early);
+        // Both sealers continue after their early frames: the streams stay in step.
+        let mut frame = [0; FRAME_LEN];
+        a.sealer.seal(b"after", &mut frame).unwrap();
+        assert_eq!(open_all(&mut b.opener, &frame), b"after");
+        b.sealer.seal(b"reply", &mut frame).unwrap();
+        assert_eq!(open_all(&mut a.opener, &frame), b"reply");
+    }
+
+    #[test]
+    fn early_data_interoperates_with_a_peer_that_sends_none() {
+        // Bob behaves as TM2: no early data; he sends his first frame after the handshake.
+        let a_early = early_bytes(700, 3);
+        let ((mut a, a_left), (mut b, b_left)) =
+            run_pair(start_early(&node_a(), ALICE_PRIV, &a_early), bob());
+        assert!(a_left.is_empty());
+        assert_eq!(open_all(&mut b.opener, &b_left), a_early);
+        let mut frame = [0; FRAME_LEN];
+        b.sealer.seal(b"late node info", &mut frame).unwrap();
+        assert_eq!(open_all(&mut a.opener, &frame), b"late node info");
+        a.sealer.seal(b"next", &mut frame).unwrap();
+        assert_eq!(open_all(&mut b.opener, &frame), b"next");
+    }
+
+    #[test]
+    fn early_data_frames_are_what_a_writer_would_seal_after_the_handshake() {
+        // Fixed ephemeral keys make both runs derive the same keys: the early frames must be
+        // byte for byte the frames sealed by the established sealer of a plain handshake.
+        let early = early_bytes(2 * DATA_MAX + 17, 4);
+        let (_, b_out) = transcripts();
+        let mut plain = established(alice(), &b_out);
+        let mut expected = Vec::new();
+        for chunk in early.chunks(DATA_MAX) {
+            let mut frame = [0; FRAME_LEN];
+            plain.sealer.seal(chunk, &mut frame).unwrap();
+            expected.extend_from_slice(&frame);
+        }
+        let mut hs = start_early(&node_a(), ALICE_PRIV, &early);
+        drain(&mut hs);
+        feed(&mut hs, &[&b_out[..EPHEMERAL_MSG_LEN]]);
+        let out = drain(&mut hs);
+        let (auth, rest) = out.split_at(FRAME_LEN);
+        assert_eq!(auth, &transcripts().0[EPHEMERAL_MSG_LEN..]);
+        assert_eq!(rest, &expected[..]);
+    }
+
+    #[test]
+    fn auth_frame_and_early_frames_leave_in_one_transmit() {
+        for (len, frames) in [(0, 0), (1, 1), (DATA_MAX, 1), (DATA_MAX + 1, 2), (3000, 3)] {
+            let mut hs = start_early(&node_a(), ALICE_PRIV, &early_bytes(len, 5));
+            assert_eq!(hs.poll_transmit().map(|b| b.len()), Some(EPHEMERAL_MSG_LEN));
+            assert_eq!(hs.poll_transmit(), None);
+            feed(&mut hs, &[&eph_msg(&hex32(BOB_PUB))]);
+            let entry = hs.poll_transmit().unwrap();
+            assert_eq!(entry.len(), FRAME_LEN * (1 + frames), "{len} bytes");
+            assert_eq!(hs.poll_transmit(), None, "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn empty_early_data_is_the_plain_handshake() {
+        let (a_out, _) = transcripts();
+        let b_eph = drain(&mut bob());
+        let with_empty = full_output(start_early(&node_a(), ALICE_PRIV, &[]), &b_eph);
+        assert_eq!(with_empty, a_out);
+    }
+
+    #[test]
+    fn early_data_over_the_cap_is_refused() {
+        let rng = FixedSliceRandom {
+            bytes: &hex::decode(ALICE_PRIV).unwrap(),
+        };
+        let too_big = vec![0; EARLY_DATA_MAX + 1];
+        let err = Handshake::with_early_data(&node_a(), &rng, &too_big).unwrap_err();
+        assert_eq!(
+            err,
+            HandshakeError::EarlyDataTooLarge {
+                len: EARLY_DATA_MAX + 1,
+                max: EARLY_DATA_MAX
+            }
+        );
+        assert!(!err.is_peer_fault());
+        // The cap itself is accepted and goes out as 16 frames after the auth frame.
+        let mut hs = start_early(&node_a(), ALICE_PRIV, &vec![7; EARLY_DATA_MAX]);
+        drain(&mut hs);
+        feed(&mut hs, &[&eph_msg(&hex32(BOB_PUB))]);
+        assert_eq!(hs.poll_transmit().unwrap().len(), 17 * FRAME_LEN);
     }
 
     #[test]

@@ -20,11 +20,14 @@
 //!
 //! ## Calling protocol
 //!
-//! 1. `let mut hs = Handshake::new(&node_key, &ring::rand::SystemRandom::new())?;`
+//! 1. `let mut hs = Handshake::new(&node_key, &ring::rand::SystemRandom::new())?;`, or
+//!    [`Handshake::with_early_data`] to send the first stream bytes with the auth frame
+//!    (see "Early data" below).
 //! 2. Write every [`Handshake::poll_transmit`] result to the socket (the 35-byte ephemeral
 //!    message at once). Both sides write before they read, so neither waits on the other.
 //! 3. For each read, `let n = hs.handle_bytes(&buf)?;` then drain `poll_transmit` again (the
-//!    1044-byte auth frame appears once the peer's ephemeral key is in). Bytes from `n` on
+//!    1044-byte auth frame, and the early-data frames after it in the same entry, appear once
+//!    the peer's ephemeral key is in). Bytes from `n` on
 //!    are not the handshake's: they are the peer's first stream frames; keep them.
 //!    On EOF call [`Handshake::handle_eof`], which fails with
 //!    [`HandshakeError::UnexpectedEof`]. Bound the whole exchange with a timeout (TM2: 3 s);
@@ -36,6 +39,19 @@
 //!    [`Established::remote_public_key`]; it does not check that this is the peer you meant.
 //!    Compare [`Established::remote_id`] with the dialed id (and with the NodeInfo id);
 //!    without that check a man in the middle can run two handshakes and relay.
+//!
+//! ## Early data
+//!
+//! Our first stream message (the NodeInfo) does not depend on anything the peer sends after
+//! its ephemeral key, so [`Handshake::with_early_data`] seals it right after our auth frame,
+//! with the same sealer and the next nonces, and queues both as one `poll_transmit` entry: one
+//! write instead of two, and the connection is ready a round trip sooner. On the wire this is
+//! exactly what a peer that wrote its auth frame and then, without waiting, its first frames
+//! would send, so it needs nothing from the peer: a TM2 node reads exactly its auth frame and
+//! finds our frames waiting in its buffer afterwards, and a peer that sends no early data (TM2
+//! itself) interoperates with one that does. The early frames leave before the peer's
+//! signature is verified: they are encrypted to whoever ran the key agreement with us, so they
+//! must be public data (a NodeInfo is: any peer may connect and ask for it).
 //!
 //! Errors say whether the peer is to blame ([`HandshakeError::is_peer_fault`],
 //! [`FrameError::is_peer_fault`]). After any error the handshake, and an opener after a
@@ -68,6 +84,6 @@ pub use frame::{
     DATA_LEN_SIZE, DATA_MAX, FRAME_LEN, FrameError, FrameOpener, FrameSealer, KEY_LEN,
     PLAINTEXT_LEN, TAG_LEN,
 };
-pub use handshake::{Established, Handshake, HandshakeError};
+pub use handshake::{EARLY_DATA_MAX, Established, Handshake, HandshakeError};
 pub use kdf::{DerivedSecrets, HKDF_INFO, SECRET_LEN, derive_secrets_and_challenge};
 pub use wire::{AUTH_MSG_LEN, EPHEMERAL_MSG_LEN, HANDSHAKE_MSG_MAX};
