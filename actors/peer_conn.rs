@@ -112,6 +112,11 @@ pub const MAX_ACKS: usize = 2;
 /// has buffered). The buffer is released while a read waits, so an idle connection holds none.
 const READ_CHUNK: usize = 4096;
 
+/// The most the writer task's packet buffer keeps while nothing is queued; a larger one (grown
+/// to a 64 KiB batch by a burst) is released, so a connection that was busy once holds no
+/// batch-sized buffer while it is quiet.
+const IDLE_WRITE_BUFFER: usize = 4096;
+
 /// What a [`PeerConn`] needs besides the stream and channels.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConnConfig {
@@ -692,11 +697,12 @@ async fn watch_tasks(shared: Arc<Shared>, reader: JoinHandle<()>, writer: JoinHa
 /// The writer task: drives the send half and writes to the socket (module docs of `mconn`,
 /// "Writer task").
 async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: Box<W>) {
-    // Grows to one batch (`BATCH_BYTES`, 64 KiB, plus a packet) under load.
+    // Grows to one batch (`BATCH_BYTES`, 64 KiB, plus a packet) under load; released when the
+    // queues run dry (`IDLE_WRITE_BUFFER`).
     let mut buf = Vec::new();
     let reason = loop {
         let now = clock::now();
-        let (transmit, next) = {
+        let (transmit, next, idle) = {
             let mut state = shared.lock();
             if state.reason.is_some() {
                 return;
@@ -708,8 +714,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: Box<W>) 
             let next = (t.bytes == 0)
                 .then(|| state.sender.poll_timeout())
                 .flatten();
-            (t, next)
+            (t, next, t.bytes == 0 && !state.sender.has_pending())
         };
+        if idle && buf.capacity() > IDLE_WRITE_BUFFER {
+            // Nothing queued: a burst is over. Waiting on the rate limit is not idle (the next
+            // turn needs the buffer again).
+            buf = Vec::new();
+        }
         if transmit.bytes > 0 {
             // Messages left the queues: senders waiting for room may retry.
             shared.room.notify_waiters();

@@ -51,6 +51,12 @@ pub const READ_BUFFER_FRAMES: usize = 64;
 /// How many frames the reader's buffer holds at first (it grows while the peer sends fast).
 pub const INITIAL_READ_FRAMES: usize = 2;
 
+/// Small batches in a row (writes of at most one frame; reads of at most
+/// [`INITIAL_READ_FRAMES`] frames) after which a half that grew its buffer in a burst releases it
+/// when it next has nothing buffered: a connection that was busy once does not keep 66 KiB
+/// each way for the rest of its life.
+pub const QUIET_BATCHES: u8 = 2;
+
 /// Size of the buffer the handshake reads into: the largest handshake input (a 35-byte
 /// ephemeral-key message plus a 1044-byte auth frame) with room for the peer's first frames.
 const HANDSHAKE_READ_BUFFER: usize = 4 * FRAME_LEN;
@@ -238,12 +244,16 @@ pub struct SecretWriter<W> {
     pending: Vec<u8>,
     /// Sealed frames waiting for the socket. Grows a frame at a time up to
     /// `WRITE_BATCH_FRAMES` frames as writes need it; released when a single frame has been
-    /// written out, so a quiet connection holds none.
+    /// written out and nothing larger was written the time before
+    /// ([`QUIET_BATCHES`]), so a quiet connection holds none, even after a burst.
     out: Vec<u8>,
     /// End of the sealed bytes in `out`.
     out_len: usize,
     /// How much of `out[..out_len]` the socket has taken.
     out_pos: usize,
+    /// Batches of at most one frame written in a row (saturating): [`QUIET_BATCHES`] of them
+    /// mean the burst that grew `out` is over.
+    small_batches: u8,
     /// Set after a sealing error (nonce exhausted): the half refuses further writes.
     failed: Option<FrameError>,
 }
@@ -258,6 +268,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
             out: Vec::new(),
             out_len: 0,
             out_pos: 0,
+            small_batches: 0,
             failed: None,
         }
     }
@@ -325,6 +336,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
 
     /// Writes all sealed frames to the socket.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let batch = self.out_len;
         while self.out_pos < self.out_len {
             let n = ready!(
                 Pin::new(&mut self.io).poll_write(cx, &self.out[self.out_pos..self.out_len])
@@ -336,9 +348,16 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         }
         self.out_pos = 0;
         self.out_len = 0;
-        if self.out.len() <= FRAME_LEN {
+        if batch > FRAME_LEN {
+            self.small_batches = 0;
+        } else if batch > 0 {
+            self.small_batches = self.small_batches.saturating_add(1);
+        }
+        if self.out.len() <= FRAME_LEN || self.small_batches >= QUIET_BATCHES {
             // A quiet connection's single frame: hold no buffers until the next write. A busy
-            // one (grown batch) keeps them.
+            // one (grown batch) keeps them until its writes have been single frames for a
+            // while (a stream's batches alternate full ones and a flushed remainder, which
+            // must not free and regrow 66 KiB each time).
             self.out = Vec::new();
             if self.pending.is_empty() {
                 self.pending = Vec::new();
@@ -439,6 +458,9 @@ pub struct SecretReader<R> {
     end: usize,
     /// The unread plaintext of the last opened frame, as a range of `buf`.
     plain: std::ops::Range<usize>,
+    /// Reads in a row that took at most [`INITIAL_READ_FRAMES`] frames (saturating):
+    /// [`QUIET_BATCHES`] of them mean the burst that grew `buf` is over.
+    small_reads: u8,
     /// Set after a frame failed to open: the half refuses further reads.
     failed: Option<FrameError>,
 }
@@ -463,6 +485,7 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
             start: 0,
             end: leftover.len(),
             plain: 0..0,
+            small_reads: 0,
             failed: None,
         }
     }
@@ -553,15 +576,24 @@ impl<R: AsyncRead + Unpin> AsyncRead for SecretReader<R> {
             let polled = Pin::new(&mut this.io).poll_read(cx, &mut rb);
             let n = rb.filled().len();
             if polled.is_pending() {
-                if this.end == 0 && this.buf.len() <= INITIAL_READ_FRAMES * FRAME_LEN {
+                if this.end == 0
+                    && (this.buf.len() <= INITIAL_READ_FRAMES * FRAME_LEN
+                        || this.small_reads >= QUIET_BATCHES)
+                {
                     // Nothing buffered and the peer is quiet: hold no buffer while waiting.
-                    // A busy connection (grown buffer) keeps its buffer.
+                    // A busy connection keeps its grown buffer until its reads have been
+                    // small for a while.
                     this.buf = Vec::new();
                 }
                 return Poll::Pending;
             }
             if let Poll::Ready(Err(e)) = polled {
                 return Poll::Ready(Err(e));
+            }
+            if n > INITIAL_READ_FRAMES * FRAME_LEN {
+                this.small_reads = 0;
+            } else if n > 0 {
+                this.small_reads = this.small_reads.saturating_add(1);
             }
             if n == space && this.buf.len() < READ_BUFFER_FRAMES * FRAME_LEN {
                 // The socket had at least as much as we could take: read more at once next time.

@@ -294,6 +294,97 @@ fn slow_consumer_measurement() {
     actix::System::new().block_on(slow_consumer());
 }
 
+/// See [`quiet_after_burst_measurement`]; run in its own process so that its heap is its own.
+#[test]
+fn a_connection_that_was_busy_once_holds_no_batch_buffers_once_quiet() {
+    let _heavy = heavy_lock();
+    run_isolated("quiet_after_burst_measurement", "quiet-after-burst");
+}
+
+/// Two nodes; A sends B 32 MiB in 1 MiB messages (which grows A's packet batch and sealed-frame
+/// batch and B's read buffer to their 64 KiB caps), then both send a few small messages. The
+/// live heap (mallinfo2) after that is within [`QUIET_HEAP_BOUND`] of what it was before the
+/// burst: the grown buffers (about 200 KiB in all) were released once traffic went quiet.
+#[test]
+#[ignore = "run in its own process by a_connection_that_was_busy_once_...; returns at once alone"]
+fn quiet_after_burst_measurement() {
+    if child_role().as_deref() != Some("quiet-after-burst") {
+        return;
+    }
+    actix::System::new().block_on(quiet_after_burst());
+}
+
+/// Heap growth allowed from before a burst to after the quiet messages that follow it: a third
+/// of what the three batch buffers would keep.
+const QUIET_HEAP_BOUND: u64 = 64 * 1024;
+
+/// One small message from `from` to `to`, waiting until `to`'s tally has it.
+async fn small_message(from: &TestNode, to: &Tally) {
+    let before = to.messages();
+    from.node
+        .switch()
+        .send(Broadcast {
+            channel: CHANNEL,
+            payload: Bytes::from_static(b"quiet"),
+        })
+        .await
+        .unwrap();
+    to.wait("a small message", |t| t.messages() > before).await;
+}
+
+async fn quiet_after_burst() {
+    let (mut a, mut b) = (
+        TestNode::spawn(config()).await,
+        TestNode::spawn(config()).await,
+    );
+    let ta = counter(&a.node, CHANNEL, 64, false).await;
+    let tb = counter(&b.node, CHANNEL, 64, false).await;
+    connect(&mut a, &mut b).await;
+    for _ in 0..3 {
+        small_message(&a, &tb).await;
+        small_message(&b, &ta).await;
+    }
+    let Some(before) = common::heap_in_use() else {
+        println!("no mallinfo2 on this platform: nothing to measure");
+        return;
+    };
+    const BURST: u64 = 32;
+    let sent_before = tb.messages();
+    for i in 0..BURST {
+        // At most 8 messages in flight: the burst fills the pipe, not a queue.
+        tb.wait("the burst", |t| t.messages() + 8 > sent_before + i)
+            .await;
+        a.node
+            .switch()
+            .send(Broadcast {
+                channel: CHANNEL,
+                payload: numbered(i, 1 << 20),
+            })
+            .await
+            .unwrap();
+    }
+    tb.wait("the whole burst", |t| t.messages() >= sent_before + BURST)
+        .await;
+    for _ in 0..3 {
+        small_message(&a, &tb).await;
+        small_message(&b, &ta).await;
+    }
+    let after = common::heap_in_use().unwrap_or(before);
+    let grew = after.saturating_sub(before);
+    println!(
+        "heap in use: {:.1} KiB before the burst, {:.1} KiB after it and the quiet messages \
+         (+{:.1} KiB; bound {} KiB)",
+        before as f64 / 1024.0,
+        after as f64 / 1024.0,
+        grew as f64 / 1024.0,
+        QUIET_HEAP_BOUND / 1024
+    );
+    assert!(
+        grew < QUIET_HEAP_BOUND,
+        "a quiet connection kept {grew} bytes grown by the burst"
+    );
+}
+
 /// MiB broadcast per phase: `FAULTS_PHASE_MIB`, default 32.
 fn phase_mib() -> u64 {
     std::env::var("FAULTS_PHASE_MIB")

@@ -117,6 +117,60 @@ async fn buffers_stay_small_while_idle_and_grow_under_load() {
     assert!(br.buffer_len() <= READ_BUFFER_FRAMES * FRAME_LEN);
 }
 
+/// Polls `reader` once: whether the read had to wait (nothing buffered, nothing on the socket).
+async fn read_would_wait(reader: &mut SecretReader<tokio::net::tcp::OwnedReadHalf>) -> bool {
+    let mut space = [0u8; 64];
+    std::future::poll_fn(|cx| {
+        let mut rb = tokio::io::ReadBuf::new(&mut space);
+        let polled = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut *reader), cx, &mut rb);
+        std::task::Poll::Ready(polled.is_pending())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn buffers_grown_by_a_burst_are_released_once_traffic_is_quiet_again() {
+    use tm2_p2p::actors::secret_stream::{QUIET_BATCHES, WRITE_BATCH_FRAMES};
+    let (a, b, _, _) = connected_pair().await;
+    let (_ar, mut aw) = a.into_split();
+    let (mut br, _bw) = b.into_split();
+    // A stream of batches that alternate a full one and a flushed remainder of one frame keeps
+    // the grown buffers: freeing and regrowing 66 KiB per write would cost a busy stream.
+    let chunk = pseudo_random(WRITE_BATCH_FRAMES * 1024 + 7, 4);
+    let mut sink = vec![0u8; chunk.len()];
+    for _ in 0..4 {
+        aw.write_all(&chunk).await.unwrap();
+        aw.flush().await.unwrap();
+        br.read_exact(&mut sink).await.unwrap();
+        assert!(sink == chunk, "corrupted");
+        assert_eq!(aw.buffer_len(), WRITE_BATCH_FRAMES * FRAME_LEN);
+    }
+    assert!(
+        br.buffer_len() > 2 * FRAME_LEN,
+        "the burst grew the read buffer"
+    );
+    // Quiet traffic: single frames. After QUIET_BATCHES of them both halves let go.
+    for i in 0..QUIET_BATCHES {
+        aw.write_all(&[i; 16]).await.unwrap();
+        aw.flush().await.unwrap();
+        let mut got = [0u8; 16];
+        br.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, [i; 16]);
+    }
+    assert_eq!(aw.buffer_len(), 0, "the writer kept its burst batch");
+    assert!(read_would_wait(&mut br).await);
+    assert_eq!(
+        br.buffer_len(),
+        0,
+        "the reader kept its burst buffer while waiting"
+    );
+    // And the stream goes on.
+    aw.write_all(&chunk).await.unwrap();
+    aw.flush().await.unwrap();
+    br.read_exact(&mut sink).await.unwrap();
+    assert!(sink == chunk, "corrupted after the release");
+}
+
 #[tokio::test]
 async fn small_writes_share_frames() {
     let (a, b, _, _) = connected_pair().await;
