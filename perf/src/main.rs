@@ -8,6 +8,11 @@
 //!   handshake, ready to send, then closed);
 //! - `memory`: RSS growth per idle connection end with 500 connections open.
 //!
+//! The rows with a goal on a rate also run two floors of TM2's wire (`floor`): its cipher
+//! alone in memory and its secret layer (or upgrade) alone over TCP. A floor's rate per
+//! CPU-second times the machine's cores is a ceiling no TM2-compatible implementation passes
+//! here; the second table sets it against what each goal needs.
+//!
 //! Each measurement of each stack runs in its own child process (this binary, re-executed
 //! with the hidden `child` subcommand) with both ends of its connections inside it, so the
 //! stacks never share a heap, a runtime or a socket table; the parent alternates the stacks'
