@@ -143,14 +143,7 @@ impl Default for PeerConnConfig {
 impl From<&P2pConfig> for PeerConnConfig {
     fn from(c: &P2pConfig) -> Self {
         Self {
-            mconn: MConnConfig {
-                max_packet_msg_payload_size: c.max_packet_msg_payload_size,
-                ping_interval: c.ping_interval,
-                pong_timeout: c.pong_timeout,
-                flush_throttle: c.flush_throttle_timeout,
-                send_rate: c.send_rate,
-                recv_rate: c.recv_rate,
-            },
+            mconn: MConnConfig::from(c),
             send_timeout: c.send_timeout,
             metrics: None,
         }

@@ -379,6 +379,23 @@ pub(crate) fn read_capped(reader: impl Read, limit: u64) -> io::Result<Option<Ve
     Ok((bytes.len() as u64 <= limit).then_some(bytes))
 }
 
+/// Opens `path` for reading if it is a regular file, with its metadata; an `InvalidInput`
+/// error ("not a regular file") otherwise. Checked before opening, because opening a FIFO for
+/// reading blocks until a writer comes, and again on the open handle, for a file swapped in
+/// meanwhile. Used by the node key and address book loaders.
+pub(crate) fn open_regular_file(path: &Path) -> io::Result<(std::fs::File, std::fs::Metadata)> {
+    let not_a_file = || io::Error::new(io::ErrorKind::InvalidInput, "not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_a_file());
+    }
+    let file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(not_a_file());
+    }
+    Ok((file, metadata))
+}
+
 fn path_suffix(path: Option<&Path>) -> String {
     path.map(|p| format!(" {}", p.display()))
         .unwrap_or_default()

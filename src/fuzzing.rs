@@ -753,15 +753,8 @@ pub fn config(data: &[u8]) {
         .to_commented_toml()
         .expect("a config read from TOML writes as TOML");
     assert_eq!(P2pConfig::from_toml_str(&commented).expect("reads back"), c);
-    // The mconn settings the runtime derives (actors/peer_conn.rs) must be accepted.
-    let mconn = MConnConfig {
-        max_packet_msg_payload_size: c.max_packet_msg_payload_size,
-        ping_interval: c.ping_interval,
-        pong_timeout: c.pong_timeout,
-        flush_throttle: c.flush_throttle_timeout,
-        send_rate: c.send_rate,
-        recv_rate: c.recv_rate,
-    };
+    // The mconn settings the runtime derives from it (`MConnConfig::from`) must be accepted.
+    let mconn = MConnConfig::from(&c);
     assert_eq!(mconn.validate(), Ok::<(), MConnConfigError>(()));
     MConnection::new(&mconn, &[ChannelDescriptor::new(0x40)], base_instant())
         .expect("a valid config builds a connection");

@@ -33,7 +33,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use ring::signature::{Ed25519KeyPair, KeyPair};
 use serde::Deserialize;
 
-use crate::config::read_capped;
+use crate::config::{open_regular_file, read_capped};
 use crate::types::PeerId;
 
 /// Length of an Ed25519 seed (the private half TM2 stores first).
@@ -289,17 +289,8 @@ impl NodeKey {
             path: path.to_owned(),
             source,
         };
-        // Checked before opening, because opening a FIFO for reading blocks until a writer
-        // comes; checked again on the open handle below, for a file swapped in meanwhile.
-        if !fs::metadata(path).map_err(read_err)?.is_file() {
-            return Err(read_err(not_a_regular_file()));
-        }
-        let file = File::open(path).map_err(read_err)?;
-        // Checked on the open handle, so the mode and the contents are those of one file.
-        let metadata = file.metadata().map_err(read_err)?;
-        if !metadata.is_file() {
-            return Err(read_err(not_a_regular_file()));
-        }
+        // The mode and the contents are those of one open file (a regular one).
+        let (file, metadata) = open_regular_file(path).map_err(read_err)?;
         #[cfg(unix)]
         check_permissions(&metadata, path)?;
         let Some(json) = read_capped(file, MAX_KEY_FILE_LEN).map_err(read_err)? else {
@@ -436,11 +427,6 @@ fn create_dirs(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder.create(dir)
-}
-
-/// The error for a key path that is not a regular file.
-fn not_a_regular_file() -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidInput, "not a regular file")
 }
 
 /// Removes a temporary file after a failure or a hard link. Best effort: the original error (or

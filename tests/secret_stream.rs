@@ -457,14 +457,7 @@ async fn a_reader_waiting_on_a_quiet_peer_holds_no_buffer() {
     let mut got = [0u8; 4];
     br.read_exact(&mut got).await.unwrap();
     // Poll once more: nothing is on the wire, so the read waits, and releases its buffer.
-    let mut buf = [0u8; 16];
-    let pending = std::future::poll_fn(|cx| {
-        let mut rb = tokio::io::ReadBuf::new(&mut buf);
-        let polled = tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut br), cx, &mut rb);
-        std::task::Poll::Ready(polled.is_pending())
-    })
-    .await;
-    assert!(pending);
+    assert!(read_would_wait(&mut br).await);
     assert_eq!(br.buffer_len(), 0);
     // The next message still arrives whole.
     aw.write_all(b"pong").await.unwrap();

@@ -29,6 +29,20 @@ pub struct MConnConfig {
     pub recv_rate: u64,
 }
 
+impl From<&crate::config::P2pConfig> for MConnConfig {
+    /// The connection settings a node's configuration gives every peer connection.
+    fn from(c: &crate::config::P2pConfig) -> Self {
+        Self {
+            max_packet_msg_payload_size: c.max_packet_msg_payload_size,
+            ping_interval: c.ping_interval,
+            pong_timeout: c.pong_timeout,
+            flush_throttle: c.flush_throttle_timeout,
+            send_rate: c.send_rate,
+            recv_rate: c.recv_rate,
+        }
+    }
+}
+
 impl Default for MConnConfig {
     fn default() -> Self {
         Self {

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{P2pConfig, read_capped};
+use crate::config::{P2pConfig, open_regular_file, read_capped};
 use crate::types::{NetAddress, PeerId};
 
 /// The version written in, and the only one accepted from, the persisted file.
@@ -571,29 +571,11 @@ impl AddressBook {
             path: path.to_owned(),
             source,
         };
-        let not_a_file = || {
-            io_err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a regular file",
-            ))
-        };
-        // Checked before opening, because opening a FIFO for reading blocks until a writer
-        // comes; checked again on the open handle, for a file swapped in meanwhile.
-        let file = match fs::metadata(path).and_then(|m| {
-            if m.is_file() {
-                fs::File::open(path).map(Some)
-            } else {
-                Ok(None)
-            }
-        }) {
-            Ok(Some(file)) => file,
-            Ok(None) => return Err(not_a_file()),
+        let file = match open_regular_file(path) {
+            Ok((file, _)) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Self::new(own_id, config)),
             Err(source) => return Err(io_err(source)),
         };
-        if !file.metadata().map_err(io_err)?.is_file() {
-            return Err(not_a_file());
-        }
         let limit = config.max_file_len();
         let Some(bytes) = read_capped(file, limit).map_err(io_err)? else {
             return Err(AddressBookError::TooLarge {
