@@ -30,7 +30,7 @@ use crate::actors::transport::{Transport, TransportConfig};
 use crate::config::P2pConfig;
 use crate::dial::{BackoffConfig, DEFAULT_DIAL_QUEUE_CAPACITY};
 use crate::key::NodeKey;
-use crate::types::{NetAddress, NodeInfo};
+use crate::types::{NetAddress, NodeInfo, NodeInfoOther, VersionInfo};
 
 /// Builds and spawns a node: its Transport (listener), Switch, Dialer and Redialer.
 #[derive(Debug)]
@@ -41,6 +41,15 @@ pub struct SwitchBuilder {
     key: NodeKey,
     /// The network (chain id) put in our NodeInfo; peers on another network are refused.
     network: String,
+    /// Our NodeInfo's version set, software, software version and `other`, when the host set
+    /// them; [`NodeInfo::new`]'s defaults otherwise.
+    version_set: Option<Vec<VersionInfo>>,
+    /// See `version_set`.
+    software: Option<String>,
+    /// See `version_set`.
+    software_version: Option<String>,
+    /// See `version_set`.
+    other: Option<NodeInfoOther>,
     /// The node's log; discards by default.
     log: Logger,
     /// Where connection tasks run; the current runtime by default.
@@ -57,6 +66,10 @@ impl SwitchBuilder {
             config,
             key,
             network: String::new(),
+            version_set: None,
+            software: None,
+            software_version: None,
+            other: None,
             log: Logger::root(slog::Discard, o!()),
             io: None,
             reactors: Vec::new(),
@@ -80,6 +93,38 @@ impl SwitchBuilder {
         self
     }
 
+    /// The version set advertised in our NodeInfo, replacing the default (`p2p` =
+    /// [`P2P_PROTOCOL_VERSION`](crate::types::P2P_PROTOCOL_VERSION), required). A peer is refused
+    /// when a name either side requires is missing on the other, or when a name both have
+    /// differs in semver major; a real gno.land node requires `abci`, `app`, `bft`,
+    /// `blockchain` and `p2p`: join one with [`gnoland_version_set`](crate::types::gnoland_version_set).
+    /// Checked by [`spawn`](Self::spawn) (names unique, printable).
+    pub fn version_set(mut self, set: Vec<VersionInfo>) -> Self {
+        self.version_set = Some(set);
+        self
+    }
+
+    /// The software name in our NodeInfo (default `tm2-p2p`; gno.land nodes leave it empty).
+    /// Informational: peers never compare it.
+    pub fn software(mut self, software: impl Into<String>) -> Self {
+        self.software = Some(software.into());
+        self
+    }
+
+    /// The software version in our NodeInfo (default this crate's version; gno.land nodes
+    /// send `v1.0.0-rc.0`). Informational: peers never compare it.
+    pub fn software_version(mut self, version: impl Into<String>) -> Self {
+        self.software_version = Some(version.into());
+        self
+    }
+
+    /// The `other` fields of our NodeInfo (`tx_index`, `rpc_address`; default empty), which a
+    /// gno.land node fills with `"on"`/`"off"` and its RPC address. Informational.
+    pub fn other(mut self, other: NodeInfoOther) -> Self {
+        self.other = Some(other);
+        self
+    }
+
     /// The node's logger.
     pub fn logger(mut self, log: Logger) -> Self {
         self.log = log;
@@ -94,14 +139,19 @@ impl SwitchBuilder {
         self
     }
 
-    /// Validates the config, binds the listen address (and `metrics_addr`, if set), and starts
-    /// the Transport, the Switch, the Dialer and the Redialer (which dials `persistent_peers`)
-    /// on the current actix arbiter. A bind error is returned here, before anything runs.
+    /// Validates the config and our NodeInfo, binds the listen address (and `metrics_addr`,
+    /// if set), and starts the Transport, the Switch, the Dialer and the Redialer (which dials
+    /// `persistent_peers`) on the current actix arbiter. A bind error is returned here, before
+    /// anything runs.
     pub async fn spawn(self) -> Result<Node, SwitchError> {
         let Self {
             config,
             key,
             network,
+            version_set,
+            software,
+            software_version,
+            other,
             log,
             io,
             reactors,
@@ -132,6 +182,21 @@ impl SwitchBuilder {
         };
         let mut info = NodeInfo::new(net_address.clone(), network, Vec::new());
         info.moniker.clone_from(&config.moniker);
+        if let Some(set) = version_set {
+            info.version_set = set;
+        }
+        if let Some(software) = software {
+            info.software = software;
+        }
+        if let Some(version) = software_version {
+            info.version = version;
+        }
+        if let Some(other) = other {
+            info.other = other;
+        }
+        // Without channels yet (reactors add theirs): everything else is checked here, so a
+        // bad version set or software string is a spawn error, not a refusal by every peer.
+        info.validate().map_err(SwitchError::NodeInfo)?;
         let log = log.new(o!("node" => key.id().to_string()));
         let events = EventBus::new();
         let transport_config = TransportConfig::from(&config);

@@ -6,10 +6,18 @@
 //! request with up to 30 random known-good addresses (never private peers, never the asker,
 //! never banned or non-routable ones unless `allow_non_routable`). Compared with TM2:
 //!
-//! - only a response to a request we sent is accepted (TM2 dials any response);
+//! - only peers that advertise channel `0x50` are asked (TM2 asks any peer, and one without
+//!   the channel drops the connection);
+//! - only a response to a request we sent, within [`ANSWER_TIMEOUT`], is accepted (TM2 dials
+//!   any response); a peer with nothing to share sends nothing (as TM2 does), so an
+//!   unanswered request expires and the peer may be asked again;
+//! - we send no empty response (TM2 refuses one as `errNoPeers`), and our own address in a
+//!   response (TM2 includes the asker's) is skipped quietly;
 //! - bad entries are skipped one by one (TM2 drops a whole response for one);
-//! - requests are rate-limited per peer: a peer asking more often than once per
-//!   `pex_interval / 2` is stopped for misbehaving, and banned for [`BAN_DURATION`];
+//! - requests are rate-limited per peer ([`RequestLimiter`]): one is answered per
+//!   `min(pex_interval, 3 s) / 2`, those in between are ignored, and a peer that keeps asking
+//!   ([`protocol::FLOOD_AFTER_EARLY_REQUESTS`] ignored requests in a row) is stopped for misbehaving and
+//!   banned for [`BAN_DURATION`] (TM2 answers every request);
 //! - addresses go to the book and are dialed a few per tick, under the Dialer's bounds (TM2
 //!   dials a whole response at once);
 //! - `seeds` are dialed while the book is small (TM2 ignores `seeds`);
@@ -23,7 +31,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -38,7 +46,7 @@ use crate::actors::switch::{DialPeers, DisconnectPeer, StopPeerForError, Switch}
 use crate::config::P2pConfig;
 use crate::mconn::ChannelDescriptor;
 use crate::pex::protocol::{self, MAX_ADDRESSES, max_message_len};
-use crate::pex::{AddressBook, AddressBookConfig, PexMessage, RequestLimiter};
+use crate::pex::{AddressBook, AddressBookConfig, PexMessage, RequestLimiter, RequestVerdict};
 use crate::types::{NetAddress, PeerId};
 
 /// The peer-exchange channel (TM2's `0x50`).
@@ -50,6 +58,11 @@ pub const BAN_DURATION: Duration = Duration::from_secs(3600);
 /// In seed mode, how long after serving a peer it is disconnected: long enough for the
 /// response to reach it, short enough that the seed's slots stay free.
 pub const SEED_DISCONNECT_AFTER: Duration = Duration::from_secs(2);
+
+/// How long a request waits for its response: a peer with nothing to share does not answer
+/// (TM2 sends no empty response), after this it may be asked again and a late response is
+/// ignored as unsolicited.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The book is saved every this many ticks (and when the reactor stops).
 pub const SAVE_EVERY_TICKS: u64 = 10;
@@ -75,8 +88,9 @@ pub struct PeerExchange {
     limiter: RequestLimiter,
     /// Connected peers.
     peers: HashMap<PeerId, PeerInfo>,
-    /// Peers we asked and that have not answered yet: only their responses are accepted.
-    awaiting: HashSet<PeerId>,
+    /// Peers we asked and that have not answered yet, with when we asked: only their
+    /// responses are accepted, until [`ANSWER_TIMEOUT`].
+    awaiting: HashMap<PeerId, Instant>,
     /// Bootstrap addresses.
     seeds: Vec<NetAddress>,
     /// Peers never shared.
@@ -130,7 +144,7 @@ impl PeerExchange {
             book_path,
             limiter: RequestLimiter::from_config(config),
             peers: HashMap::new(),
-            awaiting: HashSet::new(),
+            awaiting: HashMap::new(),
             seeds: config.seeds.clone(),
             private: config.private_peer_ids.iter().copied().collect(),
             allow_non_routable: config.allow_non_routable,
@@ -170,6 +184,9 @@ impl PeerExchange {
             .values()
             .filter(|p| p.direction.is_outbound())
             .count();
+        let asked_before = clock::now().checked_sub(ANSWER_TIMEOUT);
+        self.awaiting
+            .retain(|_, asked| asked_before.is_none_or(|t| *asked > t));
         if outbound < self.max_outbound {
             self.ask_someone();
             let exclude: HashSet<PeerId> = self.peers.keys().copied().collect();
@@ -198,22 +215,23 @@ impl PeerExchange {
         self.book_changed();
     }
 
-    /// Sends a request to one random connected peer not already asked.
+    /// Sends a request to one random connected peer that has the peer-exchange channel and
+    /// is not already asked.
     fn ask_someone(&mut self) {
         let candidates: Vec<&PeerInfo> = self
             .peers
             .values()
-            .filter(|p| !self.awaiting.contains(&p.id))
+            .filter(|p| {
+                p.node_info.channels.contains(&PEX_CHANNEL) && !self.awaiting.contains_key(&p.id)
+            })
             .collect();
         if candidates.is_empty() {
             return;
         }
         let pick = candidates[(self.rng.next_u64() % candidates.len() as u64) as usize];
-        let Ok(bytes) = PexMessage::Request.encode() else {
-            return;
-        };
+        let bytes = PexMessage::Request.encode();
         if pick.handle.try_send(PEX_CHANNEL, Bytes::from(bytes)) {
-            self.awaiting.insert(pick.id);
+            self.awaiting.insert(pick.id, clock::now());
         }
     }
 
@@ -231,10 +249,13 @@ impl PeerExchange {
         let Some(info) = self.peers.get(&peer) else {
             return;
         };
-        if let Ok(bytes) = PexMessage::Response(addrs).encode() {
-            // A full queue means the peer is not reading; it loses this answer.
-            let _ = info.handle.try_send(PEX_CHANNEL, Bytes::from(bytes));
+        if addrs.is_empty() {
+            // TM2 refuses an empty response; it sends none either.
+            return;
         }
+        let bytes = PexMessage::Response(addrs).encode();
+        // A full queue means the peer is not reading; it loses this answer.
+        let _ = info.handle.try_send(PEX_CHANNEL, Bytes::from(bytes));
     }
 
     /// Stops a peer that broke the peer-exchange rules, and bans it.
@@ -346,16 +367,18 @@ impl Handler<Receive> for PeerExchange {
         match protocol::decode(&msg.payload) {
             Err(e) => self.punish(peer, &format!("undecodable message: {e}")),
             Ok(decoded) => match decoded.message {
-                PexMessage::Request => {
-                    if self.limiter.allow(peer, clock::now()) {
+                PexMessage::Request => match self.limiter.check(peer, clock::now()) {
+                    RequestVerdict::Answer => {
                         self.answer(peer);
                         self.release_later(peer, SEED_DISCONNECT_AFTER, ctx);
-                    } else {
-                        self.punish(peer, "requests too often");
                     }
-                }
+                    RequestVerdict::Ignore => {
+                        debug!(self.log, "peer-exchange request too soon, ignored"; "peer" => %peer);
+                    }
+                    RequestVerdict::Flood => self.punish(peer, "requests too often"),
+                },
                 PexMessage::Response(addrs) => {
-                    if !self.awaiting.remove(&peer) {
+                    if self.awaiting.remove(&peer).is_none() {
                         debug!(self.log, "unsolicited peer-exchange response ignored"; "peer" => %peer);
                         return;
                     }

@@ -94,6 +94,10 @@ pub enum SwitchError {
         /// Why.
         source: io::Error,
     },
+    /// The NodeInfo the builder was given is invalid (a version set with a repeated or
+    /// unprintable name, unprintable software strings, ...): peers would refuse it.
+    #[error("invalid node info: {0}")]
+    NodeInfo(#[source] crate::types::NodeInfoError),
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,

@@ -3,11 +3,11 @@
 //!
 //! [`upgrade`] runs, each stage under its own timeout (TM2: 3 s each):
 //! 1. the secret-connection handshake ([`SecretStream::upgrade_with_early_data`]), which also
-//!    sends our `varint(len) NodeInfo`, sealed right after our auth frame in the same write
+//!    sends our `uvarint(len) NodeInfo` (amino), sealed right after our auth frame in the same write
 //!    ("early data": two round trips after TCP instead of three, one write fewer per side);
-//! 2. the NodeInfo exchange, now only reading the peer's `varint(len) NodeInfo` (which a peer
+//! 2. the NodeInfo exchange, now only reading the peer's `uvarint(len) NodeInfo` (which a peer
 //!    like us sent with its auth frame, and TM2 sends after its handshake; both work): the
-//!    length is checked against 10,240 bytes before the body is read; bytes after it stay
+//!    length (with its prefix) is checked against 10,240 bytes before the body is read; bytes after it stay
 //!    buffered in the secret reader for the connection that follows;
 //! 3. [`verify_remote`]: valid NodeInfo, authenticated key = claimed id, not ourselves, the
 //!    dialed id, compatible.
@@ -49,7 +49,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::actors::metrics::Metrics;
 use crate::actors::secret_stream::{SecretStream, SecretStreamError};
-use crate::codec::varint;
+use crate::codec::amino;
 use crate::key::NodeKey;
 use crate::peers::{HandshakeSlots, SlotRefused};
 use crate::types::verify_remote;
@@ -421,9 +421,7 @@ pub async fn upgrade(
     timeout: Duration,
 ) -> Result<Upgraded, TransportError> {
     let remote_addr = tcp.peer_addr()?;
-    let ours_framed = ours
-        .encode_framed()
-        .map_err(|e| TransportError::Io(io::Error::other(e)))?;
+    let ours_framed = ours.encode_framed();
     let mut stream = SecretStream::upgrade_with_early_data(tcp, key, timeout, &ours_framed).await?;
     let node_info = tokio::time::timeout(timeout, read_node_info(&mut stream))
         .await
@@ -476,7 +474,7 @@ async fn connect(addr: &NetAddress, timeout: Duration) -> Result<TcpStream, Tran
 /// peer's frame, so whatever follows stays in the secret reader's buffer.
 async fn read_node_info(stream: &mut SecretStream) -> Result<NodeInfo, TransportError> {
     let (reader, _) = stream.halves_mut();
-    let mut head = [0u8; varint::MAX_LEN];
+    let mut head = [0u8; amino::MAX_UVARINT_LEN];
     let mut have = 0;
     let body_len = loop {
         reader.read_exact(&mut head[have..=have]).await?;
@@ -487,7 +485,7 @@ async fn read_node_info(stream: &mut SecretStream) -> Result<NodeInfo, Transport
             break body_len;
         }
     };
-    // body_len <= MAX_NODE_INFO_SIZE, checked by frame_header before this allocation.
+    // body_len < MAX_NODE_INFO_SIZE, checked by frame_header before this allocation.
     let mut body = vec![0u8; body_len];
     reader.read_exact(&mut body).await?;
     NodeInfo::decode(&body).map_err(TransportError::NodeInfo)

@@ -29,21 +29,22 @@ CMIN="${FUZZ_CMIN:-1}"
 TOOLCHAIN="${FUZZ_TOOLCHAIN:-nightly}"
 
 # target:max_len. max_len bounds the inputs libFuzzer makes; each is a little above the
-# largest input the target uses (frames of 1044 bytes, a NodeInfo of 10 KiB, a 30-address pex
-# response, ...), so every size limit of the decoder is reachable.
+# largest input the target uses (frames of 1044 bytes, two packets of the 1,056-byte maximum, a
+# NodeInfo of 10 KiB, a pex response at the largest fuzzed limit of 39 addresses, 12,506 bytes,
+# ...), so every size limit of the decoder is reachable.
 TARGETS=(
   handshake:4096
   handshake_auth:1100
   frame_open:4200
-  mconn_packet:2100
+  mconn_packet:2200
   mconn_recv:4096
   node_info:11000
-  pex_message:10000
+  pex_message:12600
   address_book:8192
   config:4096
   node_key:512
   net_address:512
-  varint:32
+  uvarint:128
 )
 
 if [[ $# -gt 0 ]]; then

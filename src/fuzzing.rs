@@ -35,7 +35,7 @@ use bytes::Bytes;
 use rand_core::{RngCore, impls};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 
-use crate::codec::{self, varint};
+use crate::codec::{self, amino};
 use crate::config::P2pConfig;
 use crate::key::{self, NodeKey};
 use crate::mconn::packet::{self, Packet, PacketRef};
@@ -68,7 +68,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("config", config),
     ("node_key", node_key),
     ("net_address", net_address),
-    ("varint", varint),
+    ("uvarint", uvarint),
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -280,15 +280,17 @@ pub fn frame_open(data: &[u8]) {
 // ---------------------------------------------------------------------------------------------
 
 /// A stream of mconn packets into the packet decoder ([`packet::decode_framed`]) and the body
-/// decoder ([`packet::decode_body`]), against the generic codec.
+/// decoder ([`packet::decode_body`]).
 ///
-/// Input: byte 0 picks the receiver's maximum packet size (the default 1033, small ones, or
+/// Input: byte 0 picks the receiver's maximum packet size (the default 1056, small ones, or
 /// one derived from byte 0); the rest is decoded packet after packet, as a receiver does.
 ///
-/// Checks: a decoded packet is within the maximum and re-encodes to exactly the bytes it came
-/// from (one encoding per packet); [`packet::framed_len`] agrees with the decoder; the codec
-/// decodes the same body to the same packet, and whatever the codec encodes the decoder
-/// accepts.
+/// Checks: a decoded packet is within the maximum, at least the smallest packet
+/// ([`MIN_PACKET_LEN`]), and re-encodes to exactly the bytes it came from (one encoding per
+/// packet, gno's); its length is what [`packet::msg_framed_len`] computes (the sender's size
+/// bound); it is accepted with the maximum set to its own length and refused one byte below;
+/// [`packet::framed_len`] agrees with the decoder; the owned and borrowed forms agree; a body
+/// the body decoder accepts re-encodes to itself.
 pub fn mconn_packet(data: &[u8]) {
     let Some((&m, stream)) = data.split_first() else {
         return;
@@ -303,47 +305,44 @@ pub fn mconn_packet(data: &[u8]) {
     while !rest.is_empty() {
         match packet::decode_framed(rest, max) {
             Ok(Some((p, used))) => {
-                assert!((2..=max).contains(&used) && used <= rest.len());
+                assert!((MIN_PACKET_LEN..=max).contains(&used) && used <= rest.len());
                 assert_eq!(packet::framed_len(rest, max), Ok(Some(used)));
                 let mut again = Vec::new();
                 p.encode_framed(&mut again);
                 assert_eq!(again, &rest[..used], "packet has a second encoding");
-                let (_, prefix) = varint::get(rest)
-                    .ok()
-                    .flatten()
-                    .expect("a decoded packet has a prefix");
-                let owned: Packet = codec::decode(&rest[prefix..used], usize::MAX)
-                    .expect("the codec decodes what the fast path decodes");
-                assert_eq!(owned, p.to_packet());
+                if let PacketRef::Msg { channel, eof, data } = p {
+                    assert_eq!(used, packet::msg_framed_len(channel, eof, data.len()));
+                }
+                // The maximum bounds prefix + body, exactly.
+                assert_eq!(packet::decode_framed(rest, used), Ok(Some((p, used))));
+                assert_eq!(
+                    packet::framed_len(rest, used - 1),
+                    Err(packet::DecodeError::TooLarge {
+                        len: used as u64,
+                        max: used - 1
+                    })
+                );
+                let owned: Packet = p.to_packet();
                 assert_eq!(owned.as_ref(), p);
                 rest = &rest[used..];
             }
             Ok(None) => {
                 if let Ok(Some(total)) = packet::framed_len(rest, max) {
                     assert!(total > rest.len() && total <= max);
+                } else {
+                    assert!(rest.len() < amino::MAX_UVARINT_LEN);
                 }
                 break;
             }
             Err(_) => break,
         }
     }
-    // The body decoder on its own, against the codec.
-    let fast = packet::decode_body(stream);
-    if let Ok(p) = fast {
+    // The body decoder on its own.
+    if let Ok(p) = packet::decode_body(stream) {
         let mut framed = Vec::new();
         p.encode_framed(&mut framed);
-        assert!(framed.ends_with(stream));
-    }
-    if let Ok(owned) = codec::decode::<Packet>(stream, usize::MAX) {
-        if codec::encode(&owned).expect("a packet encodes") == stream {
-            assert_eq!(
-                fast,
-                Ok(owned.as_ref()),
-                "codec bytes refused by the fast path"
-            );
-        }
-    } else {
-        assert!(fast.is_err(), "fast path accepts what the codec refuses");
+        assert!(framed.ends_with(stream), "body has a second encoding");
+        assert_eq!(framed.len(), amino::sized_len(stream.len()));
     }
 }
 
@@ -396,6 +395,10 @@ pub fn mconn_recv(data: &[u8]) {
         assert_eq!(chunked, whole, "chunking changed what was received");
     }
 }
+
+/// The smallest packet: a `Msg` on channel 0 with no data and no `eof` (`0a 0a 08 "/p2p.Msg"`,
+/// 11 bytes); a Ping or Pong takes 12.
+pub const MIN_PACKET_LEN: usize = packet::msg_framed_len(0, false, 0);
 
 /// Received messages and the error of one [`mconn_recv`] run.
 type MconnOutcome = (Vec<(u8, Bytes)>, Option<MConnectionError>);
@@ -513,9 +516,10 @@ fn run_mconn(
             known.push(desc);
         }
         let (result, pending) = conn.handle_bytes(now, piece);
-        // Every event needs a packet of at least 2 bytes, at least one of them in this read.
+        // Every event needs a whole packet of at least MIN_PACKET_LEN bytes that ends in this
+        // read: at most one completes what an earlier read left, the others lie in this one.
         assert!(
-            pending <= piece.len() / 2 + 1,
+            pending <= piece.len() / MIN_PACKET_LEN + 1,
             "{pending} events from {} bytes",
             piece.len()
         );
@@ -555,20 +559,33 @@ fn base_instant() -> Instant {
 /// then the body), and the same bytes as an unframed body; then validation and the
 /// compatibility check against ours and against itself.
 ///
-/// Checks: the announced body is at most [`MAX_NODE_INFO_SIZE`]; what decodes re-encodes (plain
-/// and framed) to a NodeInfo equal to it; a valid one encodes within the limit, declares at
-/// most [`MAX_NUM_CHANNELS`] channels and, when it has a channel, is compatible with itself;
+/// Checks: the announced prefix and body are at most [`MAX_NODE_INFO_SIZE`]; the
+/// whole-message decoder ([`NodeInfo::decode_framed`]) reads what the header and the body
+/// decoder read, and only when the message is all of the input; what decodes re-encodes (plain
+/// and framed) to a NodeInfo equal to it, and to exactly the input but for the net address (the
+/// one field read leniently); a valid one encodes within the limit, declares at most
+/// [`MAX_NUM_CHANNELS`] channels and, when it has a channel, is compatible with itself;
 /// compatibility is symmetric.
 pub fn node_info(data: &[u8]) {
+    let whole = NodeInfo::decode_framed(data);
     match NodeInfo::frame_header(data) {
         Ok(Some((prefix, body_len))) => {
-            assert!(body_len <= MAX_NODE_INFO_SIZE && prefix <= varint::MAX_LEN);
-            if let Some(body) = data.get(prefix..prefix + body_len) {
+            let total = prefix + body_len;
+            assert!(total <= MAX_NODE_INFO_SIZE && prefix <= amino::MAX_UVARINT_LEN);
+            if let Some(body) = data.get(prefix..total) {
                 check_node_info(body);
             }
+            if data.len() == total {
+                assert_eq!(whole, NodeInfo::decode(&data[prefix..]));
+            } else {
+                assert!(whole.is_err(), "a NodeInfo decoded from part of the input");
+            }
         }
-        Ok(None) => assert!(data.len() < varint::MAX_LEN),
-        Err(_) => {}
+        Ok(None) => {
+            assert!(data.len() < amino::MAX_UVARINT_LEN);
+            assert!(whole.is_err());
+        }
+        Err(_) => assert!(whole.is_err()),
     }
     check_node_info(data);
 }
@@ -577,23 +594,31 @@ fn check_node_info(body: &[u8]) {
     let Ok(info) = NodeInfo::decode(body) else {
         return;
     };
-    let encoded = info.encode().expect("a decoded NodeInfo encodes");
+    let encoded = info.encode();
     assert_eq!(NodeInfo::decode(&encoded).expect("re-decodes"), info);
-    let framed = info.encode_framed().expect("a decoded NodeInfo encodes");
-    if let Ok(Some((prefix, len))) = NodeInfo::frame_header(&framed) {
-        assert_eq!(prefix + len, framed.len());
-        assert_eq!(
-            NodeInfo::decode(&framed[prefix..]).expect("re-decodes"),
-            info
-        );
+    // The address is the one field read leniently (a `tcp://` prefix, upper-case names, any
+    // IPv6 spelling, leading zeros in the port): the encoding is the input with the address
+    // printed in place of the one read, so the input itself when they are the same.
+    let printed = info.net_address.to_string();
+    let read = address_field(body).expect("a decoded NodeInfo has an address");
+    if printed.as_bytes() == read {
+        assert_eq!(encoded, body, "a NodeInfo has a second encoding");
     } else {
-        // Only a body over the limit has no header: the canonical encoding can be longer
-        // than the input (overlong varints are accepted by the codec, and vice versa).
-        assert!(encoded.len() > MAX_NODE_INFO_SIZE);
+        assert_eq!(
+            encoded.len() + amino::element_len(2, read.len()),
+            body.len() + amino::element_len(2, printed.len()),
+            "a NodeInfo re-encodes to more than its address changed"
+        );
+    }
+    let framed = info.encode_framed();
+    match NodeInfo::decode_framed(&framed) {
+        Ok(again) => assert_eq!(again, info),
+        // Only a body at the limit has no room for its prefix.
+        Err(_) => assert!(framed.len() > MAX_NODE_INFO_SIZE),
     }
     let valid = info.validate().is_ok();
     if valid {
-        assert!(encoded.len() <= MAX_NODE_INFO_SIZE);
+        assert!(framed.len() <= MAX_NODE_INFO_SIZE);
         assert!(info.channels.len() <= MAX_NUM_CHANNELS);
         if !info.channels.is_empty() {
             assert_eq!(info.compatible_with(&info), Ok(()));
@@ -606,6 +631,17 @@ fn check_node_info(body: &[u8]) {
         "compatibility is not symmetric"
     );
     let _ = info.id();
+}
+
+/// The bytes of field 2 (the net address as sent) in a NodeInfo body that decoded.
+fn address_field(body: &[u8]) -> Option<&[u8]> {
+    let mut fields = amino::Fields::new(body);
+    while let Ok(Some(f)) = fields.next() {
+        if let (2, Ok(b)) = (f.number, f.bytes()) {
+            return Some(b);
+        }
+    }
+    None
 }
 
 /// Our NodeInfo in the `node_info` target: network `fuzz-net`, channels `0x40` and `0x50`.
@@ -624,38 +660,84 @@ fn our_node_info() -> NodeInfo {
 ///
 /// Input: byte 0 gives the second limit (0..=39); the rest is the message.
 ///
-/// Checks: a response keeps at most the limit of entries, all valid and with distinct ids, and
-/// good + skipped is the number sent; it re-encodes to a message that decodes to the same
-/// addresses with nothing skipped, within the size bound.
+/// Checks: a larger limit accepts whatever a smaller one does, with the same result; a
+/// response that decodes has at most the limit of entries, and kept + skipped is their number;
+/// the kept ones are valid, with distinct ids, and are entries of the message in its order; a
+/// request is exactly gno's encoding, and so is a response with nothing skipped whose
+/// addresses print as they were sent (one encoding per message); everything re-encodes within
+/// the size bound to a message that decodes to the same addresses with nothing skipped.
 pub fn pex_message(data: &[u8]) {
     let Some((&l, msg)) = data.split_first() else {
         return;
     };
     let limit = usize::from(l % 40);
-    for (decoded, max) in [
-        (protocol::decode(msg), MAX_ADDRESSES),
-        (protocol::decode_with_limit(msg, limit), limit),
-    ] {
+    let default = protocol::decode(msg);
+    let limited = protocol::decode_with_limit(msg, limit);
+    let (smaller, larger) = if limit <= MAX_ADDRESSES {
+        (&limited, &default)
+    } else {
+        (&default, &limited)
+    };
+    if let Ok(d) = smaller {
+        assert_eq!(larger.as_ref(), Ok(d), "a larger limit changed the result");
+    }
+    for (decoded, max) in [(default, MAX_ADDRESSES), (limited, limit)] {
         let Ok(decoded) = decoded else {
             continue;
         };
+        let bytes = decoded.message.encode();
         match &decoded.message {
-            PexMessage::Request => assert_eq!(decoded.skipped, 0),
+            PexMessage::Request => {
+                assert_eq!(decoded.skipped, 0);
+                assert_eq!(bytes, msg, "a request has a second encoding");
+            }
             PexMessage::Response(addrs) => {
-                assert!(addrs.len() + decoded.skipped <= max);
+                let entries = response_entries(msg);
+                assert!(entries.len() <= max);
+                assert_eq!(addrs.len() + decoded.skipped, entries.len());
                 let mut ids = HashSet::new();
                 for a in addrs {
                     assert!(a.validate().is_ok(), "invalid address kept: {a}");
                     assert!(ids.insert(a.id()), "repeated id kept: {a}");
                 }
+                let mut sent = entries
+                    .iter()
+                    .filter_map(|e| std::str::from_utf8(e).ok()?.parse::<NetAddress>().ok());
+                for a in addrs {
+                    assert!(
+                        sent.any(|s| &s == a),
+                        "kept address not sent, or reordered: {a}"
+                    );
+                }
+                let as_sent = addrs
+                    .iter()
+                    .zip(&entries)
+                    .all(|(a, e)| a.to_string().as_bytes() == *e);
+                if decoded.skipped == 0 && as_sent {
+                    assert_eq!(bytes, msg, "a response has a second encoding");
+                }
             }
         }
-        let bytes = decoded.message.encode().expect("a message encodes");
         assert!(bytes.len() <= protocol::max_message_len(max));
         let again = protocol::decode_with_limit(&bytes, max).expect("re-decodes");
         assert_eq!(again.message, decoded.message);
         assert_eq!(again.skipped, 0);
     }
+}
+
+/// The entries (field 1 of the Any's value, as sent) of a response that decoded.
+fn response_entries(msg: &[u8]) -> Vec<&[u8]> {
+    let Ok((_, value)) = amino::decode_any(msg) else {
+        return Vec::new();
+    };
+    let mut fields = amino::Fields::new(value);
+    let mut entries = Vec::new();
+    while let Ok(Some(f)) = fields.next() {
+        if let Ok(e) = f.bytes() {
+            entries.push(e);
+        }
+    }
+    entries
 }
 
 /// The address-book file: [`AddressBook::from_json`] (what `AddressBook::load` reads), with a
@@ -782,11 +864,13 @@ pub fn node_key(data: &[u8]) {
     }
 }
 
-/// Address and id strings, as they come from the config and from peer exchange:
-/// [`NetAddress`] and [`PeerId`] parsing (`FromStr`), and both types through the wire codec.
+/// Address and id strings, as they come from the config and from peer exchange (where the
+/// amino wire carries an address as its string): [`NetAddress`] and [`PeerId`] parsing
+/// (`FromStr`), and both types through the serde payload codec ([`codec::decode`], bincode,
+/// for what reactors put inside their messages).
 ///
 /// Checks: a parsed address prints to a string that parses back to it and prints the same;
-/// its parts rebuild it; it survives JSON and the codec; `is_shareable` implies valid, and
+/// its parts rebuild it; it survives JSON and the payload codec; `is_shareable` implies valid, and
 /// routable unless non-routable addresses are allowed. A parsed id prints as the input in
 /// lower case.
 pub fn net_address(data: &[u8]) {
@@ -842,37 +926,88 @@ fn check_address(a: &NetAddress) {
     assert_eq!(seen.port(), a.port());
 }
 
-/// The varint of the stream framing ([`varint::get`], [`varint::frame_header`]) against the
-/// codec's own integers.
+/// Amino's uvarint ([`amino::get_uvarint`]), the sized-message header and body
+/// ([`amino::sized_header`], [`amino::sized_body`]: the length prefix of every message on the
+/// wire), and the generic readers every message decoder is built on ([`amino::Fields`],
+/// [`amino::decode_any`]).
 ///
-/// Checks: an accepted varint is the canonical encoding of its value (`put` writes the same
-/// bytes) and the codec reads the same value; `Ok(None)` only before 9 bytes; a frame header
-/// is within its limit; an integer the codec reads is either canonical or refused as overlong.
-pub fn varint(data: &[u8]) {
-    match varint::get(data) {
+/// Checks: an accepted uvarint is the canonical encoding of its value (`put_uvarint` writes the
+/// same bytes, `uvarint_len` agrees); `Ok(None)` only before 10 bytes; a sized header is within
+/// its limit and agrees with the uvarint, a refused one names the announced size, and the
+/// whole-message reader accepts exactly the input whose length is the header's total; every
+/// field [`amino::Fields`] reads re-encodes to exactly the bytes it took (field numbers never
+/// decrease, and a repeat is flagged as one); an Any [`amino::decode_any`] accepts re-encodes to
+/// exactly the input.
+pub fn uvarint(data: &[u8]) {
+    let read = amino::get_uvarint(data);
+    match read {
         Ok(Some((v, n))) => {
-            assert!(n <= varint::MAX_LEN && n == varint::len(v));
+            assert!(n <= amino::MAX_UVARINT_LEN && n == amino::uvarint_len(v));
             let mut out = Vec::new();
-            varint::put(&mut out, v);
+            amino::put_uvarint(&mut out, v);
             assert_eq!(out, &data[..n]);
-            assert_eq!(
-                codec::decode::<u64>(&data[..n], varint::MAX_LEN).ok(),
-                Some(v)
-            );
         }
-        Ok(None) => assert!(data.len() < varint::MAX_LEN),
+        Ok(None) => assert!(data.len() < amino::MAX_UVARINT_LEN),
         Err(_) => {}
     }
-    for max in [0, 1, 250, 1033, 65_538, usize::MAX] {
-        if let Ok(Some((prefix, total))) = varint::frame_header(data, max) {
-            assert!(prefix <= varint::MAX_LEN && prefix <= total && total <= max);
+    for max in [0, 1, 250, 1056, 10_240, 65_538, usize::MAX] {
+        match amino::sized_header(data, max) {
+            Ok(Some((prefix, total))) => {
+                assert!(prefix <= amino::MAX_UVARINT_LEN && prefix <= total && total <= max);
+                let (v, n) = read.clone().ok().flatten().expect("a header has a uvarint");
+                // Saturating: with no real maximum, a prefix near 2^64 saturates the total.
+                assert_eq!((v.saturating_add(n as u64), n), (total as u64, prefix));
+                match amino::sized_body(data, max) {
+                    Ok(body) => assert!(data.len() == total && body == &data[prefix..]),
+                    Err(e) => assert_ne!(data.len(), total, "whole message refused: {e}"),
+                }
+            }
+            Ok(None) => assert_eq!(read, Ok(None)),
+            Err(amino::AminoError::TooLarge { len, max: limit }) => {
+                let (v, n) = read.clone().ok().flatten().expect("a header has a uvarint");
+                assert_eq!(
+                    (len, limit),
+                    (v.saturating_add(n as u64), max),
+                    "refused for another size than announced"
+                );
+                assert!(len > max as u64);
+            }
+            Err(e) => assert_eq!(read, Err(e)),
         }
     }
-    if let Ok(v) = codec::decode::<u64>(data, varint::MAX_LEN) {
-        match varint::get(data) {
-            Ok(Some((w, n))) => assert_eq!((w, n), (v, data.len())),
-            Err(varint::VarintError::Overlong) => {}
-            other => panic!("codec read {v} from {data:02x?}, varint::get says {other:?}"),
+    check_fields(data);
+    if let Ok((type_url, value)) = amino::decode_any(data) {
+        let mut again = Vec::new();
+        amino::put_element(&mut again, 1, type_url);
+        amino::put_bytes_field(&mut again, 2, value);
+        assert_eq!(again, data, "an Any has a second encoding");
+    }
+}
+
+/// Reads `body` with [`amino::Fields`] until the end or an error, re-encoding every field.
+fn check_fields(body: &[u8]) {
+    let mut fields = amino::Fields::new(body);
+    let (mut at, mut last) = (0, 0);
+    while let Ok(Some(f)) = fields.next() {
+        let end = body.len() - fields.remaining();
+        let mut again = Vec::new();
+        match f.value {
+            amino::Value::Varint(v) => {
+                amino::put_key(&mut again, f.number, amino::WireType::Varint);
+                amino::put_uvarint(&mut again, v);
+            }
+            amino::Value::Fixed64(v) => {
+                amino::put_key(&mut again, f.number, amino::WireType::Fixed64);
+                again.extend_from_slice(&v.to_le_bytes());
+            }
+            amino::Value::Bytes(b) => amino::put_element(&mut again, f.number, b),
+            amino::Value::Fixed32(v) => {
+                amino::put_key(&mut again, f.number, amino::WireType::Fixed32);
+                again.extend_from_slice(&v.to_le_bytes());
+            }
         }
+        assert_eq!(again, &body[at..end], "a field has a second encoding");
+        assert!(f.number >= last && f.repeat == (f.number == last));
+        (at, last) = (end, f.number);
     }
 }

@@ -35,9 +35,11 @@
 //!   read no clock and use no global RNG: time and randomness are passed in, so they are
 //!   deterministic and tested without sockets. `cargo check --lib --no-default-features`
 //!   proves they never touch actix or tokio.
-//! - It is not wire-compatible with CometBFT/Tendermint >= 0.33 p2p: like TM2 it uses the
-//!   pre-Merlin secret connection. After the handshake, NodeInfo, packets and peer-exchange
-//!   messages use this project's own encoding ([`codec`], documented in docs/PROTOCOL.md).
+//! - It speaks TM2's wire, all of it: the pre-Merlin secret connection, then NodeInfo, mconn
+//!   packets and peer-exchange messages in TM2's amino encoding ([`codec::amino`], byte for
+//!   byte what gno's code writes; docs/PROTOCOL.md), so it holds connections with real Go
+//!   TM2 (gno.land) nodes. It is not wire-compatible with CometBFT/Tendermint >= 0.33 p2p,
+//!   whose secret connection differs.
 //!
 //! ## Runtime
 //!
@@ -81,4 +83,4 @@ pub use actors::{
 pub use config::P2pConfig;
 pub use key::NodeKey;
 pub use mconn::ChannelDescriptor;
-pub use types::{Direction, NetAddress, NodeInfo, PeerId};
+pub use types::{Direction, NetAddress, NodeInfo, NodeInfoOther, PeerId, VersionInfo};

@@ -15,6 +15,7 @@ use tm2_p2p::actors::gossip::{
 };
 use tm2_p2p::actors::testnet::{self, TestnetConfig, TestnetProgress};
 use tm2_p2p::config::LogLevel;
+use tm2_p2p::types::gnoland_version_set;
 use tm2_p2p::{NodeKey, P2pConfig, RegisterReactor, SwitchBuilder};
 
 /// tm2-p2p: a peer-to-peer network runtime modelled on Tendermint2's p2p layer.
@@ -64,6 +65,18 @@ enum Command {
         /// off by default. Every node logs each gossip message it delivers.
         #[arg(long, value_parser = humantime::parse_duration)]
         publish_every: Option<Duration>,
+        /// The protocol versions the node advertises. `tm2p2p`: p2p only, with the gossip
+        /// reactor on channel 0x30 (tm2-p2p networks). `gnoland`: the set a gno.land node
+        /// requires (abci, app, bft, blockchain, p2p) and peer exchange only, no gossip (gno's
+        /// mempool owns 0x30): the node joins a gno.land network of `--network <chain id>` to
+        /// discover and serve addresses.
+        #[arg(long, value_enum, default_value_t = VersionSetArg::Tm2p2p)]
+        version_set: VersionSetArg,
+        /// With `--version-set gnoland`: the `app` version to advertise; it must have the same
+        /// semver major as the network's (a non-semver such as gno.land's default `dev` only
+        /// matches another non-semver).
+        #[arg(long, default_value = tm2_p2p::types::GNOLAND_APP_VERSION)]
+        app_version: String,
     },
     /// Run a local testnet in this process (the default command).
     ///
@@ -110,6 +123,15 @@ impl TestnetArgs {
             ..TestnetConfig::default()
         }
     }
+}
+
+/// `tm2p2p node --version-set`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum VersionSetArg {
+    /// `p2p` only, and the gossip reactor: a tm2-p2p network.
+    Tm2p2p,
+    /// What a gno.land node requires, and peer exchange only.
+    Gnoland,
 }
 
 /// How the node writes its log.
@@ -164,11 +186,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             log_level,
             log_format,
             publish_every,
+            version_set,
+            app_version,
         }) => {
             let config = load_node_config(&home)?;
             let level = log_level.unwrap_or(config.log_level);
             let log = logger(log_format, level);
-            actix::System::new().block_on(run_node(config, network, publish_every, log))
+            let gnoland = (version_set == VersionSetArg::Gnoland).then_some(app_version);
+            if gnoland.is_some() && publish_every.is_some() {
+                bail!(
+                    "--publish-every needs the gossip reactor, which --version-set gnoland does not run"
+                );
+            }
+            if gnoland.is_some() && !config.pex {
+                bail!(
+                    "--version-set gnoland runs peer exchange only: set `pex = true` in {}",
+                    home.join("config.toml").display()
+                );
+            }
+            actix::System::new().block_on(run_node(config, network, publish_every, gnoland, log))
         }
     }
 }
@@ -206,11 +242,14 @@ fn load_node_config(home: &Path) -> anyhow::Result<P2pConfig> {
     Ok(config)
 }
 
-/// Runs a node from its config until Ctrl-C (or SIGTERM), then shuts it down gracefully.
+/// Runs a node from its config until Ctrl-C (or SIGTERM), then shuts it down gracefully. With
+/// `gnoland` (the app version), it advertises gno.land's version set and runs peer exchange
+/// only.
 async fn run_node(
     config: P2pConfig,
     network: String,
     publish_every: Option<Duration>,
+    gnoland: Option<String>,
     log: slog::Logger,
 ) -> anyhow::Result<()> {
     let key = NodeKey::load(&config.node_key_file)?;
@@ -219,18 +258,31 @@ async fn run_node(
     } else {
         config.moniker.clone()
     };
-    let gossip = Gossip::new(GossipConfig::default(), log.clone()).start();
-    let node = SwitchBuilder::new(config, key)
+    let builder = SwitchBuilder::new(config, key)
         .network(network)
-        .logger(log.clone())
-        .reactor(RegisterReactor::new(
-            "gossip",
-            vec![gossip_channel()],
-            &gossip,
-        ))
-        .spawn()
-        .await?;
-    let gossip = NodeGossip::start(gossip, name, publish_every, &log).await?;
+        .logger(log.clone());
+    let (node, gossip) = match gnoland {
+        Some(app_version) => {
+            let node = builder
+                .version_set(gnoland_version_set(&app_version))
+                .spawn()
+                .await?;
+            (node, None)
+        }
+        None => {
+            let gossip = Gossip::new(GossipConfig::default(), log.clone()).start();
+            let node = builder
+                .reactor(RegisterReactor::new(
+                    "gossip",
+                    vec![gossip_channel()],
+                    &gossip,
+                ))
+                .spawn()
+                .await?;
+            let gossip = NodeGossip::start(gossip, name, publish_every, &log).await?;
+            (node, Some(gossip))
+        }
+    };
     // Handlers are installed before we announce ourselves, so a Ctrl-C right after the
     // announcement is caught rather than killing the process.
     let stop = StopSignals::install()?;
@@ -241,7 +293,9 @@ async fn run_node(
     println!("listening as {}", node.net_address());
     stop.wait().await;
     slog::info!(log, "shutting down");
-    gossip.stop(&log).await;
+    if let Some(gossip) = gossip {
+        gossip.stop(&log).await;
+    }
     node.shutdown().await;
     println!("stopped");
     Ok(())

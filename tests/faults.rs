@@ -31,7 +31,7 @@ use ring::rand::SystemRandom;
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::secret_stream::{SecretStreamError, SecretWriter, handshake};
 use tm2_p2p::actors::transport::{InboundRejectReason, TransportError, dial};
-use tm2_p2p::codec::varint;
+use tm2_p2p::codec::amino;
 use tm2_p2p::secret::{FRAME_LEN, FrameSealer, derive_secrets_and_challenge};
 use tm2_p2p::{
     AddPersistentPeers, Broadcast, DialError, DisconnectPeer, GetPeers, InboundRejection,
@@ -756,9 +756,9 @@ async fn misbehave(kind: Bad, i: u64, tcp: &mut TcpStream) -> io::Result<()> {
             let (established, _) = handshake(tcp, &key).await.map_err(io::Error::other)?;
             let mut garbage = Vec::new();
             if (i / 8).is_multiple_of(2) {
-                varint::put(&mut garbage, 10_241);
+                amino::put_uvarint(&mut garbage, 10_241);
             } else {
-                varint::put(&mut garbage, 64);
+                amino::put_uvarint(&mut garbage, 64);
                 garbage.extend_from_slice(&junk(i, 64));
             }
             let mut w = SecretWriter::new(&mut *tcp, established.sealer);

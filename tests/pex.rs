@@ -1,5 +1,6 @@
 //! Peer exchange on real loopback TCP: discovery from one seed, privacy, solicited responses
-//! only, request flooding, and the address book on disk.
+//! only, no empty responses, peers without the channel left alone, request flooding, and the
+//! address book on disk.
 
 #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use common::{Forward, TIMEOUT, loopback_config, raw_dial, recv_within, wait_until};
+use common::{Forward, TIMEOUT, counter, loopback_config, raw_dial, recv_within, wait_until};
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
 use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
 use tm2_p2p::pex::PexMessage;
@@ -89,9 +90,41 @@ async fn a_seed_in_seed_mode_bootstraps_twelve_nodes() {
     bootstrap_twelve_from(seed_config()).await;
 }
 
+/// Connects a new node to `node` and waits until `node`'s book holds at least `book` entries,
+/// so `node` has an address to share.
+async fn give_an_address_to(node: &Node, book: usize) -> Node {
+    let other = spawn(config()).await;
+    other
+        .switch()
+        .send(tm2_p2p::DialPeers(vec![node.net_address()]))
+        .await
+        .unwrap();
+    let pex = node.peer_exchange().unwrap();
+    wait_until("the other node in the book", POLL, || async {
+        pex.send(BookSize).await.unwrap() >= book
+    })
+    .await;
+    other
+}
+
+/// The next peer-exchange response `c` receives, skipping the node's own requests.
+async fn next_response(c: &mut Client) -> Vec<NetAddress> {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let bytes = c.received.recv().await.unwrap().payload;
+            if let PexMessage::Response(addrs) = decode(&bytes).unwrap().message {
+                return addrs;
+            }
+        }
+    })
+    .await
+    .expect("a response within the timeout")
+}
+
 #[actix::test]
 async fn a_seed_disconnects_a_peer_it_served_without_blame() {
     let seed = spawn(seed_config()).await;
+    let _other = give_an_address_to(&seed, 1).await;
     let mut events = seed.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
     let mut c = client(&seed).await;
     assert!(c.handle.send(PEX_CHANNEL, request()).await);
@@ -147,7 +180,7 @@ async fn assert_closed_by_node(c: &mut Client) {
 }
 
 fn request() -> Bytes {
-    Bytes::from(PexMessage::Request.encode().unwrap())
+    Bytes::from(PexMessage::Request.encode())
 }
 
 #[actix::test]
@@ -194,17 +227,19 @@ async fn an_unsolicited_response_is_ignored() {
     // request: its book must not grow.
     let node = spawn_asking_every(Duration::from_secs(3600)).await;
     let pex = node.peer_exchange().unwrap();
+    // Something to share, so the request below is answered.
+    let _other = give_an_address_to(&node, 1).await;
     let c = client(&node).await;
     // The client itself enters the book when it connects.
     wait_until("the client in the book", POLL, || async {
-        pex.send(BookSize).await.unwrap() >= 1
+        pex.send(BookSize).await.unwrap() >= 2
     })
     .await;
     let before = pex.send(BookSize).await.unwrap();
     let stranger: NetAddress = format!("{}@127.0.0.9:4000", NodeKey::generate().unwrap().id())
         .parse()
         .unwrap();
-    let response = PexMessage::Response(vec![stranger]).encode().unwrap();
+    let response = PexMessage::Response(vec![stranger]).encode();
     assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
     // A request right after, answered, proves the response was processed before it.
     let mut c = c;
@@ -214,10 +249,57 @@ async fn an_unsolicited_response_is_ignored() {
 }
 
 #[actix::test]
+async fn a_node_with_nothing_to_share_sends_no_response() {
+    // TM2 refuses an empty response ("no peers received"): a node that knows no one else
+    // answers nothing, and keeps the peer.
+    let node = spawn_asking_every(Duration::from_millis(100)).await;
+    let mut c = client(&node).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    // Now give it someone to share and ask again (past the request rate limit of 50 ms, as
+    // the wait below takes longer): the first response to arrive is the second one's, so the
+    // first request was not answered.
+    let other = give_an_address_to(&node, 2).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    let answer = next_response(&mut c).await;
+    assert_eq!(answer, vec![other.net_address()]);
+    assert!(c.stopped.try_recv().is_err(), "the node dropped the peer");
+}
+
+#[actix::test]
+async fn a_peer_without_the_pex_channel_is_never_asked_and_stays_connected() {
+    // A node with peer exchange asks every 20 ms; its peer runs without peer exchange, so it
+    // does not have channel 0x50 and would drop a node that sent on it. It must stay
+    // connected through many rounds.
+    let asker = spawn_asking_every(Duration::from_millis(20)).await;
+    let quiet = spawn(P2pConfig {
+        pex: false,
+        ..config()
+    })
+    .await;
+    // The channel they share.
+    counter(&asker, 0x40, 1, false).await;
+    counter(&quiet, 0x40, 1, false).await;
+    let mut connected = asker.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
+    let mut dropped = asker.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+    quiet
+        .switch()
+        .send(tm2_p2p::DialPeers(vec![asker.net_address()]))
+        .await
+        .unwrap();
+    recv_within("PeerConnected", connected.recv()).await;
+    // 50 rounds of peer exchange (a second): an absence can only be watched for a while.
+    let watched = tokio::time::timeout(Duration::from_secs(1), dropped.recv()).await;
+    assert!(watched.is_err(), "the peer was dropped: {watched:?}");
+    let peers = asker.switch().send(GetPeers).await.unwrap().peers;
+    assert_eq!(peers.len(), 1);
+}
+
+#[actix::test]
 async fn a_node_that_floods_requests_is_disconnected() {
     let node = spawn_asking_every(Duration::from_secs(10)).await;
     let mut c = client(&node).await;
-    for _ in 0..3 {
+    // The first is answered, the next ones ignored, the tenth ignored one in a row is a flood.
+    for _ in 0..=tm2_p2p::pex::protocol::FLOOD_AFTER_EARLY_REQUESTS {
         assert!(c.handle.send(PEX_CHANNEL, request()).await);
     }
     assert_closed_by_node(&mut c).await;

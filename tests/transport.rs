@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, dial, upgrade};
-use tm2_p2p::codec::varint;
+use tm2_p2p::codec::amino;
 use tm2_p2p::secret::FRAME_LEN;
 use tm2_p2p::types::{Direction, NodeInfoError, PeerCheckError};
 use tm2_p2p::{NetAddress, NodeInfo, NodeKey, PeerId};
@@ -179,15 +179,17 @@ async fn raw_peer_sending(bytes: Vec<u8>) -> TransportError {
 
 #[tokio::test]
 async fn an_oversize_node_info_prefix_is_refused_before_the_body() {
+    // 10,239 bytes of body and a 2-byte prefix: one over the limit of 10,240 for both.
     let mut bytes = Vec::new();
-    varint::put(&mut bytes, 10_241);
+    amino::put_uvarint(&mut bytes, 10_239);
     let err = raw_peer_sending(bytes).await;
     assert!(
         matches!(
             err,
-            TransportError::NodeInfo(NodeInfoError::Decode(
-                tm2_p2p::codec::DecodeError::TooLarge { .. }
-            ))
+            TransportError::NodeInfo(NodeInfoError::Decode(amino::AminoError::TooLarge {
+                len: 10_241,
+                ..
+            }))
         ),
         "{err:?}"
     );
@@ -197,7 +199,7 @@ async fn an_oversize_node_info_prefix_is_refused_before_the_body() {
 #[tokio::test]
 async fn garbage_instead_of_node_info_is_a_decode_error() {
     let mut bytes = Vec::new();
-    varint::put(&mut bytes, 16);
+    amino::put_uvarint(&mut bytes, 16);
     bytes.extend_from_slice(&[0xff; 16]);
     let err = raw_peer_sending(bytes).await;
     assert!(matches!(err, TransportError::NodeInfo(_)), "{err:?}");
@@ -242,7 +244,7 @@ async fn bytes_sent_right_after_the_node_info_are_kept() {
     let stream = SecretStream::upgrade(tcp, &key, TIMEOUT).await.unwrap();
     let (mut r, mut w) = stream.into_split();
     // NodeInfo and the first application bytes in one write, as an eager peer would.
-    let mut bytes = node_info(key.id(), 1, "net").encode_framed().unwrap();
+    let mut bytes = node_info(key.id(), 1, "net").encode_framed();
     bytes.extend_from_slice(b"first packet");
     w.write_all(&bytes).await.unwrap();
     w.flush().await.unwrap();
@@ -282,10 +284,7 @@ async fn sequential_upgrade(
 ) -> (SecretStream, NodeInfo) {
     let mut stream = SecretStream::upgrade(tcp, key, TIMEOUT).await.unwrap();
     let (reader, writer) = stream.halves_mut();
-    writer
-        .write_all(&ours.encode_framed().unwrap())
-        .await
-        .unwrap();
+    writer.write_all(&ours.encode_framed()).await.unwrap();
     writer.flush().await.unwrap();
     let theirs = read_framed_node_info(reader).await;
     tm2_p2p::types::verify_remote(ours, stream.remote_id(), &theirs, dialed).unwrap();
@@ -325,7 +324,7 @@ async fn our_node_info_arrives_before_the_peer_sent_its_auth_frame() {
     tcp.read_exact(&mut eph).await.unwrap();
     assert_eq!(hs.handle_bytes(&eph).unwrap(), eph.len());
     let our_auth = hs.poll_transmit().unwrap(); // Withheld for now.
-    let framed_len = server_info.encode_framed().unwrap().len();
+    let framed_len = server_info.encode_framed().len();
     let frames = 1 + framed_len.div_ceil(tm2_p2p::secret::DATA_MAX);
     let mut theirs = vec![0u8; frames * FRAME_LEN];
     tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut theirs))
@@ -346,10 +345,7 @@ async fn our_node_info_arrives_before_the_peer_sent_its_auth_frame() {
     let mut writer =
         tm2_p2p::actors::secret_stream::SecretWriter::new(Vec::new(), established.sealer);
     let info = node_info(key.id(), 1, "net");
-    writer
-        .write_all(&info.encode_framed().unwrap())
-        .await
-        .unwrap();
+    writer.write_all(&info.encode_framed()).await.unwrap();
     writer.flush().await.unwrap();
     tcp.write_all(&our_auth).await.unwrap();
     tcp.write_all(&writer.into_inner()).await.unwrap();

@@ -464,7 +464,9 @@ mod tests {
                 break;
             }
         }
-        assert_eq!((out, flushes), (vec![1, 0x01], 1));
+        let mut pong = Vec::new();
+        Packet::Pong.encode_framed(&mut pong);
+        assert_eq!((out, flushes), (pong, 1));
     }
 
     #[test]

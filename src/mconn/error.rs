@@ -59,7 +59,7 @@ mod tests {
             }
             .is_peer_fault()
         );
-        assert!(MConnectionError::Decode(DecodeError::Truncated).is_peer_fault());
+        assert!(MConnectionError::Decode(DecodeError::InvalidEof(2)).is_peer_fault());
         assert!(!MConnectionError::PongTimeout.is_peer_fault());
     }
 }

@@ -59,7 +59,7 @@
 //!
 //! ## Bounds a peer cannot push past
 //!
-//! - A packet is at most [`packet::max_packet_size`] bytes (1033 for the default payload),
+//! - A packet is at most [`packet::max_packet_size`] bytes (1,056 for the default payload, TM2's `maxPacketMsgSize`),
 //!   checked from the length prefix before the body is buffered.
 //! - A message being reassembled is at most the channel's `recv_message_capacity`; the buffer's
 //!   capacity never exceeds it.

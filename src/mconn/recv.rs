@@ -470,30 +470,43 @@ mod tests {
     #[test]
     fn oversize_length_prefix_fails_before_the_body_is_buffered() {
         let (mut rx, t0) = receiver(&[ChannelDescriptor::new(1)]);
-        // A prefix announcing 60 000 bytes, then nothing else.
+        // A prefix announcing 60 000 bytes (uvarint e0 d4 03), then nothing else.
         assert_eq!(
-            rx.handle_bytes(t0, &[0xfb, 0x60, 0xea]),
+            rx.handle_bytes(t0, &[0xe0, 0xd4, 0x03]),
             Err(MConnectionError::Decode(DecodeError::TooLarge {
                 len: 60_003,
-                max: 1033
+                max: 1056
             }))
         );
         // Same when the prefix itself arrives split across reads.
         let (mut rx, t0) = receiver(&[ChannelDescriptor::new(1)]);
-        rx.handle_bytes(t0, &[0xfb]).unwrap();
-        rx.handle_bytes(t0, &[0x60]).unwrap();
+        rx.handle_bytes(t0, &[0xe0]).unwrap();
+        rx.handle_bytes(t0, &[0xd4]).unwrap();
         assert!(matches!(
-            rx.handle_bytes(t0, &[0xea]),
+            rx.handle_bytes(t0, &[0x03]),
             Err(MConnectionError::Decode(DecodeError::TooLarge { .. }))
         ));
+        // A prefix of continuation bytes only is refused by its tenth byte, never buffered
+        // further.
+        let (mut rx, t0) = receiver(&[ChannelDescriptor::new(1)]);
+        let mut refused = false;
+        for _ in 0..10 {
+            if rx.handle_bytes(t0, &[0xff]).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
     }
 
     #[test]
     fn garbled_packet_is_a_decode_error() {
         let (mut rx, t0) = receiver(&[ChannelDescriptor::new(1)]);
         assert_eq!(
-            rx.handle_bytes(t0, &[1, 9]),
-            Err(MConnectionError::Decode(DecodeError::UnknownPacketType(9)))
+            rx.handle_bytes(t0, b"\x0b\x0a\x09/p2p.Pinx"),
+            Err(MConnectionError::Decode(DecodeError::UnknownPacketType(
+                "/p2p.Pinx".into()
+            )))
         );
     }
 
@@ -551,7 +564,7 @@ mod tests {
         rx.handle_bytes(t0, &bytes).unwrap();
         assert_eq!(rx.pending_events(), 2);
         assert_eq!(events(&mut rx), [Event::PingReceived, Event::PongReceived]);
-        rx.handle_bytes(t0, &bytes[..2]).unwrap();
+        rx.handle_bytes(t0, &bytes[..12]).unwrap();
         assert_eq!(events(&mut rx), [Event::PingReceived]);
     }
 
@@ -570,11 +583,12 @@ mod tests {
         };
         let (mut rx, t0) = receiver_with(config, &[ChannelDescriptor::new(1)]);
         assert_eq!(rx.recv_ready(t0), Ok(()));
-        // Burst 2066 bytes; reading 5066 leaves 3000 bytes of debt, resuming needs 1033 more.
+        // Burst 2 × 1056 = 2112 bytes; reading 5066 leaves 2954 bytes of debt, resuming needs
+        // 1056 (one largest packet) more: 4010 bytes at 100 kB/s.
         let stream: Vec<u8> = (0..5).flat_map(|_| msg(1, true, &[0; 1010])).collect();
         rx.handle_bytes(t0, &stream[..5066]).unwrap();
         let at = rx.recv_ready(t0).unwrap_err();
-        assert_eq!(at, t0 + Duration::from_nanos(40_330_000));
+        assert_eq!(at, t0 + Duration::from_nanos(40_100_000));
         assert_eq!(rx.recv_ready(at), Ok(()));
     }
 

@@ -627,16 +627,17 @@ mod tests {
         let mut tx = sender_with(unlimited(), &[ChannelDescriptor::new(1)], t0);
         tx.try_send(1, Bytes::from(vec![0; 1024])).unwrap();
         let _ = drain(&mut tx, t0);
-        assert_eq!(tx.recently_sent(1), Some(1033));
+        // One full packet: 1046 bytes with its prefix.
+        assert_eq!(tx.recently_sent(1), Some(1046));
         assert_eq!(tx.poll_timeout(), Some(t0 + DECAY_INTERVAL));
         tx.handle_timeout(t0 + DECAY_INTERVAL - MS).unwrap();
-        assert_eq!(tx.recently_sent(1), Some(1033));
+        assert_eq!(tx.recently_sent(1), Some(1046));
         tx.handle_timeout(t0 + DECAY_INTERVAL).unwrap();
-        assert_eq!(tx.recently_sent(1), Some(826));
+        assert_eq!(tx.recently_sent(1), Some(836));
         // Two periods late: two decays, and the next deadline stays on the 2 s grid.
         tx.handle_timeout(t0 + 3 * DECAY_INTERVAL + 500 * MS)
             .unwrap();
-        assert_eq!(tx.recently_sent(1), Some(528));
+        assert_eq!(tx.recently_sent(1), Some(534));
         assert_eq!(tx.next_decay, t0 + 4 * DECAY_INTERVAL);
         // Days later the counter is simply 0 (and the loop was bounded).
         tx.handle_timeout(t0 + Duration::from_secs(86_400 * 30))
@@ -744,27 +745,29 @@ mod tests {
         };
         let chans = [ChannelDescriptor::new(1).with_send_queue_capacity(8)];
         let mut tx = sender_with(config, &chans, t0);
-        // Burst: max(rate / 50, 2 × 1033) = 2066 bytes; resume quantum 1033 bytes.
+        // Burst: max(rate / 50, 2 × 1056) = 2112 bytes; resume quantum 1056 bytes (the largest
+        // packet). Packets of 1044 bytes (1024 of data, not the last) go while budget is left:
+        // three, 1020 bytes into debt.
         tx.try_send(1, Bytes::from(vec![1; 10_000])).unwrap();
         let mut out = Vec::new();
         let t = tx.poll_transmit(t0, &mut out);
         assert_eq!(
             t,
             Transmit {
-                bytes: 2 * 1033,
+                bytes: 3 * 1044,
                 flush: true
             }
         );
         assert_eq!(tx.poll_transmit(t0, &mut out).bytes, 0);
-        // 1033 bytes at 100 kB/s take 10.33 ms.
+        // Repaying 1020 and gaining 1056: 2076 bytes at 100 kB/s take 20.76 ms.
         let resume = tx.poll_timeout().unwrap();
-        assert_eq!(resume, t0 + Duration::from_nanos(10_330_000));
+        assert_eq!(resume, t0 + Duration::from_nanos(20_760_000));
         assert_eq!(tx.poll_transmit(resume - MS, &mut out).bytes, 0);
         let t = tx.poll_transmit(resume, &mut out);
         assert_eq!(
             t,
             Transmit {
-                bytes: 1033,
+                bytes: 2 * 1044,
                 flush: true
             }
         );

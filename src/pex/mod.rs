@@ -14,4 +14,4 @@ pub mod protocol;
 pub use address_book::{
     AddOutcome, AddressBook, AddressBookConfig, AddressBookError, KnownAddress,
 };
-pub use protocol::{Decoded, PexError, PexMessage, RequestLimiter};
+pub use protocol::{Decoded, PexError, PexMessage, RequestLimiter, RequestVerdict};

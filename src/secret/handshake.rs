@@ -93,15 +93,15 @@ impl HandshakeError {
 }
 
 /// Most bytes of early data [`Handshake::with_early_data`] takes: 16 frames' worth. A framed
-/// NodeInfo is at most 10,242 bytes (`MAX_NODE_INFO_SIZE` and its length prefix: 11 frames).
+/// NodeInfo is at most 10,240 bytes (`MAX_NODE_INFO_SIZE`, its length prefix included: 10
+/// frames).
 /// The bound keeps the write of the auth frame and the early frames (at most 17 frames, about
 /// 17 KiB) small enough for the kernels of both ends to take whole before either side reads:
 /// a driver may write it all before it reads, as both sides do at once.
 pub const EARLY_DATA_MAX: usize = 16 * DATA_MAX;
 
 // The largest framed NodeInfo fits in early data.
-const _: () =
-    assert!(EARLY_DATA_MAX >= crate::types::MAX_NODE_INFO_SIZE + crate::codec::varint::MAX_LEN);
+const _: () = assert!(EARLY_DATA_MAX >= crate::types::MAX_NODE_INFO_SIZE);
 
 /// The X25519 public keys of small order that TM2 refuses, as sent on the wire (from
 /// `conn/secret_connection.go`, `blacklist`).

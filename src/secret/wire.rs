@@ -7,6 +7,7 @@
 
 use super::frame::DATA_MAX;
 use super::handshake::HandshakeError;
+use crate::codec::amino;
 
 /// Length of the ephemeral-key message: `22 0a 20` + 32-byte X25519 public key.
 pub const EPHEMERAL_MSG_LEN: usize = 3 + 32;
@@ -133,7 +134,11 @@ pub(crate) fn parse_ephemeral(msg: &[u8]) -> Result<[u8; 32], HandshakeError> {
 
 /// Parses the data of the auth frame into the peer's Ed25519 public key and its signature.
 ///
-/// The message must be the whole frame data: TM2 writes it with one `Write` of 101 bytes.
+/// The message must be the whole frame data: TM2 writes it with one `Write` of 101 bytes. The
+/// key is read in two shapes: the raw 32 bytes gno's secret connection writes (and we write),
+/// and the amino Any `{1: "/tm.PubKeyEd25519", 2: {1: key}}` that gno's amino writes for a
+/// `crypto.PubKey` field (shared/vectors' `sts_authsig_sized`), so a peer whose struct holds
+/// the interface is read too. Either way the signature is then verified against the key.
 pub(crate) fn parse_auth(data: &[u8]) -> Result<([u8; 32], &[u8]), HandshakeError> {
     let mut body = sized_body(data)?;
     let key = bytes_field(&mut body, 1)?;
@@ -141,11 +146,35 @@ pub(crate) fn parse_auth(data: &[u8]) -> Result<([u8; 32], &[u8]), HandshakeErro
     if !body.is_empty() {
         return Err(HandshakeError::Malformed("bytes after the signature"));
     }
-    let key = key
-        .try_into()
-        .map_err(|_| HandshakeError::Malformed("public key is not 32 bytes"))?;
+    let key = match <[u8; 32]>::try_from(key) {
+        Ok(key) => key,
+        Err(_) => any_ed25519_key(key)?,
+    };
     Ok((key, signature))
 }
+
+/// The Ed25519 key inside an amino Any of `/tm.PubKeyEd25519` (`{1: 32 key bytes}`).
+fn any_ed25519_key(any: &[u8]) -> Result<[u8; 32], HandshakeError> {
+    const NOT_A_KEY: HandshakeError = HandshakeError::Malformed("public key is not 32 bytes");
+    let (type_url, value) = amino::decode_any(any).map_err(|_| NOT_A_KEY)?;
+    if type_url != ED25519_PUBKEY_TYPE.as_bytes() {
+        return Err(HandshakeError::Malformed(
+            "public key is not an Ed25519 key",
+        ));
+    }
+    let mut fields = amino::Fields::new(value);
+    match (fields.next(), fields.next()) {
+        (Ok(Some(f)), Ok(None)) if f.number == 1 => f
+            .bytes()
+            .ok()
+            .and_then(|k| k.try_into().ok())
+            .ok_or(NOT_A_KEY),
+        _ => Err(NOT_A_KEY),
+    }
+}
+
+/// Amino's type URL of an Ed25519 public key.
+const ED25519_PUBKEY_TYPE: &str = "/tm.PubKeyEd25519";
 
 #[cfg(test)]
 mod tests {
@@ -266,6 +295,37 @@ mod tests {
         let (k, s) = parse_auth(&msg).unwrap();
         assert_eq!(k, key);
         assert_eq!(s, &sig[..]);
+    }
+
+    /// shared/vectors/tm2_amino.csv, `sts_ephemeral_pubkey_sized` (bytes 01..20) and
+    /// `sts_authsig_sized` (key #1 signing "challenge", its key as an amino Any).
+    const EPHEMERAL_VECTOR: &str =
+        "220a200102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20";
+    const AUTHSIG_VECTOR: &str = "7b0a370a112f746d2e5075624b65794564323535313912220a20692fe6d442614058920bec01ea821b438e4baf8cb3a3ca9439d268a16fb80f5f124087b6e6b03a7f148919a54fa58182219f7326c0d10a51527525fa998d9fb1a78da2cbd137862cc91b3915f084194db297daf052d545cd130f1c1df94a7643d309";
+
+    #[test]
+    fn gno_vectors_of_the_handshake_frames() {
+        let key: [u8; 32] = core::array::from_fn(|i| i as u8 + 1);
+        assert_eq!(hex::encode(encode_ephemeral(&key)), EPHEMERAL_VECTOR);
+        assert_eq!(
+            parse_ephemeral(&hex::decode(EPHEMERAL_VECTOR).unwrap()),
+            Ok(key)
+        );
+        // The Any-wrapped key reads to the same key and signature as the raw layout, whose
+        // re-encoding is what gno's secret connection sends (tests/tm2_interop.rs).
+        let wrapped = hex::decode(AUTHSIG_VECTOR).unwrap();
+        let (key, sig) = parse_auth(&wrapped).unwrap();
+        assert_eq!(hex::encode(&key[..4]), "692fe6d4");
+        assert_eq!(sig.len(), 64);
+        let raw = encode_auth(&key, sig.try_into().unwrap());
+        assert_eq!(parse_auth(&raw).unwrap(), (key, sig));
+        // Another key type, or a key of the wrong length inside the Any, is refused.
+        let mut other = wrapped.clone();
+        other[6] = b'X'; // "/tX.PubKey..."
+        assert!(parse_auth(&other).is_err());
+        let mut short = wrapped;
+        short[25] = 0x1f; // inner key length 31
+        assert!(parse_auth(&short).is_err());
     }
 
     proptest! {

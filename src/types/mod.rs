@@ -9,8 +9,9 @@ pub use net_address::{
     DnsNameError, Host, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, NetAddress, NetAddressError,
 };
 pub use node_info::{
-    Incompatible, MAX_NODE_INFO_SIZE, MAX_NUM_CHANNELS, NodeInfo, NodeInfoError, NodeInfoOther,
-    P2P_PROTOCOL_VERSION, P2P_VERSION_NAME, VersionInfo,
+    GNOLAND_APP_VERSION, GNOLAND_VERSION, Incompatible, MAX_NODE_INFO_SIZE, MAX_NUM_CHANNELS,
+    NodeInfo, NodeInfoError, NodeInfoOther, P2P_PROTOCOL_VERSION, P2P_VERSION_NAME, VersionInfo,
+    gnoland_version_set,
 };
 pub use peer_id::{PEER_ID_LEN, PEER_ID_PREFIX, PeerId, PeerIdError};
 pub use verify::{PeerCheckError, verify_remote};

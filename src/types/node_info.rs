@@ -7,17 +7,38 @@
 //! [`compatible_with`](NodeInfo::compatible_with) its own. Decoding never validates: the two
 //! steps fail with different errors and the caller decides the order.
 //!
-//! The encoding is this project's codec ([`crate::codec`], bincode), fields in TM2's order; it
-//! is not TM2's amino encoding.
+//! ## Wire encoding: TM2's amino
+//!
+//! A NodeInfo is a protobuf-3 message with TM2's field numbers, zero values left out
+//! ([`crate::codec::amino`]); it is exchanged as a sized message, `uvarint(len) body`, whose
+//! prefix and body together are at most [`MAX_NODE_INFO_SIZE`] bytes:
+//!
+//! ```text
+//! 1: repeated VersionInfo {1: name, 2: version, 3: optional (bool)}   (every element written)
+//! 2: net_address   string "id@ip:port"
+//! 3: network       string
+//! 4: software      string
+//! 5: version       string
+//! 6: channels      bytes
+//! 7: moniker       string
+//! 8: other         {1: tx_index, 2: rpc_address}
+//! ```
+//!
+//! Decoding refuses what gno refuses (unknown fields, fields out of order, wrong wire types)
+//! and, stricter, other encodings than gno's (overlong varints, zero values written out). A
+//! NodeInfo without a net address decodes in gno and fails its validation; here it fails to
+//! decode ([`AminoError::MissingField`]). The address is parsed, never resolved: a host name
+//! stays a name (gno resolves it while decoding).
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::codec::{self, DecodeError, EncodeError, varint};
-use crate::types::{NetAddress, PeerId};
+use crate::codec::amino::{self, AminoError, Fields};
+use crate::types::{NetAddress, NetAddressError, PeerId};
 
-/// Largest encoded `NodeInfo` accepted, in bytes (TM2's `MaxNodeInfoSize`, `types/node_info.go`).
+/// Largest NodeInfo accepted, in bytes, its length prefix included (TM2's `MaxNodeInfoSize`,
+/// `types/node_info.go`, the limit of the sized read in the NodeInfo exchange).
 pub const MAX_NODE_INFO_SIZE: usize = 10_240;
 
 /// Most channels a node may declare (TM2's `maxNumChannels`, `types/node_info.go`).
@@ -26,11 +47,37 @@ pub const MAX_NUM_CHANNELS: usize = 16;
 /// Name of the version-set entry for the p2p protocol (TM2 uses the same name).
 pub const P2P_VERSION_NAME: &str = "p2p";
 
-/// The version of this project's p2p wire protocol (NodeInfo, packets, peer exchange as
-/// written in docs/PROTOCOL.md), advertised under [`P2P_VERSION_NAME`]. Peers compare only its
-/// semver MAJOR, so it is bumped to `v2.0.0` on any incompatible wire change. A TM2 node also
-/// sends `p2p` `v1...` but never gets this far: its NodeInfo (amino) does not decode here.
-pub const P2P_PROTOCOL_VERSION: &str = "v1.0.0";
+/// The version of the p2p wire protocol, advertised under [`P2P_VERSION_NAME`]: TM2's, as a
+/// gno.land node advertises it (`bft/node/node.go`). Peers compare only its semver MAJOR.
+pub const P2P_PROTOCOL_VERSION: &str = "v1.0.0-rc.0";
+
+/// The version of the protocols a gno.land node advertises besides `app` (`abci`, `bft`,
+/// `blockchain`, `p2p`), as gno's `bft/node/node.go` sets them.
+pub const GNOLAND_VERSION: &str = "v1.0.0-rc.0";
+
+/// The app version a gno.land node advertises by default (gno.land's `BaseApp` sets `"dev"`).
+/// Not a semver, so it only matches another non-semver version.
+pub const GNOLAND_APP_VERSION: &str = "dev";
+
+/// The version set of a gno.land node, as gno's `bft/node/node.go` builds it: `abci`, `app`
+/// (= `app_version`, [`GNOLAND_APP_VERSION`] on a default node), `bft`, `blockchain`, `p2p`,
+/// all required, the others at [`GNOLAND_VERSION`], sorted by name. A gno.land node refuses a
+/// peer that lacks any of them, so a node that joins a gno.land network advertises this set
+/// (`SwitchBuilder::version_set`, or `tm2p2p node --version-set gnoland`).
+pub fn gnoland_version_set(app_version: &str) -> Vec<VersionInfo> {
+    ["abci", "app", "bft", "blockchain", P2P_VERSION_NAME]
+        .into_iter()
+        .map(|name| VersionInfo {
+            name: name.into(),
+            version: if name == "app" {
+                app_version.into()
+            } else {
+                GNOLAND_VERSION.into()
+            },
+            optional: false,
+        })
+        .collect()
+}
 
 /// What a node tells its peers about itself (TM2's `NodeInfo`). Fields are listed in wire
 /// order.
@@ -78,16 +125,16 @@ pub struct NodeInfoOther {
     pub rpc_address: String,
 }
 
-/// Why a [`NodeInfo`] could not be decoded or encoded, or is not valid.
-#[derive(Debug, thiserror::Error)]
+/// Why a [`NodeInfo`] could not be decoded, or is not valid.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeInfoError {
-    /// The bytes are not a NodeInfo: over [`MAX_NODE_INFO_SIZE`], truncated, trailing bytes,
-    /// or malformed (a bad net address string included).
-    #[error("cannot decode node info")]
-    Decode(#[source] DecodeError),
-    /// Encoding failed (does not happen for well-formed values; kept so it is no panic).
-    #[error("cannot encode node info")]
-    Encode(#[source] EncodeError),
+    /// The bytes are not the amino encoding of a NodeInfo: over [`MAX_NODE_INFO_SIZE`],
+    /// truncated, trailing bytes, unknown or misordered fields, no net address, ...
+    #[error("cannot decode node info: {0}")]
+    Decode(#[source] AminoError),
+    /// The net address string does not parse (`id@host:port`).
+    #[error("cannot decode node info: bad net address")]
+    NetAddress(#[source] NetAddressError),
     /// `version` is set but not printable ASCII, or only spaces (TM2's `ErrInvalidVersion`).
     #[error("node info version is not printable ASCII")]
     InvalidVersion,
@@ -146,11 +193,16 @@ pub enum NodeInfoError {
 }
 
 impl NodeInfoError {
-    /// True when the error describes bytes or values a peer sent (every variant but
-    /// [`NodeInfoError::Encode`], which is a local bug): the peer is to blame and its address
-    /// can be marked bad.
+    /// True when the error describes bytes or values a peer sent: always, since encoding
+    /// cannot fail. Kept so callers ask the error rather than assume.
     pub fn is_peer_fault(&self) -> bool {
-        !matches!(self, Self::Encode(_))
+        true
+    }
+}
+
+impl From<AminoError> for NodeInfoError {
+    fn from(e: AminoError) -> Self {
+        Self::Decode(e)
     }
 }
 
@@ -221,51 +273,97 @@ impl NodeInfo {
         self.net_address.id()
     }
 
-    /// Encodes with the project codec. The result is not checked against
+    /// Encodes the body (TM2's amino, no length prefix). The result is not checked against
     /// [`MAX_NODE_INFO_SIZE`]; [`validate`](Self::validate) does that.
-    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
-        codec::encode(self)
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256);
+        let mut inner = Vec::with_capacity(64);
+        for v in &self.version_set {
+            inner.clear();
+            amino::put_bytes_field(&mut inner, 1, v.name.as_bytes());
+            amino::put_bytes_field(&mut inner, 2, v.version.as_bytes());
+            amino::put_bool_field(&mut inner, 3, v.optional);
+            amino::put_element(&mut out, 1, &inner);
+        }
+        amino::put_bytes_field(&mut out, 2, self.net_address.to_string().as_bytes());
+        amino::put_bytes_field(&mut out, 3, self.network.as_bytes());
+        amino::put_bytes_field(&mut out, 4, self.software.as_bytes());
+        amino::put_bytes_field(&mut out, 5, self.version.as_bytes());
+        amino::put_bytes_field(&mut out, 6, &self.channels);
+        amino::put_bytes_field(&mut out, 7, self.moniker.as_bytes());
+        inner.clear();
+        amino::put_bytes_field(&mut inner, 1, self.other.tx_index.as_bytes());
+        amino::put_bytes_field(&mut inner, 2, self.other.rpc_address.as_bytes());
+        amino::put_bytes_field(&mut out, 8, &inner);
+        out
     }
 
-    /// Encodes for the NodeInfo exchange: `varint(len) body` (docs/PROTOCOL.md 2.1).
-    pub fn encode_framed(&self) -> Result<Vec<u8>, EncodeError> {
-        let body = self.encode()?;
-        let mut out = Vec::with_capacity(varint::MAX_LEN + body.len());
-        varint::put(&mut out, body.len() as u64);
-        out.extend_from_slice(&body);
-        Ok(out)
+    /// Encodes for the NodeInfo exchange: `uvarint(len) body`, as gno's `MarshalSizedWriter`.
+    pub fn encode_framed(&self) -> Vec<u8> {
+        let body = self.encode();
+        let mut out = Vec::with_capacity(amino::sized_len(body.len()));
+        amino::put_sized(&mut out, &body);
+        out
     }
 
     /// Reads the length prefix of a framed NodeInfo at the start of `buf`: `Ok(None)` until the
-    /// prefix is complete, then `(prefix length, body length)`. A body over
-    /// [`MAX_NODE_INFO_SIZE`] is refused here, before a byte of it is read.
+    /// prefix is complete, then `(prefix length, body length)`. A NodeInfo whose prefix and
+    /// body exceed [`MAX_NODE_INFO_SIZE`] is refused here, before a byte of the body is read.
     pub fn frame_header(buf: &[u8]) -> Result<Option<(usize, usize)>, NodeInfoError> {
-        let max = varint::MAX_LEN + MAX_NODE_INFO_SIZE;
-        match varint::frame_header(buf, max) {
-            Ok(Some((prefix, total))) if total - prefix <= MAX_NODE_INFO_SIZE => {
-                Ok(Some((prefix, total - prefix)))
-            }
-            Ok(Some((prefix, total))) => Err(NodeInfoError::Decode(DecodeError::TooLarge {
-                len: total - prefix,
-                max: MAX_NODE_INFO_SIZE,
-            })),
-            Ok(None) => Ok(None),
-            Err(varint::FrameError::TooLarge { len, .. }) => {
-                Err(NodeInfoError::Decode(DecodeError::TooLarge {
-                    len: usize::try_from(len).unwrap_or(usize::MAX),
-                    max: MAX_NODE_INFO_SIZE,
-                }))
-            }
-            Err(varint::FrameError::Prefix(e)) => Err(NodeInfoError::Decode(
-                DecodeError::Malformed(format!("NodeInfo length prefix: {e}")),
-            )),
-        }
+        Ok(amino::sized_header(buf, MAX_NODE_INFO_SIZE)?
+            .map(|(prefix, total)| (prefix, total - prefix)))
     }
 
-    /// Decodes bytes from a peer, refusing more than [`MAX_NODE_INFO_SIZE`] before reading
-    /// anything. Does not [`validate`](Self::validate).
+    /// Decodes a framed NodeInfo (`uvarint(len) body`, exactly all of `bytes`).
+    pub fn decode_framed(bytes: &[u8]) -> Result<Self, NodeInfoError> {
+        Self::decode(amino::sized_body(bytes, MAX_NODE_INFO_SIZE)?)
+    }
+
+    /// Decodes a body (no length prefix) from a peer, refusing a body that could not be
+    /// exchanged (with its prefix over [`MAX_NODE_INFO_SIZE`] bytes) before reading anything.
+    /// Does not [`validate`](Self::validate).
     pub fn decode(bytes: &[u8]) -> Result<Self, NodeInfoError> {
-        codec::decode(bytes, MAX_NODE_INFO_SIZE).map_err(NodeInfoError::Decode)
+        let framed = amino::sized_len(bytes.len());
+        if framed > MAX_NODE_INFO_SIZE {
+            return Err(AminoError::TooLarge {
+                len: framed as u64,
+                max: MAX_NODE_INFO_SIZE,
+            }
+            .into());
+        }
+        let mut version_set = Vec::new();
+        let mut net_address = None;
+        let (mut network, mut software, mut version, mut moniker) =
+            (String::new(), String::new(), String::new(), String::new());
+        let mut channels = Vec::new();
+        let mut other = NodeInfoOther::default();
+        let mut fields = Fields::new(bytes);
+        while let Some(field) = fields.next()? {
+            match field.number {
+                1 => version_set.push(decode_version_info(field.bytes()?)?),
+                2 => {
+                    let text = field.nonempty_str()?;
+                    net_address = Some(text.parse().map_err(NodeInfoError::NetAddress)?);
+                }
+                3 => field.nonempty_str()?.clone_into(&mut network),
+                4 => field.nonempty_str()?.clone_into(&mut software),
+                5 => field.nonempty_str()?.clone_into(&mut version),
+                6 => field.nonempty_bytes()?.clone_into(&mut channels),
+                7 => field.nonempty_str()?.clone_into(&mut moniker),
+                8 => other = decode_other(field.nonempty_bytes()?)?,
+                _ => return Err(field.unknown().into()),
+            }
+        }
+        Ok(Self {
+            version_set,
+            net_address: net_address.ok_or(AminoError::MissingField(2))?,
+            network,
+            software,
+            version,
+            channels,
+            moniker,
+            other,
+        })
     }
 
     /// Checks the fields, first by TM2's rules in TM2's order (the net address is well-formed
@@ -320,7 +418,7 @@ impl NodeInfo {
                 });
             }
         }
-        let len = self.encode().map_err(NodeInfoError::Encode)?.len();
+        let len = amino::sized_len(self.encode().len());
         if len > MAX_NODE_INFO_SIZE {
             return Err(NodeInfoError::TooLarge {
                 len,
@@ -372,6 +470,39 @@ impl NodeInfo {
         }
         Ok(())
     }
+}
+
+/// Decodes one element of the version set: `{1: name, 2: version, 3: optional}`.
+fn decode_version_info(bytes: &[u8]) -> Result<VersionInfo, AminoError> {
+    let mut info = VersionInfo {
+        name: String::new(),
+        version: String::new(),
+        optional: false,
+    };
+    let mut fields = Fields::new(bytes);
+    while let Some(field) = fields.next()? {
+        match field.number {
+            1 => field.nonempty_str()?.clone_into(&mut info.name),
+            2 => field.nonempty_str()?.clone_into(&mut info.version),
+            3 => info.optional = field.true_bool()?,
+            _ => return Err(field.unknown()),
+        }
+    }
+    Ok(info)
+}
+
+/// Decodes `other`: `{1: tx_index, 2: rpc_address}`.
+fn decode_other(bytes: &[u8]) -> Result<NodeInfoOther, AminoError> {
+    let mut other = NodeInfoOther::default();
+    let mut fields = Fields::new(bytes);
+    while let Some(field) = fields.next()? {
+        match field.number {
+            1 => field.nonempty_str()?.clone_into(&mut other.tx_index),
+            2 => field.nonempty_str()?.clone_into(&mut other.rpc_address),
+            _ => return Err(field.unknown()),
+        }
+    }
+    Ok(other)
 }
 
 /// The first entry of each name (Go's `VersionSet.Get` returns the first match).
@@ -457,32 +588,34 @@ mod tests {
     #[test]
     fn framed_round_trip_and_header() {
         let i = info();
-        let framed = i.encode_framed().unwrap();
+        let framed = i.encode_framed();
         let (prefix, body) = NodeInfo::frame_header(&framed).unwrap().unwrap();
         assert_eq!(prefix + body, framed.len());
         assert_eq!(NodeInfo::decode(&framed[prefix..]).unwrap(), i);
+        assert_eq!(NodeInfo::decode_framed(&framed).unwrap(), i);
         assert_eq!(NodeInfo::frame_header(&[]).unwrap(), None);
-        assert_eq!(NodeInfo::frame_header(&[0xfb, 0x01]).unwrap(), None);
+        assert_eq!(NodeInfo::frame_header(&[0xe2]).unwrap(), None);
     }
 
     #[test]
     fn oversize_frame_is_refused_from_its_prefix() {
+        // The limit holds prefix and body: a body of 10,239 bytes (2-byte prefix) is over.
         let mut buf = Vec::new();
-        varint::put(&mut buf, MAX_NODE_INFO_SIZE as u64 + 1);
+        amino::put_uvarint(&mut buf, MAX_NODE_INFO_SIZE as u64 - 1);
         let err = NodeInfo::frame_header(&buf).unwrap_err();
         assert!(
-            matches!(err, NodeInfoError::Decode(DecodeError::TooLarge { .. })),
+            matches!(err, NodeInfoError::Decode(AminoError::TooLarge { len, .. }) if len == 10_241),
             "{err:?}"
         );
         let mut buf = Vec::new();
-        varint::put(&mut buf, u64::MAX);
+        amino::put_uvarint(&mut buf, u64::MAX);
         assert!(NodeInfo::frame_header(&buf).is_err());
-        assert!(NodeInfo::frame_header(&[0xff]).is_err());
+        assert!(NodeInfo::frame_header(&[0x80, 0x00]).is_err());
         let mut buf = Vec::new();
-        varint::put(&mut buf, MAX_NODE_INFO_SIZE as u64);
+        amino::put_uvarint(&mut buf, MAX_NODE_INFO_SIZE as u64 - 2);
         assert_eq!(
             NodeInfo::frame_header(&buf).unwrap(),
-            Some((3, MAX_NODE_INFO_SIZE))
+            Some((2, MAX_NODE_INFO_SIZE - 2))
         );
     }
 
@@ -680,24 +813,30 @@ mod tests {
         let mut i = info();
         i.channels = (0..16).collect();
         i.validate().unwrap();
-        let base = i.encode().unwrap().len();
-        // The moniker's length prefix grows to 3 bytes past 250: pad so the total lands exactly.
-        let room = MAX_NODE_INFO_SIZE - base + i.moniker.len() - 2;
+        let base = i.encode_framed().len();
+        // The moniker's length grows to 2 bytes past 127: pad so the framed total (prefix
+        // 2 bytes) lands exactly on the limit.
+        let room = MAX_NODE_INFO_SIZE - base + i.moniker.len() - 1;
         i.moniker = "m".repeat(room);
-        assert_eq!(i.encode().unwrap().len(), MAX_NODE_INFO_SIZE);
+        assert_eq!(i.encode_framed().len(), MAX_NODE_INFO_SIZE);
         i.validate().unwrap();
-        let bytes = i.encode().unwrap();
-        assert_eq!(NodeInfo::decode(&bytes).unwrap(), i);
+        let framed = i.encode_framed();
+        assert_eq!(NodeInfo::decode_framed(&framed).unwrap(), i);
         i.moniker.push('m');
-        let bytes = i.encode().unwrap();
+        let framed = i.encode_framed();
         assert!(matches!(
             i.validate(),
             Err(NodeInfoError::TooLarge { len, max })
                 if max == MAX_NODE_INFO_SIZE && len == MAX_NODE_INFO_SIZE + 1
         ));
         assert!(matches!(
-            NodeInfo::decode(&bytes),
-            Err(NodeInfoError::Decode(DecodeError::TooLarge { .. }))
+            NodeInfo::decode_framed(&framed),
+            Err(NodeInfoError::Decode(AminoError::TooLarge { .. }))
+        ));
+        i.moniker = "m".repeat(MAX_NODE_INFO_SIZE);
+        assert!(matches!(
+            NodeInfo::decode(&i.encode()),
+            Err(NodeInfoError::Decode(AminoError::TooLarge { .. }))
         ));
     }
 
@@ -706,7 +845,7 @@ mod tests {
         let mut i = info();
         i.channels = vec![7; 20];
         i.moniker = String::new();
-        let back = NodeInfo::decode(&i.encode().unwrap()).unwrap();
+        let back = NodeInfo::decode(&i.encode()).unwrap();
         assert_eq!(back, i);
         assert!(back.validate().is_err());
     }
@@ -715,70 +854,167 @@ mod tests {
     fn wire_layout_is_the_fields_in_tm2_order() {
         let mut i = info();
         i.version_set.push(vi("app", "", true));
+        i.software = "sw".into();
+        i.version = "v2".into();
         i.other = NodeInfoOther {
             tx_index: "on".into(),
             rpc_address: "tcp://127.0.0.1:26657".into(),
         };
-        let tuple = (
-            i.version_set
-                .iter()
-                .map(|v| (v.name.clone(), v.version.clone(), v.optional))
-                .collect::<Vec<_>>(),
-            i.net_address.to_string(),
-            i.network.clone(),
-            i.software.clone(),
-            i.version.clone(),
-            i.channels.clone(),
-            i.moniker.clone(),
-            (i.other.tx_index.clone(), i.other.rpc_address.clone()),
+        i.moniker = "m".into();
+        let addr = i.net_address.to_string();
+        let mut want = b"\x0a\x12\x0a\x03p2p\x12\x0bv1.0.0-rc.0".to_vec();
+        want.extend_from_slice(b"\x0a\x07\x0a\x03app\x18\x01");
+        want.extend_from_slice(&[0x12, addr.len() as u8]);
+        want.extend_from_slice(addr.as_bytes());
+        want.extend_from_slice(b"\x1a\x0atest-chain\x22\x02sw\x2a\x02v2\x32\x03\x40\x20\x50");
+        want.extend_from_slice(b"\x3a\x01m\x42\x1b\x0a\x02on\x12\x15tcp://127.0.0.1:26657");
+        assert_eq!(hex::encode(i.encode()), hex::encode(&want));
+        // Zero values are left out: no software, version or other at all.
+        let mut bare = info();
+        bare.software.clear();
+        bare.version.clear();
+        let bytes = bare.encode();
+        assert!(
+            !bytes
+                .windows(2)
+                .any(|w| w == [0x22, 0x00] || w == [0x42, 0x00])
         );
-        assert_eq!(i.encode().unwrap(), codec::encode(&tuple).unwrap());
+        assert_eq!(NodeInfo::decode(&bytes).unwrap(), bare);
+    }
+
+    /// A NodeInfo body with `address` (raw text) as field 2 and a moniker.
+    fn with_address(address: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        amino::put_bytes_field(&mut out, 2, address);
+        amino::put_bytes_field(&mut out, 7, b"m");
+        out
     }
 
     #[test]
     fn garbage_net_address_on_the_wire_fails_to_decode() {
-        let i = info();
         for bad in [
-            "",
             "garbage",
             "127.0.0.1:26656",
+            "<nil>:0",
             &format!("{ID}@127.0.0.1:0"),
+            &format!("{ID}@:26656"),
         ] {
-            let tuple = (
-                &i.version_set,
-                bad,
-                &i.network,
-                &i.software,
-                &i.version,
-                &i.channels,
-                &i.moniker,
-                &i.other,
-            );
-            let bytes = codec::encode(&tuple).unwrap();
             assert!(
                 matches!(
-                    NodeInfo::decode(&bytes),
-                    Err(NodeInfoError::Decode(DecodeError::Malformed(_)))
+                    NodeInfo::decode(&with_address(bad.as_bytes())),
+                    Err(NodeInfoError::NetAddress(_))
                 ),
                 "{bad:?}"
             );
         }
+        assert_eq!(
+            NodeInfo::decode(&with_address(&[0xff])),
+            Err(NodeInfoError::Decode(AminoError::InvalidUtf8(2)))
+        );
+        // No address at all: gno decodes it and fails validation; we fail to decode.
+        assert_eq!(
+            NodeInfo::decode(&[]),
+            Err(NodeInfoError::Decode(AminoError::MissingField(2)))
+        );
+        // A host name is kept as a name, never resolved.
+        let named =
+            NodeInfo::decode(&with_address(format!("{ID}@node.example:26656").as_bytes())).unwrap();
+        assert_eq!(
+            named.net_address.to_string(),
+            format!("{ID}@node.example:26656")
+        );
+    }
+
+    #[test]
+    fn what_gno_refuses_and_other_encodings_fail_to_decode() {
+        let good = info().encode();
+        let addr_field = with_address(info().net_address.to_string().as_bytes());
+        for (bytes, why) in [
+            (
+                [good.clone(), b"\x4a\x01x".to_vec()].concat(),
+                "unknown field 9",
+            ),
+            (
+                [good.clone(), b"\x1a\x01x".to_vec()].concat(),
+                "field 3 after field 8",
+            ),
+            (
+                [b"\x22\x01x".to_vec(), addr_field.clone()].concat(),
+                "field 4 before field 2",
+            ),
+            (
+                [addr_field.clone(), b"\x42\x00".to_vec()].concat(),
+                "empty other written out",
+            ),
+            (
+                [addr_field.clone(), b"\x1a\x00".to_vec()].concat(),
+                "empty network written out",
+            ),
+            (
+                [addr_field.clone(), b"\x30\x01".to_vec()].concat(),
+                "channels as a varint",
+            ),
+            (
+                [b"\x0a\x02\x18\x00".to_vec(), addr_field.clone()].concat(),
+                "optional false written out",
+            ),
+            (
+                [b"\x0a\x02\x18\x02".to_vec(), addr_field.clone()].concat(),
+                "optional 2",
+            ),
+            (
+                [b"\x0a\x02\x20\x01".to_vec(), addr_field.clone()].concat(),
+                "unknown version field",
+            ),
+            (
+                [addr_field.clone(), b"\x42\x02\x18\x01".to_vec()].concat(),
+                "unknown other field",
+            ),
+        ] {
+            assert!(NodeInfo::decode(&bytes).is_err(), "{why}");
+        }
+        // Every element of a repeated field is written, even an empty one: that decodes.
+        let empty_entry = [b"\x0a\x00".to_vec(), addr_field].concat();
+        let i = NodeInfo::decode(&empty_entry).unwrap();
+        assert_eq!(i.version_set, vec![vi("", "", false)]);
+        assert!(matches!(
+            i.validate(),
+            Err(NodeInfoError::InvalidVersionName { index: 0 })
+        ));
     }
 
     #[test]
     fn truncated_and_padded_bytes_fail_to_decode() {
-        let bytes = info().encode().unwrap();
-        for cut in 0..bytes.len() {
-            assert!(NodeInfo::decode(&bytes[..cut]).is_err(), "cut {cut}");
+        let bytes = info().encode();
+        // Amino has no end marker: a cut between fields is a shorter NodeInfo (the sized
+        // framing is what protects the exchange), a cut inside a field is an error.
+        let mut boundaries = vec![0];
+        let mut fields = Fields::new(&bytes);
+        while fields.next().unwrap().is_some() {
+            boundaries.push(bytes.len() - fields.remaining());
         }
-        let mut padded = bytes;
+        for cut in 0..bytes.len() {
+            match NodeInfo::decode(&bytes[..cut]) {
+                Ok(i) if boundaries.contains(&cut) => assert_ne!(i, info()),
+                Err(NodeInfoError::Decode(AminoError::MissingField(2)))
+                    if boundaries.contains(&cut) => {}
+                Err(_) if !boundaries.contains(&cut) => {}
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+        let framed = info().encode_framed();
+        for cut in 0..framed.len() {
+            assert!(
+                NodeInfo::decode_framed(&framed[..cut]).is_err(),
+                "cut {cut}"
+            );
+        }
+        let mut padded = framed;
         padded.push(0);
-        assert!(matches!(
-            NodeInfo::decode(&padded),
-            Err(NodeInfoError::Decode(DecodeError::TrailingBytes {
-                extra: 1
-            }))
-        ));
+        assert_eq!(
+            NodeInfo::decode_framed(&padded),
+            Err(NodeInfoError::Decode(AminoError::TrailingBytes(1)))
+        );
     }
 
     #[test]
@@ -1052,7 +1288,7 @@ mod tests {
         #[test]
         fn encode_decode_round_trip(i in arb_valid_node_info()) {
             prop_assert!(i.validate().is_ok(), "{:?}", i.validate());
-            let bytes = i.encode().unwrap();
+            let bytes = i.encode();
             let back = NodeInfo::decode(&bytes).unwrap();
             prop_assert!(back.validate().is_ok());
             prop_assert_eq!(back, i.clone());
@@ -1073,7 +1309,7 @@ mod tests {
 
         #[test]
         fn mutated_encodings_never_panic(i in arb_valid_node_info(), at in any::<usize>(), byte in any::<u8>()) {
-            let mut bytes = i.encode().unwrap();
+            let mut bytes = i.encode();
             let at = at % bytes.len();
             bytes[at] = byte;
             if let Ok(i) = NodeInfo::decode(&bytes) {
