@@ -166,7 +166,7 @@ fn decode_response(value: &[u8], max_addresses: usize) -> Result<Decoded, PexErr
     let mut seen = HashSet::with_capacity(count);
     let addrs: Vec<NetAddress> = entries
         .into_iter()
-        .filter_map(|e| std::str::from_utf8(e).ok()?.parse::<NetAddress>().ok())
+        .filter_map(|e| NetAddress::parse_shared(std::str::from_utf8(e).ok()?).ok())
         .filter(|a| a.validate().is_ok())
         .filter(|a| seen.insert(a.id()))
         .collect();
@@ -368,13 +368,14 @@ mod tests {
             addr(1, "5.6.7.8:26656").to_string(), // repeated id
             format!("{}@1.2.3.4:0", peer(5)),     // port 0
             String::new(),                        // empty
+            addr(6, "1.2.3.4:26656").to_string().to_uppercase(), // not how TM2 writes ids
         ];
         let d = decode(&wire_response(&entries)).unwrap();
         assert_eq!(
             d.message,
             PexMessage::Response(vec![addr(1, "1.2.3.4:26656"), addr(4, "10.0.0.1:26656")])
         );
-        assert_eq!(d.skipped, 6);
+        assert_eq!(d.skipped, 7);
         // An entry that is not UTF-8 is one bad entry too.
         let mut peers = Vec::new();
         amino::put_element(&mut peers, 1, &[0xff, 0xfe]);

@@ -101,6 +101,11 @@ pub enum NetAddressError {
     /// The port is 0, which cannot be dialed.
     #[error("net address port is 0")]
     PortZero,
+    /// An address a peer sent has an id written in upper case. Bech32 allows it, but TM2
+    /// nodes write ids in lower case only and compare them as strings, so no TM2 node could
+    /// ever be reached under it.
+    #[error("peer id in net address is not written in lower case")]
+    NonCanonicalId,
     /// [`NetAddress::validate`]: the IP is unspecified (`0.0.0.0` or `::`).
     #[error("IP address {0} is unspecified")]
     UnspecifiedIp(IpAddr),
@@ -171,7 +176,9 @@ impl NetAddress {
         &self.host
     }
 
-    /// The port (never 0).
+    /// The port: never 0, but in the listen address of a peer's `NodeInfo`, which TM2 lets a
+    /// node advertise (it fails [`validate`](Self::validate), so it is never dialed, stored or
+    /// shared).
     pub const fn port(&self) -> u16 {
         self.port
     }
@@ -193,8 +200,12 @@ impl NetAddress {
     /// Checks that the address can be dialed, as TM2's `NetAddress.Validate`: the IP is not
     /// unspecified (`0.0.0.0`, `::`), not `255.255.255.255` and not in the RFC 3849
     /// documentation range `2001:db8::/32`. Loopback and private ranges are valid. A DNS name
-    /// passes (its syntax was checked on construction).
+    /// passes (its syntax was checked on construction). The port is not 0 (only a peer's
+    /// advertised `NodeInfo` address can hold port 0).
     pub fn validate(&self) -> Result<(), NetAddressError> {
+        if self.port == 0 {
+            return Err(NetAddressError::PortZero);
+        }
         let Host::Ip(ip) = self.host else {
             return Ok(());
         };
@@ -352,7 +363,7 @@ fn parse_unbracketed_host(host: &str) -> Result<Host, NetAddressError> {
 }
 
 /// Splits `host:port` by Go's `SplitHostPort` rules (IPv6 hosts bracketed) and parses both.
-fn parse_host_port(s: &str) -> Result<(Host, u16), NetAddressError> {
+fn parse_host_port(s: &str, port_zero: PortZero) -> Result<(Host, u16), NetAddressError> {
     if s.is_empty() {
         return Err(NetAddressError::EmptyHost);
     }
@@ -384,12 +395,19 @@ fn parse_host_port(s: &str) -> Result<(Host, u16), NetAddressError> {
         }
         (parse_unbracketed_host(host)?, port)
     };
-    Ok((host, parse_port(port)?))
+    Ok((host, parse_port(port, port_zero)?))
 }
 
-/// A base-10 port in 1..=65535. Leading zeros are accepted as Go's `ParseUint` does; a sign is
-/// not.
-fn parse_port(s: &str) -> Result<u16, NetAddressError> {
+/// Whether a parsed address may have port 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PortZero {
+    Refused,
+    Kept,
+}
+
+/// A base-10 port in 1..=65535 (0..=65535 when `port_zero` keeps 0). Leading zeros are
+/// accepted as Go's `ParseUint` does; a sign is not.
+fn parse_port(s: &str, port_zero: PortZero) -> Result<u16, NetAddressError> {
     if s.is_empty() {
         return Err(NetAddressError::MissingPort);
     }
@@ -403,10 +421,59 @@ fn parse_port(s: &str) -> Result<u16, NetAddressError> {
             .and_then(|p| p.checked_add(u16::from(b - b'0')))
             .ok_or(NetAddressError::InvalidPort)?;
     }
-    if port == 0 {
+    if port == 0 && port_zero == PortZero::Refused {
         return Err(NetAddressError::PortZero);
     }
     Ok(port)
+}
+
+/// Who wrote the text being parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    /// An operator or a file of ours: an upper-case id is accepted and lower-cased.
+    Local,
+    /// A peer, on the wire: the id must be in the lower case TM2 writes.
+    Peer,
+}
+
+impl NetAddress {
+    /// Parses the listen address in a peer's `NodeInfo`: as [`FromStr`], but the id must be
+    /// lower case ([`NetAddressError::NonCanonicalId`]) and port 0, which TM2 lets a node
+    /// advertise, is kept (the address then fails [`validate`](Self::validate)).
+    pub(crate) fn parse_advertised(s: &str) -> Result<Self, NetAddressError> {
+        parse(s, Writer::Peer, PortZero::Kept)
+    }
+
+    /// Parses an address a peer shared (a peer-exchange entry): as [`FromStr`], but the id must
+    /// be lower case ([`NetAddressError::NonCanonicalId`]).
+    pub(crate) fn parse_shared(s: &str) -> Result<Self, NetAddressError> {
+        parse(s, Writer::Peer, PortZero::Refused)
+    }
+}
+
+/// Parses `[scheme://]id@host:port` (see the module docs).
+fn parse(s: &str, writer: Writer, port_zero: PortZero) -> Result<NetAddress, NetAddressError> {
+    if s.chars().any(char::is_whitespace) {
+        return Err(NetAddressError::Whitespace);
+    }
+    let rest = s.split_once("://").map_or(s, |(_, rest)| rest);
+    if rest.is_empty() {
+        return Err(NetAddressError::Empty);
+    }
+    let mut parts = rest.split('@');
+    let (Some(id), Some(host_port), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(if rest.contains('@') {
+            NetAddressError::MultipleAt
+        } else {
+            NetAddressError::MissingId
+        });
+    };
+    if writer == Writer::Peer && id.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(NetAddressError::NonCanonicalId);
+    }
+    let id = id.parse::<PeerId>().map_err(NetAddressError::Id)?;
+    let (host, port) = parse_host_port(host_port, port_zero)?;
+    Ok(NetAddress { id, host, port })
 }
 
 impl FromStr for NetAddress {
@@ -414,24 +481,7 @@ impl FromStr for NetAddress {
 
     /// Parses `[scheme://]id@host:port` (see the module docs).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.chars().any(char::is_whitespace) {
-            return Err(NetAddressError::Whitespace);
-        }
-        let rest = s.split_once("://").map_or(s, |(_, rest)| rest);
-        if rest.is_empty() {
-            return Err(NetAddressError::Empty);
-        }
-        let mut parts = rest.split('@');
-        let (Some(id), Some(host_port), None) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(if rest.contains('@') {
-                NetAddressError::MultipleAt
-            } else {
-                NetAddressError::MissingId
-            });
-        };
-        let id = id.parse::<PeerId>().map_err(NetAddressError::Id)?;
-        let (host, port) = parse_host_port(host_port)?;
-        Ok(Self { id, host, port })
+        parse(s, Writer::Local, PortZero::Refused)
     }
 }
 

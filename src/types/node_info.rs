@@ -89,7 +89,9 @@ pub struct NodeInfo {
     pub version_set: Vec<VersionInfo>,
     /// The advertised address others dial; its id is the node's id and must equal the key
     /// authenticated by the handshake (the transport checks). An unspecified IP
-    /// (`0.0.0.0`) is tolerated, as TM2 does: the listener's own address before it is known.
+    /// (`0.0.0.0`) and port 0 are tolerated, as TM2 does (a listener's own address before it
+    /// is known); such an address is never dialed or shared. On the wire its id must be lower
+    /// case, the only form TM2 writes.
     pub net_address: NetAddress,
     /// The network (chain id); peers on another network are incompatible.
     pub network: String,
@@ -343,7 +345,9 @@ impl NodeInfo {
                 1 => version_set.push(decode_version_info(field.bytes()?)?),
                 2 => {
                     let text = field.nonempty_str()?;
-                    net_address = Some(text.parse().map_err(NodeInfoError::NetAddress)?);
+                    net_address = Some(
+                        NetAddress::parse_advertised(text).map_err(NodeInfoError::NetAddress)?,
+                    );
                 }
                 3 => field.nonempty_str()?.clone_into(&mut network),
                 4 => field.nonempty_str()?.clone_into(&mut software),
@@ -367,7 +371,7 @@ impl NodeInfo {
     }
 
     /// Checks the fields, first by TM2's rules in TM2's order (the net address is well-formed
-    /// by type, unspecified IPs tolerated; `version`; channel count; duplicate channels;
+    /// by type, unspecified IPs and port 0 tolerated; `version`; channel count; duplicate channels;
     /// `moniker`; `other.rpc_address`), then this project's additions: `network`, `software`
     /// and `other.tx_index` printable like `version`, version-set names non-empty printable
     /// ASCII without spaces and unique, versions printable like `version`, and the encoding at
@@ -662,6 +666,39 @@ mod tests {
     }
 
     #[test]
+    fn an_advertised_port_0_decodes_and_validates_but_is_not_dialable() {
+        let mut i = info();
+        let addr = format!("{ID}@127.0.0.1:0");
+        let bytes = with_address(addr.as_bytes());
+        let back = NodeInfo::decode(&bytes).unwrap();
+        assert_eq!(back.net_address.port(), 0);
+        assert_eq!(back.net_address.to_string(), addr);
+        back.validate().unwrap();
+        assert_eq!(back.encode(), bytes, "re-encodes to the same bytes");
+        assert_eq!(
+            back.net_address.validate(),
+            Err(crate::types::NetAddressError::PortZero)
+        );
+        i.net_address = back.net_address;
+        i.validate().unwrap();
+    }
+
+    #[test]
+    fn an_upper_case_id_on_the_wire_is_refused() {
+        let addr = format!("{ID}@127.0.0.1:26656").to_uppercase();
+        assert!(
+            addr.parse::<NetAddress>().is_ok(),
+            "an operator may write it"
+        );
+        assert!(matches!(
+            NodeInfo::decode(&with_address(addr.as_bytes())),
+            Err(NodeInfoError::NetAddress(
+                crate::types::NetAddressError::NonCanonicalId
+            ))
+        ));
+    }
+
+    #[test]
     fn invalid_fields_each_get_their_own_error() {
         type Edit = fn(&mut NodeInfo);
         type Want = fn(&NodeInfoError) -> bool;
@@ -896,7 +933,7 @@ mod tests {
             "garbage",
             "127.0.0.1:26656",
             "<nil>:0",
-            &format!("{ID}@127.0.0.1:0"),
+            &format!("{ID}@127.0.0.1:65536"),
             &format!("{ID}@:26656"),
         ] {
             assert!(
