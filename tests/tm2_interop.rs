@@ -84,7 +84,10 @@ const POLL: Duration = Duration::from_millis(100);
 /// is set to something that is not an executable file.
 fn tm2peer(test: &str) -> Option<PathBuf> {
     let Some(path) = std::env::var_os("TM2PEER") else {
-        eprintln!("{test}: skipped: {SKIPPED}");
+        // Written to the process's stderr, not through `eprintln!`, which the test harness
+        // captures and shows only for failing tests: a plain `cargo test` shows the skip.
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), "{test}: skipped: {SKIPPED}");
         return None;
     };
     let path = PathBuf::from(path);
