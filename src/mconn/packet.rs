@@ -256,6 +256,65 @@ pub fn framed_len(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, D
 /// Decodes a packet body (the Any, without its length prefix): exactly one packet, nothing
 /// after it.
 pub fn decode_body(body: &[u8]) -> Result<PacketRef<'_>, DecodeError> {
+    match decode_msg_fast(body) {
+        Some(packet) => Ok(packet),
+        None => decode_body_checked(body),
+    }
+}
+
+/// What every Msg body starts with: the Any's type URL field and the key of its value.
+const MSG_HEAD: &[u8] = b"\x0a\x08/p2p.Msg\x12";
+
+/// The common case in a few comparisons: a Msg in the layout gno writes, with a channel below
+/// 0x80 and data. `None` for anything else, valid or not, which [`decode_body_checked`] then
+/// decides. Whatever this accepts, the checked decoder accepts with the same value (a unit
+/// test and a property test check it).
+#[inline]
+fn decode_msg_fast(body: &[u8]) -> Option<PacketRef<'_>> {
+    let rest = body.strip_prefix(MSG_HEAD)?;
+    let (value, rest) = short_len_prefixed(rest)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let [0x08, channel @ 0x01..=0x7f, rest @ ..] = value else {
+        return None;
+    };
+    let (eof, rest) = match rest {
+        [0x10, 0x01, rest @ ..] => (true, rest),
+        rest => (false, rest),
+    };
+    let [0x1a, rest @ ..] = rest else {
+        return None;
+    };
+    let (data, rest) = short_len_prefixed(rest)?;
+    if data.is_empty() || !rest.is_empty() {
+        return None;
+    }
+    Some(PacketRef::Msg {
+        channel: *channel,
+        eof,
+        data,
+    })
+}
+
+/// Splits `buf` into the bytes a canonical one- or two-byte uvarint length announces and the
+/// rest; `None` for a longer, overlong or truncated one (packets are at most a few KiB, so a
+/// two-byte length covers every one the fast path sees).
+#[inline]
+fn short_len_prefixed(buf: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len, n) = match *buf {
+        [b0 @ 0x00..=0x7f, ..] => (usize::from(b0), 1),
+        [b0 @ 0x80..=0xff, b1 @ 0x01..=0x7f, ..] => {
+            (usize::from(b0 & 0x7f) | usize::from(b1) << 7, 2)
+        }
+        _ => return None,
+    };
+    let rest = &buf[n..];
+    (rest.len() >= len).then(|| rest.split_at(len))
+}
+
+/// [`decode_body`] without the fast path: every rule, every error.
+fn decode_body_checked(body: &[u8]) -> Result<PacketRef<'_>, DecodeError> {
     if body.is_empty() {
         return Err(DecodeError::UnknownPacketType(String::new()));
     }
@@ -488,6 +547,34 @@ mod tests {
     }
 
     #[test]
+    fn the_fast_path_takes_the_common_shapes_and_leaves_the_rest() {
+        for (channel, eof, len) in [
+            (0x30, true, 1),
+            (0x01, false, 127),
+            (0x7f, true, 128),
+            (0x40, true, 1024),
+        ] {
+            let bytes = framed(&msg(channel, eof, &vec![7; len]));
+            let body = &bytes[amino::sized_header(&bytes, MAX).unwrap().unwrap().0..];
+            let fast = decode_msg_fast(body).unwrap();
+            assert_eq!(Ok(fast), decode_body_checked(body));
+        }
+        // Valid, but left to the checked decoder: channel 0x80 and up (two-byte varint), no
+        // data, channel 0; and the control packets.
+        for p in [
+            msg(0x80, true, b"x"),
+            msg(0x30, true, b""),
+            msg(0, true, b"x"),
+            Packet::Ping,
+        ] {
+            let bytes = framed(&p);
+            let body = &bytes[amino::sized_header(&bytes, MAX).unwrap().unwrap().0..];
+            assert_eq!(decode_msg_fast(body), None, "{p:?}");
+            assert_eq!(decode_body(body).map(|q| q.to_packet()), Ok(p));
+        }
+    }
+
+    #[test]
     fn decoded_packet_reports_bytes_used_and_ignores_what_follows() {
         let mut bytes = framed(&msg(3, false, b"abc"));
         let first = bytes.len();
@@ -540,6 +627,37 @@ mod tests {
             if let Ok(Some((p, used))) = decode_framed(&bytes, 1 << 20) {
                 prop_assert_eq!(used, bytes.len());
                 prop_assert_eq!(framed(&p.to_packet()), bytes);
+            }
+        }
+
+        #[test]
+        fn the_fast_path_agrees_with_the_checked_decoder(
+            p in arb_packet(),
+            edits in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+            cut in any::<usize>(),
+            value in proptest::collection::vec(
+                prop_oneof![Just(0x08u8), Just(0x10), Just(0x1a), Just(0x01), Just(0x80), any::<u8>()],
+                0..12,
+            ),
+        ) {
+            // A valid body, with a few bytes replaced and possibly cut short, and a random Msg
+            // value built from likely keys: whatever the fast path accepts, the checked decoder
+            // accepts with the same value.
+            let mut body = framed(&p);
+            let prefix = amino::sized_header(&body, usize::MAX).unwrap().unwrap().0;
+            body.drain(..prefix);
+            for (at, byte) in edits {
+                let at = at % body.len();
+                body[at] = byte;
+            }
+            body.truncate(body.len() - cut % 3);
+            let mut random = MSG_HEAD.to_vec();
+            amino::put_uvarint(&mut random, value.len() as u64);
+            random.extend_from_slice(&value);
+            for b in [&body, &random] {
+                if let Some(fast) = decode_msg_fast(b) {
+                    prop_assert_eq!(decode_body_checked(b), Ok(fast), "{:02x?}", b);
+                }
             }
         }
 
