@@ -1,24 +1,31 @@
 //! [`SwitchEvent`]s and the bounded subscriptions that carry them to host programs.
 //!
-//! Events are published into one ring buffer of [`EVENT_BUFFER`] events
-//! (`tokio::sync::broadcast`): publishing never blocks and never grows memory. A subscriber
-//! that falls more than the buffer behind loses the oldest events, and instead of losing them
+//! Every subscription has its own buffer of at most [`EVENT_BUFFER`] events, holding only the
+//! events its filter accepts: the filter runs when an event is published (as TM2's event bus
+//! filters on publish), so a subscriber interested in one kind of event is never crowded out
+//! by a flood of another kind. Publishing never blocks and never grows memory past the bound.
+//! A subscriber whose own buffer overflows loses its oldest events, and instead of losing them
 //! silently (TM2 drops events for a full subscriber without a word) it receives
 //! [`SwitchEvent::Lagged`] with how many it missed, then continues with the oldest event still
 //! buffered.
+//!
+//! The bus is closed when the node shuts down (or its Switch stops): every subscription then
+//! returns what it still holds, then `None`, even while clones of the
+//! [`Node`](crate::Node) live on.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use tokio::sync::broadcast;
+use tokio::sync::Notify;
 
 use crate::actors::reactor::DisconnectReason;
 use crate::actors::transport::{InboundRejectReason, TransportError};
 use crate::peers::RejectReason;
 use crate::types::{Direction, NetAddress, PeerId};
 
-/// Events kept for slow subscribers before the oldest are dropped (and reported as
-/// [`SwitchEvent::Lagged`]). TM2 keeps 100 per subscriber.
+/// Events kept for each slow subscriber (of those its filter accepts) before its oldest are
+/// dropped and reported as [`SwitchEvent::Lagged`]. TM2 keeps 100 per subscriber.
 pub const EVENT_BUFFER: usize = 1024;
 
 /// Something that happened to the node's peers.
@@ -100,79 +107,178 @@ pub enum InboundRejection {
 }
 
 /// Publishes events to every subscriber; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct EventBus {
-    /// The shared ring buffer.
-    tx: broadcast::Sender<SwitchEvent>,
+    /// The subscriptions, shared by every clone.
+    shared: Arc<Mutex<BusState>>,
+}
+
+/// The subscriptions of a bus, and whether it is closed.
+#[derive(Debug, Default)]
+struct BusState {
+    /// Live subscriptions; a dropped one is removed on the next publish.
+    subscribers: Vec<Weak<Subscription>>,
+    /// Set by [`EventBus::close`]: nothing more is published.
+    closed: bool,
+}
+
+/// What publishers and one subscriber share.
+struct Subscription {
+    /// Which events this subscriber wants (run on publish).
+    filter: Box<dyn Fn(&SwitchEvent) -> bool + Send + Sync>,
+    /// Its own bounded buffer.
+    queue: Mutex<Queue>,
+    /// Wakes the subscriber when an event arrives or the bus closes (one waiter: the stream
+    /// is `&mut`, so a stored permit is never lost).
+    ready: Notify,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+/// A subscriber's buffer.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Accepted events not yet read, oldest first; at most [`EVENT_BUFFER`].
+    events: VecDeque<SwitchEvent>,
+    /// Events dropped from the front since the subscriber last read; reported as
+    /// [`SwitchEvent::Lagged`] before the next event.
+    missed: u64,
+    /// The bus closed: once `events` is empty, the stream ends.
+    closed: bool,
+}
+
+/// Locks `m`, ignoring poisoning: every critical section here leaves the state consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl EventBus {
-    /// A bus keeping [`EVENT_BUFFER`] events for slow subscribers.
+    /// A bus with no subscriber; each subscription will keep up to [`EVENT_BUFFER`] events.
     pub fn new() -> Self {
-        Self {
-            tx: broadcast::channel(EVENT_BUFFER).0,
-        }
+        Self::default()
     }
 
-    /// Publishes `event`; never blocks. With no subscriber the event is dropped.
+    /// Publishes `event` to every subscriber whose filter accepts it; never blocks. With no
+    /// such subscriber, or once the bus is closed, the event is dropped.
     pub fn publish(&self, event: SwitchEvent) {
-        let _ = self.tx.send(event);
+        let mut state = lock(&self.shared);
+        if state.closed {
+            return;
+        }
+        state.subscribers.retain(|weak| {
+            let Some(sub) = weak.upgrade() else {
+                return false;
+            };
+            if (sub.filter)(&event) {
+                let mut queue = lock(&sub.queue);
+                if queue.events.len() == EVENT_BUFFER {
+                    queue.events.pop_front();
+                    queue.missed += 1;
+                }
+                queue.events.push_back(event.clone());
+                drop(queue);
+                sub.ready.notify_one();
+            }
+            true
+        });
     }
 
-    /// A subscription to the events `filter` accepts (plus [`SwitchEvent::Lagged`], always),
-    /// from now on.
+    /// A subscription to the events `filter` accepts (plus [`SwitchEvent::Lagged`] when its own
+    /// buffer overflowed), from now on. On a closed bus the stream ends at once.
     pub fn subscribe(
         &self,
         filter: impl Fn(&SwitchEvent) -> bool + Send + Sync + 'static,
     ) -> EventStream {
-        EventStream {
-            rx: self.tx.subscribe(),
+        let mut state = lock(&self.shared);
+        let sub = Arc::new(Subscription {
             filter: Box::new(filter),
+            queue: Mutex::new(Queue {
+                closed: state.closed,
+                ..Queue::default()
+            }),
+            ready: Notify::new(),
+        });
+        if !state.closed {
+            state.subscribers.push(Arc::downgrade(&sub));
+        }
+        EventStream { sub }
+    }
+
+    /// Closes the bus: nothing more is published, and every subscription ends once it has
+    /// returned the events it holds. Idempotent.
+    pub fn close(&self) {
+        let mut state = lock(&self.shared);
+        state.closed = true;
+        for sub in state
+            .subscribers
+            .drain(..)
+            .filter_map(|weak| weak.upgrade())
+        {
+            lock(&sub.queue).closed = true;
+            sub.ready.notify_one();
         }
     }
-}
 
-impl Default for EventBus {
-    fn default() -> Self {
-        Self::new()
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared).closed
     }
 }
 
 /// One subscriber's bounded view of the events.
 pub struct EventStream {
-    /// This subscriber's cursor into the ring buffer.
-    rx: broadcast::Receiver<SwitchEvent>,
-    /// Which events this subscriber wants.
-    filter: Box<dyn Fn(&SwitchEvent) -> bool + Send + Sync>,
+    /// Shared with the bus, which pushes into it.
+    sub: Arc<Subscription>,
 }
 
 impl EventStream {
-    /// The next accepted event, or `None` once the node is gone. After falling behind, the next
-    /// call returns [`SwitchEvent::Lagged`].
+    /// The next accepted event, or `None` once the node has shut down and every buffered event
+    /// was returned. After this subscriber's buffer overflowed, the next call returns
+    /// [`SwitchEvent::Lagged`].
     pub async fn recv(&mut self) -> Option<SwitchEvent> {
         loop {
-            match self.rx.recv().await {
-                Ok(event) if (self.filter)(&event) => return Some(event),
-                Ok(_) => {}
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Some(SwitchEvent::Lagged { missed });
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
+            let notified = self.sub.ready.notified();
+            match self.poll_queue() {
+                Polled::Event(event) => return Some(event),
+                Polled::Closed => return None,
+                Polled::Empty => notified.await,
             }
         }
     }
 
-    /// The next accepted event already published, without waiting.
+    /// The next accepted event already published, without waiting (`None` when there is
+    /// none yet, or the bus is closed and drained).
     pub fn try_recv(&mut self) -> Option<SwitchEvent> {
-        loop {
-            match self.rx.try_recv() {
-                Ok(event) if (self.filter)(&event) => return Some(event),
-                Ok(_) => {}
-                Err(broadcast::error::TryRecvError::Lagged(missed)) => {
-                    return Some(SwitchEvent::Lagged { missed });
-                }
-                Err(_) => return None,
-            }
+        match self.poll_queue() {
+            Polled::Event(event) => Some(event),
+            Polled::Closed | Polled::Empty => None,
+        }
+    }
+
+    /// Events buffered for this subscriber and not read yet.
+    pub fn len(&self) -> usize {
+        lock(&self.sub.queue).events.len()
+    }
+
+    /// Whether no event is buffered for this subscriber.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn poll_queue(&self) -> Polled {
+        let mut queue = lock(&self.sub.queue);
+        if queue.missed > 0 {
+            let missed = std::mem::take(&mut queue.missed);
+            return Polled::Event(SwitchEvent::Lagged { missed });
+        }
+        match queue.events.pop_front() {
+            Some(event) => Polled::Event(event),
+            None if queue.closed => Polled::Closed,
+            None => Polled::Empty,
         }
     }
 
@@ -182,10 +288,17 @@ impl EventStream {
     }
 }
 
+/// What a look at the queue found.
+enum Polled {
+    Event(SwitchEvent),
+    Empty,
+    Closed,
+}
+
 impl std::fmt::Debug for EventStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventStream")
-            .field("pending", &self.rx.len())
+            .field("pending", &self.len())
             .finish_non_exhaustive()
     }
 }
@@ -239,17 +352,105 @@ mod tests {
         assert_eq!(rest, EVENT_BUFFER);
     }
 
+    fn disconnected(n: u8) -> SwitchEvent {
+        SwitchEvent::PeerDisconnected {
+            peer: PeerId::from_bytes([n; 20]),
+            reason: DisconnectReason::Shutdown,
+        }
+    }
+
     #[test]
-    fn lagged_passes_any_filter() {
+    fn a_flood_of_other_events_does_not_push_out_a_filtered_subscribers_event() {
+        // The shape of the bug: one PeerDisconnected among 1,300 events of another kind, read
+        // late. With one shared ring, the subscriber got only `Lagged`.
         let bus = EventBus::new();
-        let mut picky = bus.subscribe(|e| matches!(e, SwitchEvent::DialFailed { .. }));
-        for _ in 0..EVENT_BUFFER + 1 {
+        let mut picky = bus.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+        let mut everything = bus.subscribe(|_| true);
+        bus.publish(disconnected(7));
+        for n in 0..1300 {
+            bus.publish(connected((n % 256) as u8));
+        }
+        assert!(matches!(
+            picky.try_recv(),
+            Some(SwitchEvent::PeerDisconnected { peer, .. }) if peer == PeerId::from_bytes([7; 20])
+        ));
+        assert!(picky.try_recv().is_none());
+        // The subscriber that takes everything did overflow its own buffer, and is told.
+        assert!(matches!(
+            everything.try_recv(),
+            Some(SwitchEvent::Lagged { missed: 277 })
+        ));
+        assert_eq!(everything.len(), EVENT_BUFFER);
+    }
+
+    #[test]
+    fn lagged_counts_only_the_subscribers_own_events() {
+        let bus = EventBus::new();
+        let mut picky = bus.subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+        for n in 0..EVENT_BUFFER + 5 {
+            bus.publish(disconnected((n % 256) as u8));
             bus.publish(connected(1));
         }
         assert!(matches!(
             picky.try_recv(),
-            Some(SwitchEvent::Lagged { missed: 1 })
+            Some(SwitchEvent::Lagged { missed: 5 })
         ));
-        assert!(picky.try_recv().is_none());
+    }
+
+    #[test]
+    fn a_closed_bus_ends_every_stream_after_what_it_holds() {
+        let bus = EventBus::new();
+        let mut sub = bus.subscribe(|_| true);
+        let keep = bus.clone(); // A clone alive (like a `Node` clone) does not keep it open.
+        bus.publish(connected(1));
+        bus.close();
+        assert!(keep.is_closed());
+        bus.publish(connected(2)); // Dropped: closed.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            assert!(matches!(
+                sub.recv().await,
+                Some(SwitchEvent::PeerConnected { .. })
+            ));
+            assert!(sub.recv().await.is_none());
+            // Subscribing after the close gives a stream that has already ended.
+            assert!(keep.subscribe(|_| true).recv().await.is_none());
+        });
+    }
+
+    #[test]
+    fn a_waiting_subscriber_wakes_for_an_event_and_for_the_close() {
+        let bus = EventBus::new();
+        let mut sub = bus.subscribe(|_| true);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let publisher = bus.clone();
+            let task = tokio::spawn(async move {
+                tokio::task::yield_now().await;
+                publisher.publish(connected(3));
+                tokio::task::yield_now().await;
+                publisher.close();
+            });
+            assert!(matches!(
+                sub.recv().await,
+                Some(SwitchEvent::PeerConnected { .. })
+            ));
+            assert!(sub.recv().await.is_none());
+            task.await.unwrap();
+        });
+    }
+
+    #[test]
+    fn a_dropped_subscription_is_forgotten() {
+        let bus = EventBus::new();
+        drop(bus.subscribe(|_| true));
+        bus.publish(connected(1));
+        assert!(lock(&bus.shared).subscribers.is_empty());
     }
 }

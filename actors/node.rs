@@ -56,6 +56,8 @@ pub struct SwitchBuilder {
     io: Option<Handle>,
     /// Reactors registered as the Switch is built, before anything is accepted or dialed.
     reactors: Vec<RegisterReactor>,
+    /// The node's event bus, made here so that a host can subscribe before anything runs.
+    events: EventBus,
 }
 
 impl SwitchBuilder {
@@ -73,7 +75,20 @@ impl SwitchBuilder {
             log: Logger::root(slog::Discard, o!()),
             io: None,
             reactors: Vec::new(),
+            events: EventBus::new(),
         }
+    }
+
+    /// A bounded subscription to the node's events that `filter` accepts, made before the
+    /// node runs, so it sees every event from the very first (the connections to
+    /// `persistent_peers` and seeds, which are dialed as soon as [`spawn`](Self::spawn)
+    /// starts the node). [`Node::subscribe`] after `spawn` sees only what happens from then
+    /// on. If `spawn` fails, the stream ends.
+    pub fn subscribe(
+        &self,
+        filter: impl Fn(&SwitchEvent) -> bool + Send + Sync + 'static,
+    ) -> EventStream {
+        self.events.subscribe(filter)
     }
 
     /// Registers a reactor as the node is built, before it accepts or dials anything, so the
@@ -144,6 +159,17 @@ impl SwitchBuilder {
     /// `persistent_peers`) on the current actix arbiter. A bind error is returned here, before
     /// anything runs.
     pub async fn spawn(self) -> Result<Node, SwitchError> {
+        let events = self.events.clone();
+        let result = self.start().await;
+        if result.is_err() {
+            // Streams made with `subscribe` end rather than wait for a node that never ran.
+            events.close();
+        }
+        result
+    }
+
+    /// [`spawn`](Self::spawn) but for closing the bus on failure.
+    async fn start(self) -> Result<Node, SwitchError> {
         let Self {
             config,
             key,
@@ -155,6 +181,7 @@ impl SwitchBuilder {
             log,
             io,
             reactors,
+            events,
         } = self;
         config.validate()?;
         let listener = listen(config.laddr).map_err(|source| SwitchError::Bind {
@@ -198,7 +225,6 @@ impl SwitchBuilder {
         // bad version set or software string is a spawn error, not a refusal by every peer.
         info.validate().map_err(SwitchError::NodeInfo)?;
         let log = log.new(o!("node" => key.id().to_string()));
-        let events = EventBus::new();
         let transport_config = TransportConfig::from(&config);
         let pex_config = config.pex.then(|| config.clone());
         let own_id = key.id();
@@ -384,9 +410,13 @@ impl Node {
 
     /// Stops the node gracefully: stops accepting, closes every peer (reactors get
     /// `PeerRemoved`), waits for them, then stops the Switch and the metrics server. The
-    /// listen port (and the metrics port) is free again when this returns.
+    /// listen port (and the metrics port) is free again when this returns, and every
+    /// [`EventStream`] returns `None` once it has returned the events it holds.
     pub async fn shutdown(&self) {
         let _ = self.switch.send(Shutdown).await;
+        // Every peer is gone and `PeerDisconnected` published: end the event streams, whatever
+        // clones of this `Node` are still alive.
+        self.events.close();
         if let Some(server) = &self.metrics_server {
             server.stop().await;
         }

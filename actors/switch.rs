@@ -440,6 +440,12 @@ impl Actor for Switch {
         // absorbs bursts (each sender is still bounded by actix's per-sender backpressure).
         ctx.set_mailbox_capacity(1024);
     }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        // However the Switch ends (Shutdown, its arbiter or System stopping), subscribers'
+        // streams end once they have read what is buffered.
+        self.events.close();
+    }
 }
 
 /// Registers a reactor actor for its channels. Fails if a channel is already claimed or the

@@ -10,9 +10,9 @@ use actix::prelude::*;
 use bytes::Bytes;
 use common::{TIMEOUT, TestNode, connect, connect_from, loopback_config, raw_dial, recv_within};
 use tm2_p2p::{
-    Broadcast, ChannelDescriptor, DialError, DisconnectReason, GetPeers, InboundRejection,
-    NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId, PeerRemoved, Receive, RegisterReactor,
-    StopPeerForError, SwitchBuilder, SwitchError, SwitchEvent,
+    Broadcast, ChannelDescriptor, DialError, DialPeers, DisconnectReason, GetPeers,
+    InboundRejection, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId, PeerRemoved,
+    Receive, RegisterReactor, StopPeerForError, SwitchBuilder, SwitchError, SwitchEvent,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -349,6 +349,101 @@ async fn a_channel_claimed_twice_is_an_error() {
         matches!(err, SwitchError::DuplicateChannel(0x40, ref owner) if owner == "first"),
         "{err:?}"
     );
+}
+
+#[actix::test]
+async fn a_filtered_subscriber_keeps_its_event_through_a_flood_of_others_and_streams_end_at_shutdown()
+ {
+    let (mut a, mut b) = (
+        TestNode::spawn(loopback_config()).await,
+        TestNode::spawn(loopback_config()).await,
+    );
+    let mut picky = a
+        .node
+        .subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+    let mut failures = a
+        .node
+        .subscribe(|e| matches!(e, SwitchEvent::DialFailed { .. }));
+    connect(&mut a, &mut b).await;
+    b.node.shutdown().await;
+    let bid = b.id();
+    a.wait_for(
+        "b to go",
+        |e| matches!(e, SwitchEvent::PeerDisconnected { peer, .. } if *peer == bid),
+    )
+    .await;
+
+    // 1,300 failing dials (a closed port; the dial queue refuses what it cannot hold), each a
+    // DialFailed: more than a subscription holds.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let addresses: Vec<NetAddress> = (0..1300u32)
+        .map(|n| {
+            let mut id = [0; 20];
+            id[..4].copy_from_slice(&n.to_be_bytes());
+            id[4] = 0xee;
+            NetAddress::from_socket_addr(PeerId::from_bytes(id), closed).unwrap()
+        })
+        .collect();
+    a.node.switch().send(DialPeers(addresses)).await.unwrap();
+    let mut seen = 0;
+    while seen < 1300 {
+        match recv_within("DialFailed", failures.recv()).await {
+            SwitchEvent::DialFailed { .. } => seen += 1,
+            SwitchEvent::Lagged { missed } => seen += missed,
+            other => panic!("the filter lets through only DialFailed, got {other:?}"),
+        }
+    }
+    // Read late, the PeerDisconnected subscriber still has its one event, and nothing else.
+    assert!(matches!(
+        picky.try_recv(),
+        Some(SwitchEvent::PeerDisconnected { peer, .. }) if peer == bid
+    ));
+    assert!(picky.try_recv().is_none());
+
+    // Shutdown ends every stream, though a clone of the node is still alive.
+    let clone = a.node.clone();
+    a.node.shutdown().await;
+    assert!(
+        recv_within("the end of the stream", async { Some(picky.recv().await) })
+            .await
+            .is_none()
+    );
+    let mut after = clone.subscribe(|_| true);
+    assert!(after.recv().await.is_none());
+    drop(clone);
+}
+
+#[actix::test]
+async fn a_subscription_made_on_the_builder_sees_the_first_connection() {
+    let mut b = TestNode::spawn(loopback_config()).await;
+    let mut config = loopback_config();
+    config.persistent_peers = vec![b.address()];
+    let builder = SwitchBuilder::new(config, NodeKey::generate().unwrap()).network(common::NETWORK);
+    let mut events = builder.subscribe(|_| true);
+    let a = builder.spawn().await.unwrap();
+    // Awaited well after spawn: the first event is still there.
+    b.connected_to(a.net_address().id()).await;
+    assert!(matches!(
+        recv_within("PeerConnected", events.recv()).await,
+        SwitchEvent::PeerConnected { peer, .. } if peer == b.id()
+    ));
+    a.shutdown().await;
+}
+
+#[test]
+fn a_failed_spawn_ends_the_builders_subscriptions() {
+    actix::System::new().block_on(async {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut config = loopback_config();
+        config.laddr = taken.local_addr().unwrap();
+        let builder = SwitchBuilder::new(config, NodeKey::generate().unwrap());
+        let mut events = builder.subscribe(|_| true);
+        assert!(builder.spawn().await.is_err());
+        assert!(events.recv().await.is_none());
+    });
 }
 
 #[actix::test]

@@ -299,9 +299,9 @@ impl TestNode {
         if let Some(io) = io {
             builder = builder.io_runtime(io);
         }
+        // Subscribed before the node runs: nothing is missed.
+        let events = builder.subscribe(|_| true);
         let node = builder.spawn().await.unwrap();
-        // Actors run only when this task awaits: subscribing now misses nothing.
-        let events = node.subscribe(|_| true);
         Self { node, events }
     }
 
