@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 use crate::actors::reactor::DisconnectReason;
 use crate::actors::transport::{InboundRejectReason, TransportError};
 use crate::peers::RejectReason;
-use crate::types::{Direction, NetAddress, PeerId};
+use crate::types::{Direction, Incompatible, NetAddress, PeerId};
 
 /// Events kept for each slow subscriber (of those its filter accepts) before its oldest are
 /// dropped and reported as [`SwitchEvent::Lagged`]. TM2 keeps 100 per subscriber.
@@ -95,6 +95,54 @@ pub enum DialError {
     },
 }
 
+impl DialError {
+    /// The transport's error, when the connection or its upgrade failed.
+    pub fn transport(&self) -> Option<&TransportError> {
+        match self {
+            Self::Transport(e) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Why the peer is incompatible with us (another network, a missing or different
+    /// version, no common channel), when that is why the dial failed.
+    pub fn incompatibility(&self) -> Option<&Incompatible> {
+        self.transport().and_then(TransportError::incompatibility)
+    }
+
+    /// True when the peer closed or reset the connection during the upgrade: how a TM2 node
+    /// refuses us (our network or version set does not suit it, it is full, it does not want
+    /// us).
+    pub fn is_refused_by_peer(&self) -> bool {
+        self.transport()
+            .is_some_and(TransportError::is_closed_by_peer)
+    }
+
+    /// True when nothing accepted the TCP connection (refused, unreachable).
+    pub fn is_unreachable(&self) -> bool {
+        self.transport().is_some_and(TransportError::is_unreachable)
+    }
+
+    /// True when a stage of the dial (connect, handshake, NodeInfo exchange) timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.transport().is_some_and(TransportError::is_timeout)
+    }
+
+    /// Why this node did not dial, or did not keep the connection (ourselves, already
+    /// connected, no outbound room).
+    pub fn refused_here(&self) -> Option<&RejectReason> {
+        match self {
+            Self::Refused(r) | Self::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// True when the peer broke the protocol or lied about its id.
+    pub fn is_peer_fault(&self) -> bool {
+        self.transport().is_some_and(TransportError::is_peer_fault)
+    }
+}
+
 /// Why an inbound connection did not become a peer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InboundRejection {
@@ -104,6 +152,31 @@ pub enum InboundRejection {
     /// The peer set refused it (limit, duplicate, ourselves).
     #[error(transparent)]
     PeerSet(RejectReason),
+}
+
+impl InboundRejection {
+    /// The transport's error, when the upgrade failed.
+    pub fn transport(&self) -> Option<&TransportError> {
+        match self {
+            Self::Transport(InboundRejectReason::Upgrade(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Why the peer is incompatible with us, when that is why it was refused.
+    pub fn incompatibility(&self) -> Option<&Incompatible> {
+        self.transport().and_then(TransportError::incompatibility)
+    }
+
+    /// True when a stage of the upgrade timed out.
+    pub fn is_timeout(&self) -> bool {
+        self.transport().is_some_and(TransportError::is_timeout)
+    }
+
+    /// True when the peer broke the protocol or lied about its id.
+    pub fn is_peer_fault(&self) -> bool {
+        self.transport().is_some_and(TransportError::is_peer_fault)
+    }
 }
 
 /// Publishes events to every subscriber; cheap to clone.

@@ -53,7 +53,9 @@ use crate::codec::amino;
 use crate::key::NodeKey;
 use crate::peers::{HandshakeSlots, SlotRefused};
 use crate::types::verify_remote;
-use crate::types::{Direction, NetAddress, NodeInfo, NodeInfoError, PeerCheckError, PeerId};
+use crate::types::{
+    Direction, Incompatible, NetAddress, NodeInfo, NodeInfoError, PeerCheckError, PeerId,
+};
 
 /// Settings of the [`Transport`] actor (from [`crate::P2pConfig`]).
 #[derive(Debug, Clone)]
@@ -391,6 +393,52 @@ impl TransportError {
             Self::Rejected(e) => e.is_peer_fault(),
             Self::Io(_) | Self::Timeout { .. } | Self::Unresolved(_) => false,
         }
+    }
+
+    /// Why the peer is incompatible with us (another network, a missing or different
+    /// version, no common channel), when that is why the connection failed.
+    pub fn incompatibility(&self) -> Option<&Incompatible> {
+        match self {
+            Self::Rejected(PeerCheckError::Incompatible(i)) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// True when a stage (connect, handshake, NodeInfo exchange) did not finish in time.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout { .. })
+    }
+
+    /// The socket error, whichever stage it broke.
+    fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            Self::Io(e) | Self::Secret(SecretStreamError::Io(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// True when nothing accepted the TCP connection (refused, host or network unreachable).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self.io_error(), Some(e) if matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionRefused
+                | io::ErrorKind::HostUnreachable
+                | io::ErrorKind::NetworkUnreachable
+                | io::ErrorKind::AddrNotAvailable
+        ))
+    }
+
+    /// True when the peer closed or reset the connection during the upgrade. This is how a
+    /// TM2 node refuses us (it closes without a word once it has read our NodeInfo, e.g. when
+    /// our network or version set does not suit it, or it is full).
+    pub fn is_closed_by_peer(&self) -> bool {
+        matches!(self.io_error(), Some(e) if matches!(
+            e.kind(),
+            io::ErrorKind::UnexpectedEof
+                | io::ErrorKind::ConnectionReset
+                | io::ErrorKind::ConnectionAborted
+                | io::ErrorKind::BrokenPipe
+        ))
     }
 }
 

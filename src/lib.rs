@@ -69,18 +69,29 @@ mod testing;
 #[path = "../actors/mod.rs"]
 pub mod actors;
 
+// Every type the public API takes or returns is nameable from the crate root: the messages
+// and handles, and every error down to the last enum a host matches on.
 #[cfg(feature = "runtime")]
 pub use actors::{
-    events::{DialError, EventStream, InboundRejection, SwitchEvent},
+    events::{DialError, EVENT_BUFFER, EventStream, InboundRejection, SwitchEvent},
+    metrics::Metrics,
     node::{Node, SwitchBuilder},
     peer_conn::PeerHandle,
     reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive},
+    secret_stream::SecretStreamError,
     switch::{
         AddPersistentPeers, Broadcast, DialPeers, DisconnectPeer, GetPeers, PeerSetSnapshot,
-        RegisterReactor, SendTo, Shutdown, StopPeerForError, Switch, SwitchError, TrySendTo,
+        ReactorRecipients, RegisterReactor, SendTo, Shutdown, StopPeerForError, Switch,
+        SwitchError, TrySendTo,
     },
+    transport::{InboundRejectReason, Stage, TransportError},
 };
-pub use config::P2pConfig;
-pub use key::NodeKey;
-pub use mconn::ChannelDescriptor;
-pub use types::{Direction, NetAddress, NodeInfo, NodeInfoOther, PeerId, VersionInfo};
+pub use config::{ConfigError, P2pConfig};
+pub use key::{KeyError, KeyFileError, KeyFormatError, NodeKey};
+pub use mconn::{ChannelDescriptor, MConnConfigError, MConnectionError};
+pub use peers::{RejectReason, SlotRefused};
+pub use secret::{FrameError, HandshakeError};
+pub use types::{
+    Direction, Incompatible, NetAddress, NetAddressError, NodeInfo, NodeInfoError, NodeInfoOther,
+    PeerCheckError, PeerId, PeerIdError, VersionInfo,
+};

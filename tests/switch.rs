@@ -11,8 +11,9 @@ use bytes::Bytes;
 use common::{TIMEOUT, TestNode, connect, connect_from, loopback_config, raw_dial, recv_within};
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DialError, DialPeers, DisconnectReason, GetPeers,
-    InboundRejection, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId, PeerRemoved,
-    Receive, RegisterReactor, StopPeerForError, SwitchBuilder, SwitchError, SwitchEvent,
+    InboundRejection, Incompatible, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId,
+    PeerRemoved, Receive, RegisterReactor, RejectReason, StopPeerForError, SwitchBuilder,
+    SwitchError, SwitchEvent,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -211,10 +212,87 @@ async fn a_node_on_another_network_is_refused_with_the_reason_on_both_sides() {
     let (mut a, _r) = node_with_r(loopback_config(), "net-a").await;
     let (mut b, _r) = node_with_r(loopback_config(), "net-b").await;
     b.dial(a.node.net_address());
-    let e = b.dial_failed().await;
-    assert!(format!("{e:?}").contains("NetworkMismatch"), "{e:?}");
-    let e = a.inbound_rejected().await;
-    assert!(format!("{e:?}").contains("NetworkMismatch"), "{e:?}");
+    let SwitchEvent::DialFailed { error, .. } = b.dial_failed().await else {
+        unreachable!()
+    };
+    // One call, not three enums deep.
+    assert!(
+        matches!(error.incompatibility(), Some(Incompatible::NetworkMismatch { ours, theirs }) if ours == "net-b" && theirs == "net-a"),
+        "{error:?}"
+    );
+    assert!(!error.is_peer_fault() && !error.is_timeout() && error.refused_here().is_none());
+    let SwitchEvent::InboundRejected { reason, .. } = a.inbound_rejected().await else {
+        unreachable!()
+    };
+    assert!(
+        matches!(
+            reason.incompatibility(),
+            Some(Incompatible::NetworkMismatch { .. })
+        ),
+        "{reason:?}"
+    );
+}
+
+#[actix::test]
+async fn a_failed_dial_says_flatly_whether_it_was_unreachable_refused_by_the_peer_or_a_timeout() {
+    let mut config = loopback_config();
+    config.handshake_timeout = Duration::from_millis(300);
+    let (mut a, _r) = node_with_r(config, "net").await;
+    let id = || NodeKey::generate().unwrap().id();
+    let failure = |e: SwitchEvent| match e {
+        SwitchEvent::DialFailed { error, .. } => error,
+        other => panic!("{other:?}"),
+    };
+
+    // Nothing listens.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    a.dial(NetAddress::from_socket_addr(id(), closed).unwrap());
+    let e = failure(a.dial_failed().await);
+    assert!(
+        e.is_unreachable() && !e.is_refused_by_peer() && !e.is_timeout(),
+        "{e:?}"
+    );
+
+    // A listener that hangs up at once: how a TM2 node refuses us.
+    let hangs_up = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hangs_up.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (socket, _) = hangs_up.accept().await.unwrap();
+        drop(socket);
+    });
+    a.dial(NetAddress::from_socket_addr(id(), addr).unwrap());
+    let e = failure(a.dial_failed().await);
+    assert!(
+        e.is_refused_by_peer() && !e.is_unreachable() && !e.is_timeout(),
+        "{e:?}"
+    );
+
+    // A listener that accepts and says nothing.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let (keep_tx, keep_rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (_socket, _) = silent.accept().await.unwrap();
+        let _ = keep_rx.await;
+    });
+    a.dial(NetAddress::from_socket_addr(id(), addr).unwrap());
+    let e = failure(a.dial_failed().await);
+    assert!(
+        e.is_timeout() && !e.is_refused_by_peer() && !e.is_unreachable(),
+        "{e:?}"
+    );
+    drop(keep_tx);
+
+    // Ourselves: refused here, before any connection.
+    a.dial(a.address());
+    let e = failure(a.dial_failed().await);
+    assert!(
+        matches!(e.refused_here(), Some(RejectReason::SelfConnection)),
+        "{e:?}"
+    );
 }
 
 #[actix::test]

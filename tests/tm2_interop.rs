@@ -36,17 +36,15 @@ use common::{TIMEOUT, config};
 use ring::digest::{SHA256, digest};
 use serde_json::{Value, json};
 use tempfile::TempDir;
-use tm2_p2p::actors::transport::{InboundRejectReason, TransportError};
 use tm2_p2p::codec::amino;
 use tm2_p2p::mconn::packet::{self, Packet};
 use tm2_p2p::pex::PexMessage;
 use tm2_p2p::pex::protocol::{self as pex_protocol, RESPONSE_TYPE};
-use tm2_p2p::types::{Host, Incompatible, PeerCheckError, gnoland_version_set};
+use tm2_p2p::types::{Host, Incompatible, gnoland_version_set};
 use tm2_p2p::{
-    Broadcast, ChannelDescriptor, DialError, DialPeers, Direction, DisconnectReason, EventStream,
-    GetPeers, InboundRejection, NetAddress, Node, NodeInfo, NodeInfoOther, NodeKey, P2pConfig,
-    PeerAdded, PeerId, PeerInfo, PeerRemoved, Receive, RegisterReactor, SwitchBuilder, SwitchEvent,
-    VersionInfo,
+    Broadcast, ChannelDescriptor, DialPeers, Direction, DisconnectReason, EventStream, GetPeers,
+    NetAddress, Node, NodeInfo, NodeInfoOther, NodeKey, P2pConfig, PeerAdded, PeerId, PeerInfo,
+    PeerRemoved, Receive, RegisterReactor, SwitchBuilder, SwitchEvent, VersionInfo,
 };
 use tokio::sync::Notify;
 
@@ -846,19 +844,9 @@ async fn go_answers_our_pings_and_the_connection_stays_up() {
 
 /// The incompatibility behind a refused dial or inbound connection, if that is what it was.
 fn incompatibility(e: &SwitchEvent) -> Option<&Incompatible> {
-    let error: &TransportError = match e {
-        SwitchEvent::DialFailed {
-            error: DialError::Transport(t),
-            ..
-        } => t,
-        SwitchEvent::InboundRejected {
-            reason: InboundRejection::Transport(InboundRejectReason::Upgrade(t)),
-            ..
-        } => t,
-        _ => return None,
-    };
-    match error {
-        TransportError::Rejected(PeerCheckError::Incompatible(i)) => Some(i),
+    match e {
+        SwitchEvent::DialFailed { error, .. } => error.incompatibility(),
+        SwitchEvent::InboundRejected { reason, .. } => reason.incompatibility(),
         _ => None,
     }
 }
