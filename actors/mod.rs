@@ -14,5 +14,6 @@ pub mod reactor;
 pub mod redialer;
 pub mod secret_stream;
 pub mod switch;
+#[cfg(feature = "cli")]
 pub mod testnet;
 pub mod transport;
