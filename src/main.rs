@@ -210,13 +210,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// A logger to stderr in the chosen format, showing `level` and more severe.
+/// A log line's time: RFC 3339 in UTC with milliseconds (`2026-12-05T17:50:01.123Z`), so lines
+/// from different days, machines and time zones sort and compare.
+fn timestamp(out: &mut dyn std::io::Write) -> std::io::Result<()> {
+    write!(
+        out,
+        "{}",
+        humantime::format_rfc3339_millis(tm2_p2p::actors::clock::wall_now())
+    )
+}
+
 fn logger(format: LogFormat, level: LogLevel) -> slog::Logger {
     use slog::Drain;
     let level = slog::Level::from(level);
     match format {
         LogFormat::Term => {
             let decorator = slog_term::PlainSyncDecorator::new(std::io::stderr());
-            let drain = slog_term::FullFormat::new(decorator).build().fuse();
+            let drain = slog_term::FullFormat::new(decorator)
+                .use_custom_timestamp(timestamp)
+                .build()
+                .fuse();
             slog::Logger::root(slog::LevelFilter::new(drain, level).fuse(), slog::o!())
         }
         LogFormat::Json => {

@@ -231,3 +231,30 @@ fn two_nodes_gossip_what_one_publishes_and_log_each_delivery() {
         "{b_rest:?}"
     );
 }
+
+#[test]
+fn trace_logs_are_compiled_in_and_every_line_carries_a_dated_utc_timestamp() {
+    // slog drops trace records at compile time unless told otherwise (and debug ones in
+    // release builds): `--log-level trace` must show the gossip reactor's trace lines.
+    let home = tempfile::tempdir().unwrap();
+    let node = RunningNode::start(
+        home.path(),
+        "tracer",
+        "",
+        &["--publish-every", "50ms", "--log-level", "trace"],
+    );
+    let line = node.wait_log(&["gossip published"]);
+    // `2026-12-05T17:44:44.710Z TRCE gossip published, ...`: a full RFC 3339 date in UTC.
+    let stamp = line.split_whitespace().next().unwrap();
+    let bytes = stamp.as_bytes();
+    assert!(
+        stamp.len() == 24
+            && bytes[4] == b'-'
+            && bytes[7] == b'-'
+            && bytes[10] == b'T'
+            && stamp.ends_with('Z')
+            && stamp[..4].parse::<u32>().is_ok_and(|y| y >= 2024),
+        "{line}"
+    );
+    node.stop();
+}
