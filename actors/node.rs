@@ -157,9 +157,16 @@ impl SwitchBuilder {
     /// Validates the config and our NodeInfo, binds the listen address (and `metrics_addr`,
     /// if set), and starts the Transport, the Switch, the Dialer and the Redialer (which dials
     /// `persistent_peers`) on the current actix arbiter. A bind error is returned here, before
-    /// anything runs.
+    /// anything runs. Outside an actix `System` (e.g. from `#[tokio::main]`) it returns
+    /// [`SwitchError::NoActixSystem`], whose message shows the way.
     pub async fn spawn(self) -> Result<Node, SwitchError> {
         let events = self.events.clone();
+        if actix::System::try_current().is_none() {
+            // Starting an actor here would panic deep in tokio ("spawn_local called from
+            // outside of a task::LocalSet"); say what to do instead.
+            events.close();
+            return Err(SwitchError::NoActixSystem);
+        }
         let result = self.start().await;
         if result.is_err() {
             // Streams made with `subscribe` end rather than wait for a node that never ran.

@@ -101,6 +101,14 @@ pub enum SwitchError {
     /// The node is shutting down.
     #[error("the node is shutting down")]
     ShuttingDown,
+    /// [`SwitchBuilder::spawn`](crate::SwitchBuilder::spawn) was called outside an actix
+    /// `System` (e.g. straight from `#[tokio::main]`): the node's actors need one.
+    #[error(
+        "a node runs in an actix System: use #[actix::main] or actix::System::new().block_on(..); \
+         from a tokio main, run it on a thread of its own: \
+         tokio::task::spawn_blocking(|| actix::System::new().block_on(run_node()))"
+    )]
+    NoActixSystem,
 }
 
 /// The Switch's per-peer state, kept in the [`PeerSet`].

@@ -697,3 +697,27 @@ async fn spawn_binds_first_and_reports_a_taken_port() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn spawn_from_a_plain_tokio_runtime_is_a_clear_error_and_the_documented_way_works() {
+    let builder = SwitchBuilder::new(loopback_config(), NodeKey::generate().unwrap());
+    let err = builder.spawn().await.unwrap_err();
+    assert!(matches!(err, SwitchError::NoActixSystem), "{err:?}");
+    assert!(err.to_string().contains("spawn_blocking"), "{err}");
+
+    // The README's way from a tokio main: the node on a thread of its own.
+    let address = tokio::task::spawn_blocking(|| {
+        actix::System::new().block_on(async {
+            let node = SwitchBuilder::new(loopback_config(), NodeKey::generate().unwrap())
+                .spawn()
+                .await
+                .unwrap();
+            let address = node.net_address();
+            node.shutdown().await;
+            address
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(address.host().to_string(), "127.0.0.1");
+}
