@@ -30,6 +30,7 @@ pub const EVENT_BUFFER: usize = 1024;
 
 /// Something that happened to the node's peers.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub enum SwitchEvent {
     /// A peer passed every check and was added: its reactors have been told.
     PeerConnected {
@@ -70,6 +71,7 @@ pub enum SwitchEvent {
 
 /// Why a dial failed.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum DialError {
     /// The peer set refused it before dialing (ourselves, already connected, no outbound
     /// room).
@@ -145,6 +147,7 @@ impl DialError {
 
 /// Why an inbound connection did not become a peer.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum InboundRejection {
     /// The transport refused it (no handshake slot, failed upgrade).
     #[error(transparent)]

@@ -25,7 +25,9 @@ use crate::actors::events::{EventBus, EventStream, SwitchEvent};
 use crate::actors::metrics::{Metrics, MetricsServer, ServerLimits};
 use crate::actors::pex::{PeerExchange, StopExchange, pex_channel};
 use crate::actors::redialer::Redialer;
-use crate::actors::switch::{DialRecipients, RegisterReactor, Shutdown, Switch, SwitchError};
+use crate::actors::switch::{
+    DialRecipients, GetPeers, RegisterReactor, Shutdown, Switch, SwitchError,
+};
 use crate::actors::transport::{Transport, TransportConfig};
 use crate::config::P2pConfig;
 use crate::dial::{BackoffConfig, DEFAULT_DIAL_QUEUE_CAPACITY};
@@ -413,6 +415,35 @@ impl Node {
         filter: impl Fn(&SwitchEvent) -> bool + Send + Sync + 'static,
     ) -> EventStream {
         self.events.subscribe(filter)
+    }
+
+    /// Waits until at least `n` peers are connected and returns how many are, or `None` if the
+    /// node shuts down first. Wrap it in a timeout for a deadline:
+    ///
+    /// ```no_run
+    /// # async fn run(node: tm2_p2p::Node) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// let peers = tokio::time::timeout(Duration::from_secs(30), node.wait_for_peers(3))
+    ///     .await?
+    ///     .ok_or("node stopped")?;
+    /// println!("{peers} peers");
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_peers(&self, n: usize) -> Option<usize> {
+        // Subscribed before counting, so a connection between the two is not missed.
+        let mut changes = self.subscribe(|e| {
+            matches!(
+                e,
+                SwitchEvent::PeerConnected { .. } | SwitchEvent::PeerDisconnected { .. }
+            )
+        });
+        loop {
+            let connected = self.switch.send(GetPeers).await.ok()?.peers.len();
+            if connected >= n {
+                return Some(connected);
+            }
+            changes.recv().await?;
+        }
     }
 
     /// Stops the node gracefully: stops accepting, closes every peer (reactors get

@@ -80,6 +80,7 @@ pub struct PeerInfo {
 
 /// Why a peer connection ended. Reported exactly once per connection.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DisconnectReason {
     /// The peer closed or reset the TCP connection.
     #[error("connection closed by the peer")]

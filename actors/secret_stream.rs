@@ -63,6 +63,7 @@ const HANDSHAKE_READ_BUFFER: usize = 4 * FRAME_LEN;
 
 /// Why a connection could not be upgraded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SecretStreamError {
     /// The socket failed (including the peer closing it mid-handshake).
     #[error("i/o error during the secret handshake: {0}")]

@@ -65,6 +65,7 @@ use crate::types::{Direction, NetAddress, NodeInfo, PeerId};
 
 /// Errors the Switch answers synchronously.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SwitchError {
     /// Another reactor already claimed this channel (TM2 silently ignores the second claim).
     #[error("channel {0:#04x} is already claimed by reactor {1:?}")]

@@ -313,6 +313,7 @@ pub struct InboundRejected {
 
 /// Why an inbound connection was refused by the transport.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum InboundRejectReason {
     /// Too many handshakes in progress (in total or from this IP); closed without one.
     #[error("no handshake slot: {0}")]
@@ -344,6 +345,7 @@ impl Upgraded {
 
 /// The step an upgrade was in when it timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Stage {
     /// Opening the TCP connection (dials only).
     Connect,
@@ -355,6 +357,7 @@ pub enum Stage {
 
 /// Why a connection did not become a peer.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TransportError {
     /// The socket failed or closed (connect refused, reset, EOF mid-exchange).
     #[error("i/o: {0}")]

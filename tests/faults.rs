@@ -1004,6 +1004,7 @@ fn rejection_kind(reason: &InboundRejection) -> String {
         }
         InboundRejection::PeerSet(r) => return format!("peer set: {r}"),
         InboundRejection::Transport(InboundRejectReason::Upgrade(e)) => e,
+        other => return format!("{other}"),
     };
     // The variants, without their fields' values.
     let short = |debug: String| {

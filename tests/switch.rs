@@ -721,3 +721,29 @@ async fn spawn_from_a_plain_tokio_runtime_is_a_clear_error_and_the_documented_wa
     .unwrap();
     assert_eq!(address.host().to_string(), "127.0.0.1");
 }
+
+#[actix::test]
+async fn wait_for_peers_returns_once_enough_are_connected_and_none_after_shutdown() {
+    let hub = TestNode::spawn(loopback_config()).await;
+    let hub_node = hub.node.clone();
+    let waiting = actix::spawn(async move { hub_node.wait_for_peers(3).await });
+    let mut leaves = Vec::new();
+    for _ in 0..3 {
+        let leaf = TestNode::spawn(loopback_config()).await;
+        leaf.dial(hub.address());
+        leaves.push(leaf);
+    }
+    let connected = tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .expect("wait_for_peers did not return")
+        .unwrap();
+    assert_eq!(connected, Some(3));
+    // Already enough: at once.
+    assert_eq!(hub.node.wait_for_peers(2).await, Some(3));
+
+    let hub_node = hub.node.clone();
+    let never = actix::spawn(async move { hub_node.wait_for_peers(10).await });
+    hub.node.shutdown().await;
+    let after = tokio::time::timeout(TIMEOUT, never).await.unwrap().unwrap();
+    assert_eq!(after, None);
+}

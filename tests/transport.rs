@@ -588,6 +588,7 @@ mod actor {
                     );
                     timed_out += 1;
                 }
+                other => panic!("unexpected rejection {other:?}"),
             }
         }
         assert_eq!(no_slot, FLOOD - 8, "only 8 handshakes per IP at once");

@@ -6,6 +6,7 @@ use super::packet::DecodeError;
 /// finished: the receiver keeps answering with the same error, and the driver should close the
 /// socket and report the reason once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MConnectionError {
     /// The peer sent a packet on a channel this connection does not have (TM2:
     /// "unknown channel").

@@ -43,6 +43,7 @@ impl Default for PeerLimits {
 
 /// Why a verified connection is not admitted to the peer set, or why a dial should not start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
 pub enum RejectReason {
     /// The remote is this node: we dialed our own address (found through peer exchange or
     /// misconfigured), so both ends are us. Not a fault of any peer; never worth redialing.

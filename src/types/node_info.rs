@@ -129,6 +129,7 @@ pub struct NodeInfoOther {
 
 /// Why a [`NodeInfo`] could not be decoded, or is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeInfoError {
     /// The bytes are not the amino encoding of a NodeInfo: over [`MAX_NODE_INFO_SIZE`],
     /// truncated, trailing bytes, unknown or misordered fields, no net address, ...
@@ -210,6 +211,7 @@ impl From<AminoError> for NodeInfoError {
 
 /// Why a peer's [`NodeInfo`] is not compatible with ours, in the order TM2 checks.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Incompatible {
     /// We require a version name the peer does not send.
     #[error("peer lacks required version {name:?}")]

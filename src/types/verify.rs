@@ -6,6 +6,7 @@ use crate::types::{Incompatible, NodeInfo, NodeInfoError, PeerId};
 
 /// Why a connection is refused after its handshake.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PeerCheckError {
     /// The peer's NodeInfo breaks a validation rule.
     #[error("invalid node info: {0}")]
