@@ -69,6 +69,14 @@ mod testing;
 #[path = "../actors/mod.rs"]
 pub mod actors;
 
+// The crates whose types the API takes (an actor's `Addr`, a message's `Bytes`, the node's
+// `slog::Logger`), at the versions this crate was built with: a host needs no other dependency
+// than actix (for its own actors' derive macros and `#[actix::main]`).
+#[cfg(feature = "runtime")]
+pub use actix;
+pub use bytes;
+pub use slog;
+
 // Every type the public API takes or returns is nameable from the crate root: the messages
 // and handles, and every error down to the last enum a host matches on.
 #[cfg(feature = "runtime")]

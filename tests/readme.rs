@@ -210,9 +210,9 @@ async fn readme_api(
     log: slog::Logger,
     chat: Addr<Chat>,
     other: NetAddress,
-) -> anyhow::Result<()> {
+) -> Result<(), Box<dyn std::error::Error>> {
     // readme-api:start
-    use bytes::Bytes;
+    use tm2_p2p::bytes::Bytes;
     use tm2_p2p::{Broadcast, ChannelDescriptor, DialPeers, GetPeers, NodeKey, P2pConfig,
                   RegisterReactor, StopPeerForError, SwitchBuilder, SwitchEvent, TrySendTo};
 
@@ -232,7 +232,7 @@ async fn readme_api(
     let mut events = node.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
     switch.send(DialPeers(vec![other])).await?;       // other: "id@ip:port".parse()?
     let Some(SwitchEvent::PeerConnected { peer, .. }) = events.recv().await else {
-        anyhow::bail!("node stopped");
+        return Err("node stopped".into());
     };
 
     let hi = Bytes::from_static(b"hi");
@@ -330,4 +330,96 @@ async fn readme_api_snippet_runs() {
         Some(SwitchEvent::PeerDisconnected { .. })
     ));
     other.shutdown().await;
+}
+
+/// The README's `[dependencies]` block and API snippet, as a crate of their own next to nothing
+/// else: what a new user pastes must compile with only what the README lists (`tm2-p2p` and
+/// `actix`). Checked with cargo into `target/readme-host`, offline, with this repository's
+/// Cargo.lock (so the crates are the ones already fetched).
+#[test]
+fn readme_snippet_compiles_in_a_crate_with_only_the_readmes_dependencies() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let library = section("## Use it as a library", API_START);
+    let dependencies = library
+        .split("```toml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("no ```toml block under \"Use it as a library\"");
+    assert!(
+        dependencies.contains("path = \"../tm2-p2p\""),
+        "{dependencies}"
+    );
+    let dependencies = dependencies.replace(
+        "path = \"../tm2-p2p\"",
+        &format!("path = {:?}", repo.display()),
+    );
+    let snippet = section(API_START, API_END)
+        .split("```rust\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"readme-host\"\nversion = \"0.0.0\"\nedition = \"2024\"\n\
+             publish = false\n\n{dependencies}\n[workspace]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::copy(repo.join("Cargo.lock"), dir.path().join("Cargo.lock")).unwrap();
+    std::fs::create_dir(dir.path().join("src")).unwrap();
+    std::fs::write(
+        dir.path().join("src/main.rs"),
+        format!(
+            r#"#![allow(dead_code, unused)]
+use actix::prelude::*;
+
+/// The user's reactor.
+struct Chat;
+impl Actor for Chat {{
+    type Context = Context<Self>;
+}}
+impl Handler<tm2_p2p::PeerAdded> for Chat {{
+    type Result = ();
+    fn handle(&mut self, _: tm2_p2p::PeerAdded, _: &mut Self::Context) {{}}
+}}
+impl Handler<tm2_p2p::PeerRemoved> for Chat {{
+    type Result = ();
+    fn handle(&mut self, _: tm2_p2p::PeerRemoved, _: &mut Self::Context) {{}}
+}}
+impl Handler<tm2_p2p::Receive> for Chat {{
+    type Result = ();
+    fn handle(&mut self, _: tm2_p2p::Receive, _: &mut Self::Context) {{}}
+}}
+
+async fn run(
+    home: &std::path::Path,
+    log: tm2_p2p::slog::Logger,
+    chat: Addr<Chat>,
+    other: tm2_p2p::NetAddress,
+) -> Result<(), Box<dyn std::error::Error>> {{
+{snippet}
+    Ok(())
+}}
+
+fn main() {{}}
+"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO"))
+        .args(["check", "--offline", "--quiet", "--manifest-path"])
+        .arg(dir.path().join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(repo.join("target/readme-host"))
+        .env_remove("RUSTFLAGS")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "the README's snippet does not compile with only the README's dependencies:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
