@@ -743,7 +743,8 @@ fn nonempty_path(field: &'static str, path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The moniker rules of NodeInfo validation (reference 1.3), plus a length cap.
+/// The moniker rules of TM2's NodeInfo validation (`tm2/pkg/p2p/types/node_info.go`), plus a
+/// length cap.
 fn check_moniker(moniker: &str) -> Result<(), ConfigError> {
     let reason = if moniker.trim_matches(' ').is_empty() {
         "must not be empty or only spaces"

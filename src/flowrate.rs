@@ -11,7 +11,7 @@
 //!
 //! ## How this differs from TM2's `flowrate.Monitor`
 //!
-//! TM2 (tm2/pkg/flow, reference section 3.6) samples transferred bytes in 100 ms windows and
+//! TM2 (`tm2/pkg/flow`) samples transferred bytes in 100 ms windows and
 //! `Limit()` *sleeps the calling goroutine* (at least 5 ms) when the current window's budget is
 //! spent; bytes are counted after the fact, so a batch may overshoot a window. This bucket never
 //! sleeps and never reads a clock: every method takes `now`, and [`TokenBucket::ready_at`] /

@@ -64,7 +64,7 @@ impl Default for BackoffConfig {
 /// Arithmetic is done in `u128` nanoseconds with an explicit saturation, so any attempt count
 /// (up to `u32::MAX`, where [`record_failure`](Backoff::record_failure) saturates) gives the
 /// capped delay; TM2's `base << attempts` on `i64` nanoseconds collapses to about zero after
-/// ~34 failures (reference section 10, item 11).
+/// ~34 failures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backoff {
     /// Fixed parameters.

@@ -6,7 +6,7 @@
 //! [`DialQueue`] and sleeps on one timer until [`DialQueue::next_due`]; the `Redialer` actor
 //! keeps one [`Backoff`] per persistent peer and pushes redials into the queue.
 //!
-//! ## What is fixed compared with TM2 (reference sections 6.4-6.6 and 10)
+//! ## What is fixed compared with TM2 (`tm2/pkg/p2p/dial`, `switch.go`)
 //!
 //! - TM2's queue is a sorted slice with linear `Has`, no de-duplication and no bound; this one is
 //!   O(log n) push and pop, O(1) `contains` by peer id, one entry per peer and bounded.

@@ -7,7 +7,8 @@ use super::config::MConnConfigError;
 pub const MAX_CHANNELS: usize = 16;
 
 /// One channel of a connection: its id on the wire, its share of the bandwidth and its queue and
-/// reassembly limits. Defaults are TM2's (reference section 3.2).
+/// reassembly limits. Defaults are TM2's (`ChannelDescriptor` in
+/// `tm2/pkg/p2p/conn/connection.go`).
 ///
 /// ```
 /// use tm2_p2p::mconn::ChannelDescriptor;

@@ -7,7 +7,7 @@ use std::time::Duration;
 /// low enough that the receive-side partial-packet buffer stays small.
 pub const MAX_PAYLOAD_SIZE_LIMIT: usize = 1 << 20;
 
-/// Settings of one multiplexed connection (TM2's `MConnConfig`, reference section 3.8).
+/// Settings of one multiplexed connection (TM2's `MConnConfig`, `tm2/pkg/p2p/conn`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MConnConfig {
     /// Largest piece of a message carried by one packet; longer messages are split. Both sides

@@ -7,7 +7,7 @@
 //! the least recently-sent bytes ÷ priority goes next), and reassembled on the other side with a
 //! per-channel size limit. [`Packet::Ping`]/[`Packet::Pong`] keep the connection alive; token
 //! buckets ([`crate::flowrate`]) limit the send and receive rates. It mirrors TM2's
-//! `tm2/pkg/p2p/conn/connection.go` (reference section 3); the wire layout is in [`packet`].
+//! `tm2/pkg/p2p/conn/connection.go`; the wire layout is in [`packet`].
 //!
 //! This module does no I/O: no sockets, no clock (every method that needs the time takes
 //! `now`), no tasks, no sleeping. A driver (the `PeerConn` actor) moves bytes and arms timers.

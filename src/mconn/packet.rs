@@ -2,7 +2,7 @@
 //!
 //! Three packet types travel over a secret connection once the handshake and the NodeInfo
 //! exchange are done: [`Packet::Ping`], [`Packet::Pong`] and [`Packet::Msg`], a piece of a
-//! message on one channel (TM2's `/p2p.Ping`, `/p2p.Pong`, `/p2p.Msg`; reference section 3.1).
+//! message on one channel (TM2's `/p2p.Ping`, `/p2p.Pong`, `/p2p.Msg`, in `tm2/pkg/p2p/conn/connection.go`).
 //!
 //! ## Byte layout
 //!

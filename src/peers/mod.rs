@@ -12,7 +12,7 @@
 //!
 //! Sans-IO: no sockets, no clock (the connect time is passed in), no actors.
 //!
-//! ## Decisions, compared with TM2 (reference sections 4, 6 and 10)
+//! ## Decisions, compared with TM2 (`tm2/pkg/p2p/switch.go`, `set.go`)
 //!
 //! - **Persistent peers are exempt from the limits and not counted against them.** TM2's
 //!   config says `max_num_outbound_peers` excludes persistent peers, but its code counts and

@@ -2,7 +2,7 @@
 //! the wire [`protocol`] (messages and request rate limiting). The `PeerExchange` actor that
 //! drives them on channel `0x50` lives in `actors/`.
 //!
-//! Differences from TM2 (reference sections 7 and 10, item 2): responses are bounded to 30
+//! Differences from TM2 (`tm2/pkg/p2p/discovery`): responses are bounded to 30
 //! entries and bad entries are skipped one by one; requests are rate-limited per peer; the
 //! book keeps failure counts, backs off failing addresses, bans misbehaving peers for a time,
 //! evicts the worst entries and never the good ones, and shares only addresses that worked,

@@ -10,7 +10,7 @@
 //! peers    = (0a uvarint(len(addr)) addr)*       each addr "id@ip:port"
 //! ```
 //!
-//! Decoding differs from TM2 on purpose (reference section 10, item 2):
+//! Decoding differs from TM2 (`tm2/pkg/p2p/discovery`) on purpose:
 //! - a response of more than [`MAX_ADDRESSES`] entries (or the caller's limit) is refused with
 //!   [`PexError::TooManyAddresses`] (TM2 has no bound below the 5 MiB channel cap), counted
 //!   before any entry is parsed;

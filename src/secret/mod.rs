@@ -59,7 +59,7 @@
 //!
 //! ## What TM2 does worse, and what we keep for compatibility
 //!
-//! - It is the pre-Merlin variant of Tendermint's handshake (reference section 10, item 19):
+//! - It is the pre-Merlin variant of Tendermint's handshake:
 //!   the challenge comes from the DH secret alone and is not bound to a transcript of both
 //!   ephemeral keys, and the auth message lacks upstream's 2-byte key wrapper; so TM2 (and
 //!   this crate) cannot talk to CometBFT / Tendermint >= 0.33. We keep it: byte compatibility
