@@ -31,12 +31,15 @@
 //! a client trickling bytes gains nothing), and at most [`ServerLimits::max_connections`]
 //! connections are served at once; one more is closed at once, unread.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -65,6 +68,8 @@ pub struct Metrics {
 
 /// The registry and the metric handles.
 struct Inner {
+    /// The prefix of every metric name.
+    namespace: String,
     /// Every metric below, for encoding; a lock only because [`Metrics::register`] adds to it.
     registry: Mutex<Registry>,
     /// Connected peers by direction.
@@ -116,137 +121,115 @@ pub(crate) trait QueueProbe: Send + Sync {
 }
 
 impl Metrics {
-    /// A registry with every metric at zero and no peer.
+    /// A registry with every metric at zero and no peer, named `tm2p2p_...`.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix(METRIC_PREFIX);
-        let peers = Family::<DirectionLabels, Gauge>::default();
-        registry.register(
-            "peers",
-            "Connected peers by direction (inbound: they dialed us)",
-            peers.clone(),
-        );
-        let peer_sent = Family::<PeerChannelLabels, Counter>::default();
-        registry.register_with_unit(
-            "peer_sent",
-            "Payload bytes of messages queued to a connected peer, by channel (0x-prefixed hex)",
-            Unit::Bytes,
-            peer_sent.clone(),
-        );
-        let peer_received = Family::<PeerChannelLabels, Counter>::default();
-        registry.register_with_unit(
-            "peer_received",
-            "Payload bytes of messages received from a connected peer, by channel",
-            Unit::Bytes,
-            peer_received.clone(),
-        );
-        let sent = Counter::default();
-        registry.register_with_unit(
-            "sent",
-            "Payload bytes of messages queued to any peer, disconnected ones included",
-            Unit::Bytes,
-            sent.clone(),
-        );
-        let received = Counter::default();
-        registry.register_with_unit(
-            "received",
-            "Payload bytes of messages received from any peer, disconnected ones included",
-            Unit::Bytes,
-            received.clone(),
-        );
-        let send_queue = Family::<PeerChannelLabels, Gauge>::default();
-        registry.register(
-            "peer_send_queue_messages",
-            "Messages waiting in a peer's channel send queue (read at scrape time)",
-            send_queue.clone(),
-        );
-        let dropped = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "messages_dropped",
-            "Messages not sent, by reason",
-            dropped.clone(),
-        );
-        let dials = Family::<OutcomeLabels, Counter>::default();
-        registry.register("dials", "Dials by outcome", dials.clone());
-        let handshake_failures = Family::<HandshakeLabels, Counter>::default();
-        registry.register(
-            "handshake_failures",
-            "Connection upgrades (secret handshake, NodeInfo exchange, checks) that failed, by \
-             direction and reason",
-            handshake_failures.clone(),
-        );
-        let inbound_rejected = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "inbound_rejected",
-            "Inbound connections that did not become peers, by reason",
-            inbound_rejected.clone(),
-        );
-        let disconnects = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "peer_disconnects",
-            "Peers removed, by reason",
-            disconnects.clone(),
-        );
-        let address_book = Gauge::default();
-        registry.register(
-            "address_book_size",
-            "Addresses in the peer-exchange address book",
-            address_book.clone(),
-        );
+        Self::build(METRIC_PREFIX.to_owned())
+    }
+
+    /// As [`new`](Self::new), with every metric named `<namespace>_...` instead of
+    /// `tm2p2p_...`. The namespace must be a valid Prometheus metric name (ASCII letters,
+    /// digits and `_`, not starting with a digit).
+    pub fn with_namespace(namespace: &str) -> Result<Self, InvalidNamespace> {
+        let mut bytes = namespace.bytes();
+        let valid = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !valid {
+            return Err(InvalidNamespace(namespace.to_owned()));
+        }
+        Ok(Self::build(namespace.to_owned()))
+    }
+
+    fn build(namespace: String) -> Self {
+        let inner = Arc::new(Inner {
+            registry: Mutex::new(Registry::with_prefix(&namespace)),
+            namespace,
+            peers: Family::default(),
+            peer_sent: Family::default(),
+            peer_received: Family::default(),
+            sent: Counter::default(),
+            received: Counter::default(),
+            send_queue: Family::default(),
+            dropped: Family::default(),
+            dials: Family::default(),
+            handshake_failures: Family::default(),
+            inbound_rejected: Family::default(),
+            disconnects: Family::default(),
+            address_book: Gauge::default(),
+            probes: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(0),
+            scrape: Mutex::new(()),
+        });
+        register_families(&inner, &mut lock(&inner.registry));
 
         // Every fixed label value from the start, at zero: dashboards and alerts see the
         // series before the first event.
         for direction in [Direction::Inbound, Direction::Outbound] {
-            let _ = peers.get_or_create(&DirectionLabels::new(direction));
+            let _ = inner.peers.get_or_create(&DirectionLabels::new(direction));
         }
         for reason in DropReason::ALL {
-            let _ = dropped.get_or_create(&ReasonLabels::new(reason.as_str()));
+            let _ = inner
+                .dropped
+                .get_or_create(&ReasonLabels::new(reason.as_str()));
         }
         for outcome in DialOutcome::ALL {
-            let _ = dials.get_or_create(&OutcomeLabels::new(outcome.as_str()));
+            let _ = inner
+                .dials
+                .get_or_create(&OutcomeLabels::new(outcome.as_str()));
         }
         for direction in [Direction::Inbound, Direction::Outbound] {
             for reason in HandshakeFailure::ALL {
-                let _ = handshake_failures.get_or_create(&HandshakeLabels::new(direction, reason));
+                let _ = inner
+                    .handshake_failures
+                    .get_or_create(&HandshakeLabels::new(direction, reason));
             }
         }
         for reason in INBOUND_REJECT_REASONS {
-            let _ = inbound_rejected.get_or_create(&ReasonLabels::new(reason));
+            let _ = inner
+                .inbound_rejected
+                .get_or_create(&ReasonLabels::new(reason));
         }
         for reason in DISCONNECT_REASONS {
-            let _ = disconnects.get_or_create(&ReasonLabels::new(reason));
+            let _ = inner.disconnects.get_or_create(&ReasonLabels::new(reason));
         }
+        Self { inner }
+    }
 
-        Self {
-            inner: Arc::new(Inner {
-                registry: Mutex::new(registry),
-                peers,
-                peer_sent,
-                peer_received,
-                sent,
-                received,
-                send_queue,
-                dropped,
-                dials,
-                handshake_failures,
-                inbound_rejected,
-                disconnects,
-                address_book,
-                probes: Mutex::new(HashMap::new()),
-                next_conn: AtomicU64::new(0),
-                scrape: Mutex::new(()),
-            }),
-        }
+    /// The prefix of every metric name (`tm2p2p` unless made
+    /// [`with_namespace`](Self::with_namespace)).
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// Registers the node's metrics in the host program's own registry, under this handle's
+    /// namespace, as rust-libp2p's `Metrics::new(&mut registry)` does: the host serves them
+    /// with its own, and needs no `metrics_addr`. The metrics are shared, not copied (the
+    /// node keeps counting into them), and send-queue depths are read from the live
+    /// connections at each encoding of `registry`. Metrics added with
+    /// [`register`](Self::register) stay in this handle's registry only.
+    pub fn register_into(&self, registry: &mut Registry) {
+        register_families(
+            &self.inner,
+            registry.sub_registry_with_prefix(&self.inner.namespace),
+        );
     }
 
     /// Every metric in the OpenMetrics text format ([`CONTENT_TYPE`]), as served at
     /// `/metrics`. Reads the live connections' send queues first.
     pub fn encode(&self) -> String {
-        let _scrape = lock(&self.inner.scrape);
-        self.sample_send_queues();
         let mut out = String::new();
         // Writing into a String cannot fail, and no metric's encoder fails on its own.
         let _ = prometheus_client::encoding::text::encode(&mut out, &lock(&self.inner.registry));
         out
+    }
+
+    /// Every metric in the Prometheus text format 0.0.4 ([`TEXT_CONTENT_TYPE`]), for scrapers
+    /// and tools that do not read OpenMetrics (`promtool check metrics`, older Prometheus,
+    /// `curl`): the same samples, with counters typed under their `_total` sample name and no
+    /// `# UNIT` or `# EOF` lines.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
     }
 
     /// Adds a metric of the host program (a reactor's, say) to this registry, under the
@@ -382,7 +365,8 @@ impl Metrics {
             .inc();
     }
 
-    /// Rebuilds the send-queue gauges from the live connections (the scrape lock is held).
+    /// Rebuilds the send-queue gauges from the live connections (the caller holds the scrape
+    /// lock).
     fn sample_send_queues(&self) {
         let live: Vec<(PeerId, Arc<dyn QueueProbe>)> = {
             let mut probes = lock(&self.inner.probes);
@@ -406,6 +390,156 @@ impl Metrics {
                     .set(saturating_i64(depth));
             }
         }
+    }
+}
+
+/// `Content-Type` of the Prometheus text format 0.0.4 ([`Metrics::encode_prometheus`]).
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Rewrites the OpenMetrics text prometheus-client writes as Prometheus text 0.0.4. The two
+/// differ only in their metadata for what this crate and a host register: a counter family
+/// `x` is typed `x` in OpenMetrics and `x_total` (its sample's name) in 0.0.4; `# UNIT` and
+/// `# EOF` exist only in OpenMetrics, as do exemplars (` # {..}` after a sample) and the types
+/// `unknown` (0.0.4: `untyped`), `info` (a gauge named `x_info`) and `stateset` and
+/// `gaugehistogram` (written as gauge and histogram).
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let counters: HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let infos: HashSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" info"))
+        .collect();
+    let renamed = |name: &str| -> String {
+        if counters.contains(name) {
+            format!("{name}_total")
+        } else if infos.contains(name) {
+            format!("{name}_info")
+        } else {
+            name.to_owned()
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "untyped"));
+            let kind = match kind {
+                "unknown" => "untyped",
+                "info" | "stateset" => "gauge",
+                "gaugehistogram" => "histogram",
+                other => other,
+            };
+            out.push_str(&format!("# TYPE {} {kind}\n", renamed(name)));
+        } else if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {help}\n", renamed(name)));
+        } else if line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            // A sample: drop an exemplar (`value # {labels} value`), kept in OpenMetrics only.
+            let sample = line.split_once(" # ").map_or(line, |(sample, _)| sample);
+            out.push_str(sample);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// A namespace that is not a valid Prometheus metric name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid metrics namespace {0:?}: use ASCII letters, digits and '_', not starting with a digit"
+)]
+pub struct InvalidNamespace(pub String);
+
+/// Registers every metric of `inner` in `registry` (whose prefix names them).
+fn register_families(inner: &Arc<Inner>, registry: &mut Registry) {
+    registry.register(
+        "peers",
+        "Connected peers by direction (inbound: they dialed us)",
+        inner.peers.clone(),
+    );
+    registry.register_with_unit(
+        "peer_sent",
+        "Payload bytes of messages queued to a connected peer, by channel (0x-prefixed hex)",
+        Unit::Bytes,
+        inner.peer_sent.clone(),
+    );
+    registry.register_with_unit(
+        "peer_received",
+        "Payload bytes of messages received from a connected peer, by channel",
+        Unit::Bytes,
+        inner.peer_received.clone(),
+    );
+    registry.register_with_unit(
+        "sent",
+        "Payload bytes of messages queued to any peer, disconnected ones included",
+        Unit::Bytes,
+        inner.sent.clone(),
+    );
+    registry.register_with_unit(
+        "received",
+        "Payload bytes of messages received from any peer, disconnected ones included",
+        Unit::Bytes,
+        inner.received.clone(),
+    );
+    // Through a collector: each encoding of the registry reads the live connections first.
+    registry.register_collector(Box::new(SendQueues(Arc::downgrade(inner))));
+    registry.register(
+        "messages_dropped",
+        "Messages not sent, by reason",
+        inner.dropped.clone(),
+    );
+    registry.register("dials", "Dials by outcome", inner.dials.clone());
+    registry.register(
+        "handshake_failures",
+        "Connection upgrades (secret handshake, NodeInfo exchange, checks) that failed, by \
+         direction and reason",
+        inner.handshake_failures.clone(),
+    );
+    registry.register(
+        "inbound_rejected",
+        "Inbound connections that did not become peers, by reason",
+        inner.inbound_rejected.clone(),
+    );
+    registry.register(
+        "peer_disconnects",
+        "Peers removed, by reason",
+        inner.disconnects.clone(),
+    );
+    registry.register(
+        "address_book_size",
+        "Addresses in the peer-exchange address book",
+        inner.address_book.clone(),
+    );
+}
+
+/// The send-queue gauges, sampled from the live connections when a registry is encoded. Holds
+/// the metrics weakly: it lives in their own registry.
+#[derive(Debug)]
+struct SendQueues(Weak<Inner>);
+
+impl Collector for SendQueues {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        let Some(inner) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let metrics = Metrics { inner };
+        let _scrape = lock(&metrics.inner.scrape);
+        metrics.sample_send_queues();
+        let family = &metrics.inner.send_queue;
+        let metric = encoder.encode_descriptor(
+            "peer_send_queue_messages",
+            "Messages waiting in a peer's channel send queue (read at scrape time)",
+            None,
+            family.metric_type(),
+        )?;
+        family.encode(metric)
     }
 }
 

@@ -60,6 +60,9 @@ pub struct SwitchBuilder {
     reactors: Vec<RegisterReactor>,
     /// The node's event bus, made here so that a host can subscribe before anything runs.
     events: EventBus,
+    /// The node's metrics, when the host made them (to pick their namespace, or register them
+    /// in its own registry); new ones otherwise.
+    metrics: Option<Metrics>,
 }
 
 impl SwitchBuilder {
@@ -78,7 +81,30 @@ impl SwitchBuilder {
             io: None,
             reactors: Vec::new(),
             events: EventBus::new(),
+            metrics: None,
         }
+    }
+
+    /// The metrics the node counts into, instead of new ones named `tm2p2p_...`: made by the
+    /// host with [`Metrics::with_namespace`] and/or registered in the host's own
+    /// `prometheus_client` registry with [`Metrics::register_into`], so the host serves them
+    /// with its own:
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tm2_p2p::{Metrics, NodeKey, P2pConfig, SwitchBuilder};
+    /// let mut registry = prometheus_client::registry::Registry::default();
+    /// let metrics = Metrics::with_namespace("mychain_p2p")?;
+    /// metrics.register_into(&mut registry);
+    /// let node = SwitchBuilder::new(P2pConfig::default(), NodeKey::generate()?)
+    ///     .metrics(metrics)
+    ///     .spawn()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// A bounded subscription to the node's events that `filter` accepts, made before the
@@ -191,6 +217,7 @@ impl SwitchBuilder {
             io,
             reactors,
             events,
+            metrics,
         } = self;
         config.validate()?;
         let listener = listen(config.laddr).map_err(|source| SwitchError::Bind {
@@ -207,7 +234,7 @@ impl SwitchBuilder {
                 addr: advertised,
                 source: std::io::Error::other(e),
             })?;
-        let metrics = Metrics::new();
+        let metrics = metrics.unwrap_or_default();
         let metrics_server = match config.metrics_addr {
             Some(addr) => Some(Arc::new(
                 MetricsServer::bind(addr, metrics.clone(), ServerLimits::default())

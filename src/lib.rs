@@ -70,11 +70,13 @@ mod testing;
 pub mod actors;
 
 // The crates whose types the API takes (an actor's `Addr`, a message's `Bytes`, the node's
-// `slog::Logger`), at the versions this crate was built with: a host needs no other dependency
+// `slog::Logger`, a host's metrics `Registry`), at the versions this crate was built with: a host needs no other dependency
 // than actix (for its own actors' derive macros and `#[actix::main]`).
 #[cfg(feature = "runtime")]
 pub use actix;
 pub use bytes;
+#[cfg(feature = "runtime")]
+pub use prometheus_client;
 pub use slog;
 
 // Every type the public API takes or returns is nameable from the crate root: the messages
@@ -82,7 +84,7 @@ pub use slog;
 #[cfg(feature = "runtime")]
 pub use actors::{
     events::{DialError, EVENT_BUFFER, EventStream, InboundRejection, SwitchEvent},
-    metrics::Metrics,
+    metrics::{InvalidNamespace, Metrics},
     node::{Node, SwitchBuilder},
     peer_conn::PeerHandle,
     reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive},

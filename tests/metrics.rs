@@ -412,3 +412,158 @@ async fn metrics_are_off_by_default_and_a_busy_address_is_a_typed_error() {
         "{err:?}"
     );
 }
+
+/// `promtool` (Prometheus's own checker), when installed; `.ci/run` installs it and sets
+/// `REQUIRE_PROMTOOL`, so CI cannot pass without it.
+fn promtool() -> Option<std::path::PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var_os("REQUIRE_PROMTOOL").is_none(),
+            "REQUIRE_PROMTOOL is set but promtool is not on PATH (apt-get install prometheus)"
+        );
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "promtool not on PATH: the text format is checked by openmetrics-parser only"
+        );
+    }
+    found
+}
+
+#[actix::test]
+async fn both_exposition_formats_of_a_busy_node_pass_their_checkers() {
+    let mut a = TestNode::spawn().await;
+    let mut b = TestNode::spawn().await;
+    a.dial(b.node.net_address());
+    a.connected_to(b.id()).await;
+    let queued = a
+        .node
+        .switch()
+        .send(SendTo {
+            peer: b.id(),
+            channel: CHANNEL,
+            payload: Bytes::from_static(b"x"),
+        })
+        .await
+        .unwrap();
+    assert!(queued);
+    tokio::time::timeout(TIMEOUT, b.inbox.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    // A host metric of another type next to ours.
+    let latency = tm2_p2p::prometheus_client::metrics::histogram::Histogram::new(
+        [0.001, 0.01, 0.1].into_iter(),
+    );
+    latency.observe(0.005);
+    a.node
+        .metrics()
+        .register("reactor_latency_seconds", "A host histogram", latency);
+
+    let open = a.node.metrics().encode();
+    let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&open);
+    assert!(parsed.is_ok(), "{parsed:?}\n{open}");
+    let text = a.node.metrics().encode_prometheus();
+    assert!(
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
+    );
+    assert!(
+        text.contains("# TYPE tm2p2p_sent_bytes_total counter\n")
+            && text.contains("\ntm2p2p_sent_bytes_total 1\n"),
+        "{text}"
+    );
+    let parsed = openmetrics_parser::prometheus::parse_prometheus(&text);
+    assert!(parsed.is_ok(), "{parsed:?}\n{text}");
+
+    let Some(promtool) = promtool() else {
+        return;
+    };
+    for (what, input, must_pass) in [("text 0.0.4", &text, true), ("OpenMetrics", &open, false)] {
+        let mut child = std::process::Command::new(&promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if must_pass {
+            assert!(
+                out.status.success() && said.trim().is_empty(),
+                "promtool check metrics on the {what} format: {said}\n{input}"
+            );
+        } else {
+            // Why both formats are served: promtool (2.42, Debian's) reads only the older text
+            // format, and takes every OpenMetrics counter for an untyped metric without help.
+            assert!(said.contains("no help text"), "{what}: {said}");
+        }
+    }
+}
+
+#[actix::test]
+async fn a_host_serves_the_nodes_metrics_from_its_own_registry_under_its_namespace() {
+    assert!(tm2_p2p::Metrics::with_namespace("9lives").is_err());
+    assert!(tm2_p2p::Metrics::with_namespace("my-chain").is_err());
+    let metrics = tm2_p2p::Metrics::with_namespace("chain_p2p").unwrap();
+    let mut registry = tm2_p2p::prometheus_client::registry::Registry::default();
+    metrics.register_into(&mut registry);
+
+    let mut config = common::config();
+    config.laddr = "127.0.0.1:0".parse().unwrap();
+    let (tx, _inbox) = mpsc::channel(10);
+    let reactor = Inbox { tx }.start();
+    let builder = SwitchBuilder::new(config, NodeKey::generate().unwrap())
+        .network(common::NETWORK)
+        .metrics(metrics.clone())
+        .reactor(RegisterReactor::new(
+            "inbox",
+            vec![ChannelDescriptor::new(CHANNEL)],
+            &reactor,
+        ));
+    let mut events = builder.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
+    let a = builder.spawn().await.unwrap();
+    assert_eq!(a.metrics(), metrics);
+    let b = TestNode::spawn().await;
+    b.dial(a.net_address());
+    tokio::time::timeout(TIMEOUT, events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let mut text = String::new();
+    tm2_p2p::prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    assert!(
+        text.contains("chain_p2p_peers{direction=\"inbound\"} 1"),
+        "{text}"
+    );
+    // The send queues are read from the live connection at the host's scrape too.
+    let b_id = b.id().to_string();
+    assert!(
+        text.contains(&format!(
+            "chain_p2p_peer_send_queue_messages{{peer=\"{b_id}\""
+        )),
+        "{text}"
+    );
+    assert!(!text.contains("tm2p2p_"), "{text}");
+    a.shutdown().await;
+}
