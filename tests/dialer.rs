@@ -242,3 +242,28 @@ async fn the_outbound_limit_holds_when_fifty_addresses_are_dialed_at_once() {
         t.node.shutdown().await;
     }
 }
+
+#[actix::test]
+async fn an_unreachable_persistent_peer_is_redialed_after_the_documented_base_delay() {
+    // `redial_backoff_base` is documented as the first redial delay; it used to be twice that
+    // (the failure was counted before the delay was computed). Jitter is ±10 %: the second dial
+    // comes 0.9-1.1 s after the first fails; the old code took 1.8-2.2 s.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let peer = NetAddress::from_socket_addr(NodeKey::generate().unwrap().id(), closed).unwrap();
+    let mut config = loopback_config();
+    config.redial_backoff_base = Duration::from_secs(1);
+    config.persistent_peers = vec![peer];
+    let mut node = TestNode::spawn(config).await;
+    let failed = |e: &SwitchEvent| matches!(e, SwitchEvent::DialFailed { .. });
+    node.wait_for("the first dial to fail", failed).await;
+    let first = clock::now();
+    node.wait_for("the redial to fail", failed).await;
+    let gap = clock::now() - first;
+    assert!(
+        gap >= Duration::from_millis(850) && gap < Duration::from_millis(1700),
+        "first redial after {gap:?}, expected about 1 s"
+    );
+}

@@ -122,8 +122,10 @@ impl Backoff {
         self.attempts = 0;
     }
 
-    /// The delay before the next attempt: `min(base × 2^attempts, max)` with ±10 % uniform
-    /// jitter drawn from `rng`. Never overflows, for any attempt count.
+    /// The delay before the next attempt: `min(base × 2^(attempts - 1), max)` (`base` for 0 or
+    /// 1 failures) with ±10 % uniform jitter drawn from `rng`: the first redial after a failure
+    /// or a disconnection comes after `base`, the next after `2 × base`, and so on. Never
+    /// overflows, for any attempt count.
     pub fn next_delay(&self, rng: &mut (impl RngCore + ?Sized)) -> Duration {
         jitter(self.interval(), rng)
     }
@@ -138,16 +140,19 @@ impl Backoff {
         now.checked_add(self.next_delay(rng))
     }
 
-    /// The delay before jitter: `min(base × 2^attempts, max)`.
+    /// The delay before jitter: `min(base × 2^(attempts - 1), max)`, `base` for 0 or 1
+    /// failures. (A driver records the failure before it asks for the delay, so counting from
+    /// `attempts` itself made the first redial wait `2 × base`.)
     pub fn interval(&self) -> Duration {
         let base = self.config.base.as_nanos();
         let max = self.config.max.as_nanos();
-        // `base << attempts` keeps every bit only while the shift is below the leading zeros;
+        let shift = self.attempts.saturating_sub(1);
+        // `base << shift` keeps every bit only while the shift is below the leading zeros;
         // beyond that the product exceeds u128, so certainly `max` (which fits in a Duration).
         let doubled = if base == 0 {
             0
-        } else if self.attempts < base.leading_zeros() {
-            base << self.attempts
+        } else if shift < base.leading_zeros() {
+            base << shift
         } else {
             u128::MAX
         };
@@ -220,8 +225,9 @@ mod tests {
         }
     }
 
-    /// `min(2^n s, 10 min)` computed independently of the code under test.
+    /// `min(2^(n-1) s, 10 min)` (1 s for n = 0) computed independently of the code under test.
     fn expected_interval(n: u32) -> Duration {
+        let n = n.saturating_sub(1);
         if n >= 10 {
             TEN_MIN
         } else {
@@ -287,7 +293,7 @@ mod tests {
             max: Duration::MAX,
             reset_after: S,
         };
-        for attempts in (54..=200).chain([u32::MAX]) {
+        for attempts in (55..=200).chain([u32::MAX]) {
             assert_eq!(
                 with_attempts(config, attempts).interval(),
                 Duration::MAX,
@@ -379,7 +385,21 @@ mod tests {
         assert!(!backoff.disconnected(t + 30 * S - Duration::from_nanos(1)));
         assert!(!backoff.is_connected());
         assert_eq!(backoff.attempts(), 4);
-        assert_eq!(backoff.interval(), 16 * S);
+        assert_eq!(backoff.interval(), 8 * S);
+    }
+
+    #[test]
+    fn the_first_redial_after_a_failure_comes_after_base() {
+        // The driver's order: record the failure, then ask when to redial.
+        let mut backoff = Backoff::new(BackoffConfig::default());
+        backoff.record_failure();
+        assert_eq!(
+            backoff.interval(),
+            S,
+            "the documented first delay is the base"
+        );
+        backoff.record_failure();
+        assert_eq!(backoff.interval(), 2 * S);
     }
 
     #[test]
@@ -413,7 +433,7 @@ mod tests {
         let t = base();
         let backoff = with_attempts(BackoffConfig::default(), 3);
         let at = backoff.next_attempt_at(t, &mut rng(5)).unwrap();
-        assert_within_jitter(at - t, 8 * S);
+        assert_within_jitter(at - t, 4 * S);
     }
 
     #[test]
