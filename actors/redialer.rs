@@ -18,18 +18,19 @@
 //! | [`StopRedialing`] | Switch (shutdown) | `()` |
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::fut::wrap_future;
 use actix::prelude::*;
 use rand_core::{OsRng, RngCore};
-use slog::{Logger, debug, info};
+use slog::{Logger, debug, info, warn};
 
 use crate::actors::clock;
 use crate::actors::dialer::QueueDials;
 use crate::actors::events::DialError;
 use crate::dial::{Backoff, BackoffConfig, DialItem};
 use crate::peers::RejectReason;
+use crate::throttle::LogThrottle;
 use crate::types::{NetAddress, PeerId};
 
 /// One persistent peer.
@@ -57,6 +58,8 @@ pub struct Redialer {
     rng: Box<dyn RngCore>,
     /// The node's log.
     log: Logger,
+    /// Failed dials of a persistent peer logged at most once a minute per peer.
+    failure_log: LogThrottle<PeerId>,
 }
 
 impl Redialer {
@@ -75,6 +78,7 @@ impl Redialer {
             dialer,
             rng: Box::new(OsRng),
             log,
+            failure_log: LogThrottle::default(),
         }
     }
 
@@ -113,10 +117,13 @@ impl Redialer {
 
     /// Queues a redial of `id` after its backoff delay (or, with `retry_later`, arms a timer
     /// for that delay and queues it due then: the queue was full).
-    fn redial_later(&mut self, id: PeerId, retry_later: bool, ctx: &mut Context<Self>) {
-        let Some(entry) = self.peers.get(&id) else {
-            return;
-        };
+    fn redial_later(
+        &mut self,
+        id: PeerId,
+        retry_later: bool,
+        ctx: &mut Context<Self>,
+    ) -> Option<Duration> {
+        let entry = self.peers.get(&id)?;
         let delay = entry.backoff.next_delay(&mut *self.rng);
         let address = entry.address.clone();
         debug!(self.log, "redial scheduled"; "address" => %address, "delay" => ?delay);
@@ -126,11 +133,17 @@ impl Redialer {
                     act.queue(vec![DialItem::new(address, clock::now())], ctx);
                 }
             });
-            return;
+            return Some(delay);
         }
         match clock::now().checked_add(delay) {
-            Some(due) => self.queue(vec![DialItem::new(address, due)], ctx),
-            None => info!(self.log, "redial delay not representable: not redialing"; "peer" => %id),
+            Some(due) => {
+                self.queue(vec![DialItem::new(address, due)], ctx);
+                Some(delay)
+            }
+            None => {
+                info!(self.log, "redial delay not representable: not redialing"; "peer" => %id);
+                None
+            }
         }
     }
 }
@@ -215,7 +228,7 @@ impl Handler<PersistentPeerDisconnected> for Redialer {
         entry.address = msg.address;
         // Restarts the sequence after a long enough connection, else counts a failure.
         entry.backoff.disconnected(msg.at);
-        self.redial_later(id, false, ctx);
+        let _ = self.redial_later(id, false, ctx);
     }
 }
 
@@ -252,14 +265,31 @@ impl Handler<PersistentDialFailed> for Redialer {
             }
             DialError::QueueFull { .. } => {
                 entry.backoff.record_failure();
-                self.redial_later(id, true, ctx);
+                let _ = self.redial_later(id, true, ctx);
             }
             DialError::Refused(_) | DialError::Rejected(_) | DialError::Transport(_) => {
                 entry.backoff.record_failure();
-                self.redial_later(id, false, ctx);
+                let attempts = entry.backoff.attempts();
+                let retry_in = self.redial_later(id, false, ctx);
+                // An operator's first question about a persistent peer: is it reachable, and
+                // when is the next try? Once a minute per peer, with the count in between.
+                if let (Some(held_back), Some(retry_in)) =
+                    (self.failure_log.allow(&id, clock::now()), retry_in)
+                {
+                    warn!(self.log, "persistent peer unreachable";
+                          "address" => %msg.address, "error" => %msg.error,
+                          "failed_attempts" => attempts,
+                          "next_retry_in" => %humantime_secs(retry_in),
+                          "failures_not_logged" => held_back);
+                }
             }
         }
     }
+}
+
+/// `d` in seconds with one decimal (`2.2s`), for logs.
+fn humantime_secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
 }
 
 /// Stops redialing (node shutdown).

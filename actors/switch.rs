@@ -33,14 +33,14 @@
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use futures::channel::oneshot;
-use slog::{Logger, debug, info};
+use slog::{Logger, debug, info, warn};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::runtime::Handle;
 
@@ -61,6 +61,7 @@ use crate::config::P2pConfig;
 use crate::dial::DialItem;
 use crate::mconn::{ChannelDescriptor, MAX_CHANNELS, MConnConfigError};
 use crate::peers::{Admission, PeerEntry, PeerLimits, PeerSet, RejectReason};
+use crate::throttle::LogThrottle;
 use crate::types::{Direction, NetAddress, NodeInfo, PeerId};
 
 /// Errors the Switch answers synchronously.
@@ -204,6 +205,10 @@ pub struct Switch {
     shutdown: Option<oneshot::Sender<()>>,
     /// The node's log.
     log: Logger,
+    /// Failed dials logged at most once a minute per address.
+    dial_log: LogThrottle<NetAddress>,
+    /// Refused inbound connections logged at most once a minute per remote IP.
+    inbound_log: LogThrottle<IpAddr>,
 }
 
 impl Switch {
@@ -240,6 +245,8 @@ impl Switch {
             metrics: Metrics::new(),
             shutdown: None,
             log,
+            dial_log: LogThrottle::default(),
+            inbound_log: LogThrottle::default(),
         }
     }
 
@@ -374,7 +381,21 @@ impl Switch {
 
     /// Publishes a failed dial, and tells the Redialer if the peer is persistent.
     fn dial_failed(&mut self, address: NetAddress, error: DialError) {
-        debug!(self.log, "dial failed"; "address" => %address, "error" => %error);
+        let persistent = self.persistent.contains(&address.id());
+        // What an operator needs: a dial that did not reach its peer (persistent peers are
+        // logged by the Redialer, with the next retry), once a minute per address. Refusals
+        // of our own (already connected, no slot) and shutdown are normal: debug.
+        let worth_telling = !persistent && matches!(error, DialError::Transport(_));
+        match worth_telling
+            .then(|| self.dial_log.allow(&address, clock::now()))
+            .flatten()
+        {
+            Some(held_back) => {
+                info!(self.log, "dial failed"; "address" => %address, "error" => %error,
+                      "similar_failures_not_logged" => held_back);
+            }
+            None => debug!(self.log, "dial failed"; "address" => %address, "error" => %error),
+        }
         self.metrics.dial_finished(DialOutcome::from(&error));
         if self.persistent.contains(&address.id()) {
             // Control message, at most once per dial of a persistent peer.
@@ -424,8 +445,18 @@ impl Switch {
     }
 
     /// Publishes a refused inbound connection.
-    fn inbound_rejected(&self, remote: SocketAddr, reason: InboundRejection) {
-        debug!(self.log, "inbound connection refused"; "remote" => %remote, "reason" => %reason);
+    fn inbound_rejected(&mut self, remote: SocketAddr, reason: InboundRejection) {
+        // Why a node did not get in (another network or version set, limits, a failed
+        // handshake), once a minute per remote IP: a flood from one host is one line a minute.
+        match self.inbound_log.allow(&remote.ip(), clock::now()) {
+            Some(held_back) => {
+                info!(self.log, "inbound connection refused"; "remote" => %remote,
+                      "reason" => %reason, "similar_refusals_not_logged" => held_back);
+            }
+            None => {
+                debug!(self.log, "inbound connection refused"; "remote" => %remote, "reason" => %reason)
+            }
+        }
         self.events
             .publish(SwitchEvent::InboundRejected { remote, reason });
     }
@@ -950,6 +981,11 @@ impl Handler<PeerStopped> for Switch {
         if let Some(entry) = self.peers.remove(&peer) {
             self.update_peer_gauges();
             self.metrics.peer_disconnected(&reason);
+            if reason.is_peer_fault() {
+                warn!(self.log, "peer stopped for error"; "peer" => %peer, "reason" => %reason);
+            } else {
+                info!(self.log, "peer disconnected"; "peer" => %peer, "reason" => %reason);
+            }
             if self.persistent.contains(&peer) && self.shutdown.is_none() {
                 // Control message, once per persistent connection: the Redialer redials at
                 // the advertised listen address (not an inbound socket's ephemeral port).
@@ -968,7 +1004,6 @@ impl Handler<PeerStopped> for Switch {
                     reason: reason.clone(),
                 });
             }
-            info!(self.log, "peer disconnected"; "peer" => %peer, "reason" => %reason);
             self.events
                 .publish(SwitchEvent::PeerDisconnected { peer, reason });
         }

@@ -57,6 +57,7 @@ pub mod mconn;
 pub mod peers;
 pub mod pex;
 pub mod secret;
+pub mod throttle;
 pub mod types;
 
 #[cfg(test)]

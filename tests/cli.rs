@@ -258,3 +258,32 @@ fn trace_logs_are_compiled_in_and_every_line_carries_a_dated_utc_timestamp() {
     );
     node.stop();
 }
+
+#[test]
+fn an_operator_sees_an_unreachable_persistent_peer_and_a_refused_network_at_the_default_level() {
+    // Nothing listens at the persistent peer's port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ghost = format!("{}@{closed}", tm2_p2p::NodeKey::generate().unwrap().id());
+    let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = RunningNode::start(home_a.path(), "alice", &format!("\"{ghost}\""), &[]);
+    let line = a.wait_log(&["WARN", "persistent peer unreachable", "next_retry_in: "]);
+    assert!(line.contains(&ghost), "{line}");
+    let listening = a.stdout.recv_timeout(TIMEOUT).unwrap();
+    let address = listening.strip_prefix("listening as ").unwrap().to_owned();
+
+    // A node of another network dials Alice: both say why, at info.
+    let b = RunningNode::start(
+        home_b.path(),
+        "bob",
+        &format!("\"{address}\""),
+        &["--network", "elsewhere"],
+    );
+    let refused = a.wait_log(&["INFO", "inbound connection refused", "network"]);
+    assert!(refused.contains("elsewhere"), "{refused}");
+    b.wait_log(&["persistent peer unreachable", "network"]);
+    a.stop();
+    b.stop();
+}
