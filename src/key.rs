@@ -61,6 +61,17 @@ pub const MAX_KEY_FILE_LEN: u64 = 64 * 1024;
 ///
 /// Holds the 32-byte seed (from which ring expands the signing key) and the derived key pair.
 /// `Debug` never prints the seed.
+///
+/// ```
+/// use tm2_p2p::NodeKey;
+/// let dir = std::env::temp_dir().join(format!("tm2p2p-doc-{}", std::process::id()));
+/// let path = dir.join("secrets/node_key.json");
+/// let key = NodeKey::load_or_generate(&path)?; // created (mode 0600) on first use
+/// assert_eq!(NodeKey::load(&path)?.id(), key.id()); // the same identity on restart
+/// assert!(key.id().to_string().starts_with("g1"));
+/// # std::fs::remove_dir_all(dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct NodeKey {
     /// The private seed; kept so the key can be written back in TM2's 64-byte layout.

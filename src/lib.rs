@@ -44,7 +44,76 @@
 //! ## Runtime
 //!
 //! The `runtime` feature (on by default) compiles the actix actors of the `actors/` directory
-//! as `tm2_p2p::actors`.
+//! as `tm2_p2p::actors`; the `cli` feature (also default) adds the `tm2p2p` binary and the
+//! local testnet. A library takes `default-features = false, features = ["runtime"]`.
+//!
+//! ## Example
+//!
+//! Two nodes in one process, each with a reactor on channel `0x40`: one dials the other and
+//! broadcasts, the other's reactor receives.
+//!
+//! ```
+//! # #[cfg(feature = "runtime")] {
+//! use tm2_p2p::actix::prelude::*;
+//! use tm2_p2p::{
+//!     Broadcast, ChannelDescriptor, DialPeers, NodeKey, P2pConfig, PeerAdded, PeerRemoved,
+//!     Receive, RegisterReactor, SwitchBuilder,
+//! };
+//!
+//! /// A reactor: an actor that handles `PeerAdded`, `Receive` and `PeerRemoved`. This one
+//! /// hands the first message it receives to the test (any channel will do; this one is
+//! /// tokio's, which actix runs on).
+//! struct Inbox(Option<tokio::sync::oneshot::Sender<Vec<u8>>>);
+//! impl Actor for Inbox {
+//!     type Context = Context<Self>;
+//! }
+//! impl Handler<PeerAdded> for Inbox {
+//!     type Result = ();
+//!     fn handle(&mut self, _: PeerAdded, _: &mut Context<Self>) {}
+//! }
+//! impl Handler<PeerRemoved> for Inbox {
+//!     type Result = ();
+//!     fn handle(&mut self, _: PeerRemoved, _: &mut Context<Self>) {}
+//! }
+//! impl Handler<Receive> for Inbox {
+//!     type Result = ();
+//!     fn handle(&mut self, msg: Receive, _: &mut Context<Self>) {
+//!         if let Some(tx) = self.0.take() {
+//!             let _ = tx.send(msg.payload.to_vec());
+//!         }
+//!     }
+//! }
+//!
+//! actix::System::new().block_on(async {
+//!     // Loopback, any free port, no peer exchange: the two nodes see only each other.
+//!     let config = || P2pConfig {
+//!         laddr: "127.0.0.1:0".parse().unwrap(),
+//!         pex: false,
+//!         ..P2pConfig::default()
+//!     };
+//!     let (tx, rx) = tokio::sync::oneshot::channel();
+//!     let mut nodes = Vec::new();
+//!     for inbox in [Inbox(None).start(), Inbox(Some(tx)).start()] {
+//!         let node = SwitchBuilder::new(config(), NodeKey::generate().unwrap())
+//!             .network("demo")
+//!             .reactor(RegisterReactor::new("inbox", vec![ChannelDescriptor::new(0x40)], &inbox))
+//!             .spawn()
+//!             .await
+//!             .unwrap();
+//!         nodes.push(node);
+//!     }
+//!     let (a, b) = (&nodes[0], &nodes[1]);
+//!     a.switch().send(DialPeers(vec![b.net_address()])).await.unwrap();
+//!     a.wait_for_peers(1).await.unwrap();
+//!     let payload = tm2_p2p::bytes::Bytes::from_static(b"hello");
+//!     a.switch().send(Broadcast { channel: 0x40, payload }).await.unwrap();
+//!     assert_eq!(rx.await.unwrap(), b"hello");
+//!     for node in &nodes {
+//!         node.shutdown().await;
+//!     }
+//! });
+//! # }
+//! ```
 
 pub mod codec;
 pub mod config;

@@ -35,6 +35,15 @@ pub const MAX_DNS_LABEL_LEN: usize = 63;
 ///
 /// Serialized as its string form ([`Display`](fmt::Display)) in every format, the wire codec
 /// included; deserializing parses, so a malformed address is a decode error.
+///
+/// ```
+/// use tm2_p2p::NetAddress;
+/// let addr: NetAddress = "g1pyysjzgfpyysjzgfpyysjzgfpyysjzgfw8gv0a@127.0.0.1:26656".parse()?;
+/// assert_eq!(addr.port(), 26656);
+/// assert!(addr.validate().is_ok() && !addr.is_routable()); // dialable, not shared by default
+/// assert!("127.0.0.1:26656".parse::<NetAddress>().is_err()); // the id is mandatory
+/// # Ok::<(), tm2_p2p::NetAddressError>(())
+/// ```
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NetAddress {
     /// The id the remote must prove with its key during the handshake.
