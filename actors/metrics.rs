@@ -627,6 +627,7 @@ impl From<&DialError> for DialOutcome {
                 TransportError::Unresolved(_) => Self::Unresolved,
                 TransportError::Secret(_)
                 | TransportError::NodeInfo(_)
+                | TransportError::BadFrame(_)
                 | TransportError::Rejected(_) => Self::HandshakeFailed,
             },
         }
@@ -647,6 +648,9 @@ pub enum HandshakeFailure {
     BadSignature,
     /// The peer's NodeInfo was undecodable or invalid.
     BadNodeInfo,
+    /// A stream frame after the secret handshake did not open (forged, replayed, oversize
+    /// length) while the peer's NodeInfo was read.
+    BadFrame,
     /// The authenticated key is not the id claimed or dialed.
     IdMismatch,
     /// The peer is this node.
@@ -659,12 +663,13 @@ pub enum HandshakeFailure {
 
 impl HandshakeFailure {
     /// Every reason.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::IoError,
         Self::Timeout,
         Self::BadHandshake,
         Self::BadSignature,
         Self::BadNodeInfo,
+        Self::BadFrame,
         Self::IdMismatch,
         Self::SelfConnection,
         Self::Incompatible,
@@ -679,6 +684,7 @@ impl HandshakeFailure {
             Self::BadHandshake => "bad_handshake",
             Self::BadSignature => "bad_signature",
             Self::BadNodeInfo => "bad_node_info",
+            Self::BadFrame => "bad_frame",
             Self::IdMismatch => "id_mismatch",
             Self::SelfConnection => "self_connection",
             Self::Incompatible => "incompatible",
@@ -694,6 +700,7 @@ impl From<&TransportError> for HandshakeFailure {
             TransportError::Io(_) => Self::IoError,
             TransportError::Timeout { .. } => Self::Timeout,
             TransportError::NodeInfo(_) => Self::BadNodeInfo,
+            TransportError::BadFrame(_) => Self::BadFrame,
             TransportError::Secret(s) => match s {
                 SecretStreamError::Io(_) => Self::IoError,
                 SecretStreamError::Timeout(_) => Self::Timeout,

@@ -52,6 +52,7 @@ use crate::actors::secret_stream::{SecretStream, SecretStreamError};
 use crate::codec::amino;
 use crate::key::NodeKey;
 use crate::peers::{HandshakeSlots, SlotRefused};
+use crate::secret::FrameError;
 use crate::types::verify_remote;
 use crate::types::{Direction, NetAddress, NodeInfo, NodeInfoError, PeerCheckError, PeerId};
 
@@ -363,6 +364,11 @@ pub enum TransportError {
     /// The peer's NodeInfo could not be decoded (too large, malformed).
     #[error("node info: {0}")]
     NodeInfo(#[source] NodeInfoError),
+    /// A stream frame from the peer did not open while its NodeInfo was read (forged,
+    /// replayed or reordered, or a length field over 1024): the peer's bytes, not the socket,
+    /// are at fault.
+    #[error("bad frame from the peer: {0}")]
+    BadFrame(#[source] FrameError),
     /// The connection works but the peer is refused (invalid or incompatible NodeInfo, an id
     /// mismatch, ourselves).
     #[error("rejected: {0}")]
@@ -388,6 +394,7 @@ impl TransportError {
         match self {
             Self::Secret(e) => e.is_peer_fault(),
             Self::NodeInfo(e) => e.is_peer_fault(),
+            Self::BadFrame(e) => e.is_peer_fault(),
             Self::Rejected(e) => e.is_peer_fault(),
             Self::Io(_) | Self::Timeout { .. } | Self::Unresolved(_) => false,
         }
@@ -477,7 +484,10 @@ async fn read_node_info(stream: &mut SecretStream) -> Result<NodeInfo, Transport
     let mut head = [0u8; amino::MAX_UVARINT_LEN];
     let mut have = 0;
     let body_len = loop {
-        reader.read_exact(&mut head[have..=have]).await?;
+        reader
+            .read_exact(&mut head[have..=have])
+            .await
+            .map_err(read_error)?;
         have += 1;
         if let Some((_, body_len)) =
             NodeInfo::frame_header(&head[..have]).map_err(TransportError::NodeInfo)?
@@ -487,6 +497,18 @@ async fn read_node_info(stream: &mut SecretStream) -> Result<NodeInfo, Transport
     };
     // body_len < MAX_NODE_INFO_SIZE, checked by frame_header before this allocation.
     let mut body = vec![0u8; body_len];
-    reader.read_exact(&mut body).await?;
+    reader.read_exact(&mut body).await.map_err(read_error)?;
     NodeInfo::decode(&body).map_err(TransportError::NodeInfo)
+}
+
+/// A read error of the secret stream: a frame that did not open (the [`FrameError`] the
+/// reader carries inside its `io::Error`) is the peer's fault, anything else is the socket's.
+fn read_error(e: io::Error) -> TransportError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<FrameError>())
+    {
+        Some(frame) => TransportError::BadFrame(*frame),
+        None => TransportError::Io(e),
+    }
 }

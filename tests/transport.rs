@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use tm2_p2p::actors::secret_stream::SecretStream;
+use tm2_p2p::actors::secret_stream::{SecretStream, handshake};
 use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, dial, upgrade};
 use tm2_p2p::codec::amino;
-use tm2_p2p::secret::FRAME_LEN;
+use tm2_p2p::secret::{FRAME_LEN, FrameError};
 use tm2_p2p::types::{Direction, NodeInfoError, PeerCheckError};
 use tm2_p2p::{NetAddress, NodeInfo, NodeKey, PeerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,6 +203,48 @@ async fn garbage_instead_of_node_info_is_a_decode_error() {
     bytes.extend_from_slice(&[0xff; 16]);
     let err = raw_peer_sending(bytes).await;
     assert!(matches!(err, TransportError::NodeInfo(_)), "{err:?}");
+}
+
+/// A peer that completes the secret handshake, then sends its first stream frame (the start
+/// of a NodeInfo) twice: the replay does not open (its nonce was used).
+async fn replaying_peer(tcp: &mut TcpStream) {
+    let key = NodeKey::generate().unwrap();
+    let (mut established, _) = handshake(tcp, &key).await.unwrap();
+    let mut start = Vec::new();
+    amino::put_uvarint(&mut start, 200);
+    start.extend_from_slice(&[0x0a; 10]);
+    let mut frame = [0u8; FRAME_LEN];
+    established.sealer.seal(&start, &mut frame).unwrap();
+    tcp.write_all(&frame).await.unwrap();
+    tcp.write_all(&frame).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replayed_frame_in_the_node_info_stage_is_a_bad_frame_and_the_peers_fault() {
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let accepted = server.accept_one();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    replaying_peer(&mut tcp).await;
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, TransportError::BadFrame(FrameError::Decrypt)),
+        "{err:?}"
+    );
+    assert!(err.is_peer_fault());
+    // A forged frame (random bytes) is the same fault.
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let accepted = server.accept_one();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let _ = handshake(&mut tcp, &key).await.unwrap();
+    tcp.write_all(&[0x5a; FRAME_LEN]).await.unwrap();
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, TransportError::BadFrame(FrameError::Decrypt)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -420,6 +462,7 @@ mod actor {
     use std::net::{IpAddr, SocketAddr};
 
     use actix::prelude::*;
+    use tm2_p2p::actors::metrics::{HandshakeFailure, Metrics};
     use tm2_p2p::actors::transport::{
         Dial, InboundConnection, InboundRejectReason, InboundRejected, Stop, Transport,
         TransportConfig,
@@ -464,6 +507,10 @@ mod actor {
     }
 
     async fn start(config: TransportConfig) -> Running {
+        start_with(config, Metrics::new()).await
+    }
+
+    async fn start_with(config: TransportConfig, metrics: Metrics) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let key = NodeKey::generate().unwrap();
         let info = node_info(key.id(), listener.local_addr().unwrap().port(), "net");
@@ -485,6 +532,7 @@ mod actor {
             collector.recipient(),
             log,
         )
+        .with_metrics(metrics)
         .start();
         Running {
             addr,
@@ -592,6 +640,35 @@ mod actor {
         }
         assert_eq!(no_slot, FLOOD - 8, "only 8 handshakes per IP at once");
         assert_eq!(timed_out, 8);
+    }
+
+    #[actix::test]
+    async fn a_replayed_frame_is_counted_as_a_bad_frame_not_an_io_error() {
+        let metrics = Metrics::new();
+        let mut a = start_with(config(TIMEOUT), metrics.clone()).await;
+        let mut tcp = TcpStream::connect(a.net.socket_addr().unwrap())
+            .await
+            .unwrap();
+        replaying_peer(&mut tcp).await;
+        let r = tokio::time::timeout(TIMEOUT, a.rejected.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match r.reason {
+            InboundRejectReason::Upgrade(e) => assert!(
+                matches!(*e, TransportError::BadFrame(FrameError::Decrypt)),
+                "{e:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let count = |reason| metrics.handshake_failures(Direction::Inbound, reason);
+        assert_eq!(count(HandshakeFailure::BadFrame), 1);
+        assert_eq!(count(HandshakeFailure::IoError), 0);
+        assert!(
+            metrics
+                .encode()
+                .contains("handshake_failures_total{direction=\"inbound\",reason=\"bad_frame\"} 1")
+        );
     }
 
     #[actix::test]
