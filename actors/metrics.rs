@@ -352,6 +352,7 @@ impl Metrics {
     pub(crate) fn inbound_rejected_by_transport(&self, reason: &InboundRejectReason) {
         let label = match reason {
             InboundRejectReason::NoHandshakeSlot(_) => "no_handshake_slot",
+            InboundRejectReason::Evicted => "handshake_evicted",
             InboundRejectReason::Upgrade(_) => "handshake_failed",
         };
         self.inbound_rejected(label);
@@ -733,8 +734,9 @@ impl From<&TransportError> for HandshakeFailure {
 }
 
 /// Label values of `tm2p2p_inbound_rejected_total`.
-const INBOUND_REJECT_REASONS: [&str; 6] = [
+const INBOUND_REJECT_REASONS: [&str; 7] = [
     "no_handshake_slot",
+    "handshake_evicted",
     "handshake_failed",
     "self_connection",
     "duplicate",

@@ -19,8 +19,11 @@
 //! it becomes a peer.
 //!
 //! The [`Transport`] actor owns the listener. Every accepted socket first takes a handshake
-//! slot ([`HandshakeSlots`]: bounded in total and per remote IP); without one it is closed at
-//! once (TM2 starts an unbounded number of handshakes). Upgraded connections go to the
+//! slot ([`HandshakeSlots`]: bounded in total, per remote IP and per subnet); without one it is
+//! closed at once (TM2 starts an unbounded number of handshakes). When every slot is taken, a
+//! newcomer takes the slot of the oldest unauthenticated connection of the subnet holding the
+//! most, whose upgrade is cancelled (reported as [`InboundRejectReason::Evicted`]): silent
+//! sockets from a few hosts cannot lock honest newcomers out. Upgraded connections go to the
 //! `inbound` recipient (the Switch) with backpressure: the slot is held until the Switch took
 //! the connection. Failures go to the `rejected` recipient as [`InboundRejected`]. An accept
 //! error never stops accepting (TM2's loop ends for good on the first one); repeated errors
@@ -37,6 +40,7 @@
 //! | [`InboundConnection`] (sent) | to the Switch | `()` |
 //! | [`InboundRejected`] (sent) | to the Switch | `()` |
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,7 +55,7 @@ use crate::actors::metrics::Metrics;
 use crate::actors::secret_stream::{SecretStream, SecretStreamError};
 use crate::codec::amino;
 use crate::key::NodeKey;
-use crate::peers::{HandshakeSlots, SlotRefused};
+use crate::peers::{HandshakeSlots, SlotRefused, SlotTicket};
 use crate::secret::FrameError;
 use crate::types::verify_remote;
 use crate::types::{Direction, NetAddress, NodeInfo, NodeInfoError, PeerCheckError, PeerId};
@@ -67,6 +71,15 @@ pub struct TransportConfig {
     pub max_handshakes_in_progress: usize,
     /// Inbound handshakes in progress from one IP at most. Default 8.
     pub max_handshakes_per_ip: usize,
+    /// Inbound handshakes in progress from one subnet (/24, /64) at most. Default 16.
+    pub max_handshakes_per_subnet: usize,
+}
+
+impl Default for TransportConfig {
+    /// The defaults of [`crate::P2pConfig`].
+    fn default() -> Self {
+        Self::from(&crate::P2pConfig::default())
+    }
 }
 
 impl From<&crate::P2pConfig> for TransportConfig {
@@ -76,6 +89,7 @@ impl From<&crate::P2pConfig> for TransportConfig {
             dial_timeout: c.dial_timeout,
             max_handshakes_in_progress: c.max_handshakes_in_progress,
             max_handshakes_per_ip: c.max_handshakes_per_ip,
+            max_handshakes_per_subnet: c.max_handshakes_per_subnet,
         }
     }
 }
@@ -92,6 +106,9 @@ pub struct Transport {
     listener: Option<TcpListener>,
     /// Inbound handshakes in progress.
     slots: HandshakeSlots,
+    /// The upgrade task of each unauthenticated inbound connection, by slot, so that an
+    /// evicted one can be cancelled (which closes its socket). Removed when the upgrade ends.
+    upgrades: HashMap<SlotTicket, (SpawnHandle, SocketAddr)>,
     /// Where verified inbound connections go (the Switch).
     inbound: Recipient<InboundConnection>,
     /// Where refused inbound connections are reported (the Switch, which publishes them).
@@ -119,6 +136,7 @@ impl Transport {
         let slots = HandshakeSlots::new(
             config.max_handshakes_in_progress,
             config.max_handshakes_per_ip,
+            config.max_handshakes_per_subnet,
         );
         Self {
             key,
@@ -126,6 +144,7 @@ impl Transport {
             config,
             listener: Some(listener),
             slots,
+            upgrades: HashMap::new(),
             inbound,
             rejected,
             dropped_reports: 0,
@@ -206,28 +225,57 @@ impl Handler<Accepted> for Transport {
 
     fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
         let Accepted { tcp, remote } = msg;
-        if let Err(refused) = self.slots.try_acquire(remote.ip()) {
-            drop(tcp); // Closed at once: no handshake, no buffers.
-            self.report(remote, InboundRejectReason::NoHandshakeSlot(refused));
-            return;
+        let acquired = match self.slots.try_acquire(remote.ip()) {
+            Ok(acquired) => acquired,
+            Err(refused) => {
+                drop(tcp); // Closed at once: no handshake, no buffers.
+                self.report(remote, InboundRejectReason::NoHandshakeSlot(refused));
+                return;
+            }
+        };
+        let ticket = acquired.ticket;
+        if let Some(evicted) = acquired.evicted {
+            // Its slot is already the newcomer's; cancelling the task drops (closes) its socket.
+            if let Some((task, evicted_remote)) = self.upgrades.remove(&evicted) {
+                ctx.cancel_future(task);
+                self.report(evicted_remote, InboundRejectReason::Evicted);
+            }
         }
         let (key, info) = (self.key.clone(), self.info.clone());
-        let (timeout, inbound) = (self.config.handshake_timeout, self.inbound.clone());
+        let timeout = self.config.handshake_timeout;
         let metrics = self.metrics.clone();
         let work = async move {
-            let up = upgrade(tcp, &key, &info, None, timeout)
+            upgrade(tcp, &key, &info, None, timeout)
                 .await
-                .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))?;
-            // Held in the slot until the Switch takes it: backpressure, not a queue.
-            inbound
-                .send(InboundConnection(up))
-                .await
-                .map_err(|_| TransportError::Io(io::Error::other("switch is gone")))
+                .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))
         };
-        ctx.spawn(work.into_actor(self).map(move |result, act, _| {
-            act.slots.release(remote.ip());
-            if let Err(e) = result {
-                act.report(remote, InboundRejectReason::Upgrade(Arc::new(e)));
+        let task = ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+            act.upgrades.remove(&ticket);
+            match result {
+                Ok(up) => act.hand_over(ticket, up, ctx),
+                Err(e) => {
+                    act.slots.release(ticket);
+                    act.report(remote, InboundRejectReason::Upgrade(Arc::new(e)));
+                }
+            }
+        }));
+        self.upgrades.insert(ticket, (task, remote));
+    }
+}
+
+impl Transport {
+    /// Hands a verified inbound connection to the Switch. It keeps its slot, no longer
+    /// evictable, until the Switch took it: backpressure, not a queue.
+    fn hand_over(&mut self, ticket: SlotTicket, up: Upgraded, ctx: &mut Context<Self>) {
+        self.slots.authenticated(ticket);
+        let remote = up.remote_addr;
+        let inbound = self.inbound.clone();
+        let send = async move { inbound.send(InboundConnection(up)).await };
+        ctx.spawn(send.into_actor(self).map(move |sent, act, _| {
+            act.slots.release(ticket);
+            if sent.is_err() {
+                let gone = TransportError::Io(io::Error::other("switch is gone"));
+                act.report(remote, InboundRejectReason::Upgrade(Arc::new(gone)));
             }
         }));
     }
@@ -313,9 +361,15 @@ pub struct InboundRejected {
 /// Why an inbound connection was refused by the transport.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InboundRejectReason {
-    /// Too many handshakes in progress (in total or from this IP); closed without one.
+    /// Too many handshakes in progress (in total, from this IP or from its subnet); closed
+    /// without one.
     #[error("no handshake slot: {0}")]
     NoHandshakeSlot(SlotRefused),
+    /// Every handshake slot was taken and this connection, not yet authenticated, was the
+    /// oldest of the subnet holding the most: its slot went to a newer connection and it was
+    /// closed (see [`HandshakeSlots`]).
+    #[error("handshake slot given to a newer connection")]
+    Evicted,
     /// The upgrade failed (handshake, NodeInfo, checks, timeout).
     #[error("upgrade failed: {0}")]
     Upgrade(Arc<TransportError>),

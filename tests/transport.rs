@@ -548,7 +548,112 @@ mod actor {
             dial_timeout: TIMEOUT,
             max_handshakes_in_progress: 64,
             max_handshakes_per_ip: 8,
+            ..TransportConfig::default()
         }
+    }
+
+    /// Runs a flood of silent sockets against a transport with the default slots (64 in total,
+    /// 8 per IP, 16 per subnet) and the default 3 s handshake timeout: 8 sockets from each of
+    /// `flood_ips`, each reconnecting (after 20 ms) whenever the node closes it, so the flood
+    /// keeps every slot it can. `HONEST` honest peers, one after another, each from a fresh
+    /// IP of 127.0.200.0/24, run a full upgrade, each once the flood holds `expect_held` slots
+    /// (the node sent those sockets its ephemeral key). Returns how many succeeded and the node's
+    /// rejections of flood sockets by kind (no slot, evicted, other).
+    async fn honest_handshakes_during_a_flood(
+        flood_ips: &[[u8; 4]],
+        expect_held: usize,
+    ) -> (usize, [usize; 3]) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        const HONEST: usize = 20;
+        let mut a = start(config(Duration::from_secs(3))).await;
+        let target = a.net.socket_addr().unwrap();
+        let held = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut flood = Vec::new();
+        for &ip in flood_ips {
+            for _ in 0..8 {
+                let (held, stop) = (held.clone(), stop.clone());
+                flood.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Acquire) {
+                        let tcp = connect_from(ip, target).await;
+                        let mut first = [0u8; 1];
+                        // Holding a slot: the node started its handshake (sent its key).
+                        if matches!(tcp.peek(&mut first).await, Ok(n) if n > 0) {
+                            held.fetch_add(1, Ordering::AcqRel);
+                            closed_within(tcp, TIMEOUT).await;
+                            held.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }));
+            }
+        }
+        let mut succeeded = 0;
+        for i in 0..HONEST {
+            // Every attempt starts while the flood holds all it can.
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            while held.load(Ordering::Acquire) < expect_held {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the flood never held {expect_held} slots"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let tcp = connect_from([127, 0, 200, 1 + i as u8], target).await;
+            let (key, info) = dialer("net");
+            let up = upgrade(tcp, &key, &info, Some(a.net.id()), TIMEOUT).await;
+            if up.is_ok() {
+                let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv()).await;
+                assert_eq!(inbound.unwrap().unwrap().id(), key.id());
+                succeeded += 1;
+            }
+        }
+        stop.store(true, Ordering::Release);
+        a.addr.send(Stop).await.unwrap();
+        for task in flood {
+            task.await.unwrap();
+        }
+        let mut kinds = [0; 3];
+        while let Ok(r) = a.rejected.try_recv() {
+            if r.remote.ip().to_string().starts_with("127.0.200.") {
+                continue;
+            }
+            kinds[match r.reason {
+                InboundRejectReason::NoHandshakeSlot(_) => 0,
+                InboundRejectReason::Evicted => 1,
+                InboundRejectReason::Upgrade(_) => 2,
+            }] += 1;
+        }
+        println!(
+            "flood from {} IPs: {succeeded} of {HONEST} honest handshakes succeeded; flood \
+             sockets refused {}, evicted {}, failed otherwise {}",
+            flood_ips.len(),
+            kinds[0],
+            kinds[1],
+            kinds[2]
+        );
+        (succeeded, kinds)
+    }
+
+    #[actix::test]
+    async fn honest_newcomers_get_in_while_silent_sockets_from_8_subnets_hold_every_slot() {
+        // 8 IPs in 8 different /24s x 8 sockets: exactly the 64 slots, within every per-IP and
+        // per-subnet bound. Each honest newcomer evicts the oldest flood socket.
+        let ips: Vec<[u8; 4]> = (1..=8).map(|net| [127, 0, net, 2]).collect();
+        let (succeeded, [_, evicted, _]) = honest_handshakes_during_a_flood(&ips, 64).await;
+        assert_eq!(succeeded, 20);
+        assert!(evicted >= 20, "every newcomer took a flood socket's slot");
+    }
+
+    #[actix::test]
+    async fn silent_sockets_from_one_subnet_hold_at_most_its_share_of_the_slots() {
+        // 8 IPs of one /24 x 8 sockets (the shape that locked out 38 of 40 newcomers before):
+        // the subnet holds at most 16 slots, the rest are refused at once.
+        let ips: Vec<[u8; 4]> = (2..=9).map(|n| [127, 0, 0, n]).collect();
+        let (succeeded, [refused, _, _]) = honest_handshakes_during_a_flood(&ips, 16).await;
+        assert_eq!(succeeded, 20);
+        assert!(refused > 0);
     }
 
     async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
@@ -629,6 +734,7 @@ mod actor {
             assert_eq!(r.remote.ip(), IpAddr::from([127, 0, 0, 2]));
             match r.reason {
                 InboundRejectReason::NoHandshakeSlot(_) => no_slot += 1,
+                InboundRejectReason::Evicted => panic!("nothing to evict for"),
                 InboundRejectReason::Upgrade(e) => {
                     assert!(
                         matches!(*e, TransportError::Timeout { .. } | TransportError::Io(_)),
