@@ -51,9 +51,11 @@ use slog::{Logger, debug, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::actors::clock;
 use crate::actors::metrics::Metrics;
 use crate::actors::secret_stream::{SecretStream, SecretStreamError};
 use crate::codec::amino;
+use crate::dial::ConnectAttempts;
 use crate::key::NodeKey;
 use crate::peers::{HandshakeSlots, SlotRefused, SlotTicket};
 use crate::secret::FrameError;
@@ -283,10 +285,15 @@ impl Transport {
 
 /// Dials `addr` and upgrades the connection (TCP connect under the dial timeout, each upgrade
 /// stage under the handshake timeout). Dials run concurrently.
+///
+/// A host name is resolved here, within the dial timeout, and every address it resolves to is
+/// tried in turn ([`ConnectAttempts`]: each gets an equal share of the time left) until one
+/// connects: `localhost` resolving to `::1` first still reaches a node listening on
+/// `127.0.0.1` only. Once TCP connects, the upgrade's outcome is the dial's.
 #[derive(Message)]
 #[rtype(result = "Result<Upgraded, TransportError>")]
 pub struct Dial {
-    /// Where to dial; must hold an IP (resolve names first).
+    /// Where to dial: an IP address, or a host name resolved at dial time.
     pub addr: NetAddress,
 }
 
@@ -297,8 +304,9 @@ impl Handler<Dial> for Transport {
         let (key, info, config) = (self.key.clone(), self.info.clone(), self.config.clone());
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            // As `dial`, with upgrade failures counted (a failed connect is no handshake).
-            let tcp = connect(&msg.addr, config.dial_timeout).await?;
+            // As `dial`, with a host name resolved and each of its addresses tried, and upgrade
+            // failures counted (a failed connect is no handshake).
+            let tcp = connect_resolving(&msg.addr, config.dial_timeout).await?;
             upgrade(
                 tcp,
                 &key,
@@ -435,8 +443,8 @@ pub enum TransportError {
         /// The timeout that expired.
         after: Duration,
     },
-    /// The address to dial has a DNS host, which must be resolved first (resolution is an
-    /// explicit step, never hidden in a decoder).
+    /// The address given to [`dial`] has a DNS host, which must be resolved first (resolution
+    /// is an explicit step, never hidden in a decoder; the [`Dial`] message resolves names).
     #[error("address {0} is not resolved to an IP")]
     Unresolved(NetAddress),
 }
@@ -504,8 +512,8 @@ pub async fn upgrade(
     })
 }
 
-/// Dials `addr` (which must hold an IP; resolve names first) and upgrades the connection,
-/// requiring the peer to be `addr.id()`. `connect_timeout` bounds the TCP connect and
+/// Dials `addr` (which must hold an IP; resolve names first, or send the Transport a [`Dial`],
+/// which resolves them) and upgrades the connection, requiring the peer to be `addr.id()`. `connect_timeout` bounds the TCP connect and
 /// `handshake_timeout` each upgrade stage.
 pub async fn dial(
     addr: &NetAddress,
@@ -518,17 +526,71 @@ pub async fn dial(
     upgrade(tcp, key, ours, Some(addr.id()), handshake_timeout).await
 }
 
-/// Opens the TCP connection of a dial, within `timeout`.
+/// Opens the TCP connection of a dial to an IP address, within `timeout`; a host name is
+/// refused with [`TransportError::Unresolved`] (see [`connect_resolving`]).
 async fn connect(addr: &NetAddress, timeout: Duration) -> Result<TcpStream, TransportError> {
     let socket = addr
         .socket_addr()
         .ok_or_else(|| TransportError::Unresolved(addr.clone()))?;
-    Ok(tokio::time::timeout(timeout, TcpStream::connect(socket))
-        .await
-        .map_err(|_| TransportError::Timeout {
-            stage: Stage::Connect,
-            after: timeout,
-        })??)
+    connect_any(&[socket], timeout).await
+}
+
+/// Opens the TCP connection of a dial within `timeout`: an IP address directly; a host name is
+/// resolved (within the same timeout) and its addresses tried in turn by [`connect_any`].
+async fn connect_resolving(
+    addr: &NetAddress,
+    timeout: Duration,
+) -> Result<TcpStream, TransportError> {
+    if let Some(socket) = addr.socket_addr() {
+        return connect_any(&[socket], timeout).await;
+    }
+    let start = clock::now();
+    let timed_out = || TransportError::Timeout {
+        stage: Stage::Connect,
+        after: timeout,
+    };
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host(addr.dial_string()))
+            .await
+            .map_err(|_| timed_out())??
+            .collect();
+    let left = timeout.saturating_sub(clock::now().saturating_duration_since(start));
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    connect_any(&addrs, left).await
+}
+
+/// Connects to the first of `addrs` that accepts, trying them in turn ([`ConnectAttempts`]:
+/// duplicates skipped, each attempt an equal share of the time left over the addresses left),
+/// all within `timeout`. Fails with the last attempt's error (a timeout is
+/// [`TransportError::Timeout`] in [`Stage::Connect`]), or an `io::Error` of kind `NotFound`
+/// when `addrs` is empty.
+pub async fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, TransportError> {
+    let mut attempts = ConnectAttempts::new(addrs.iter().copied(), clock::now() + timeout);
+    let mut last = None;
+    while let Some(attempt) = attempts.next_attempt(clock::now()) {
+        let share = attempt.deadline.saturating_duration_since(clock::now());
+        match tokio::time::timeout(share, TcpStream::connect(attempt.addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = Some(TransportError::Io(e)),
+            Err(_) => {
+                last = Some(TransportError::Timeout {
+                    stage: Stage::Connect,
+                    after: timeout,
+                });
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        TransportError::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            "name has no address",
+        ))
+    }))
 }
 
 /// Reads the peer's framed NodeInfo (ours went out with the handshake). Reads exactly the

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use tm2_p2p::actors::secret_stream::{SecretStream, handshake};
-use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, dial, upgrade};
+use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, connect_any, dial, upgrade};
 use tm2_p2p::codec::amino;
 use tm2_p2p::secret::{FRAME_LEN, FrameError};
 use tm2_p2p::types::{Direction, NodeInfoError, PeerCheckError};
@@ -458,6 +458,26 @@ async fn a_dns_address_must_be_resolved_before_dialing() {
     assert!(matches!(err, TransportError::Unresolved(_)), "{err:?}");
 }
 
+#[tokio::test]
+async fn connect_any_tries_each_address_until_one_accepts() {
+    // A listener on 127.0.0.1 only: ::1 at its port refuses (as when `localhost` resolves to
+    // ::1 first), 127.0.0.1 accepts.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let v4 = listener.local_addr().unwrap();
+    let v6 = std::net::SocketAddr::new("::1".parse().unwrap(), v4.port());
+    let tcp = connect_any(&[v6, v4], TIMEOUT).await.unwrap();
+    assert_eq!(tcp.peer_addr().unwrap(), v4);
+    // Every address refusing: the last error; none at all: NotFound.
+    drop(listener);
+    let err = connect_any(&[v6, v4], TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, TransportError::Io(_)), "{err:?}");
+    let err = connect_any(&[], TIMEOUT).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+}
+
 mod actor {
     use std::net::{IpAddr, SocketAddr};
 
@@ -775,6 +795,23 @@ mod actor {
                 .encode()
                 .contains("handshake_failures_total{direction=\"inbound\",reason=\"bad_frame\"} 1")
         );
+    }
+
+    #[actix::test]
+    async fn a_dial_message_resolves_a_host_name() {
+        // Whatever `localhost` resolves to here (::1 and 127.0.0.1 in either order, or only
+        // one), the node listening on 127.0.0.1 is reached.
+        let mut a = start(config(TIMEOUT)).await;
+        let b = start(config(TIMEOUT)).await;
+        let port = a.net.socket_addr().unwrap().port();
+        let by_name: NetAddress = format!("{}@localhost:{port}", a.net.id()).parse().unwrap();
+        let up = b.addr.send(Dial { addr: by_name }).await.unwrap().unwrap();
+        assert_eq!(up.id(), a.net.id());
+        let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(inbound.id(), b.net.id());
     }
 
     #[actix::test]
