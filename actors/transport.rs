@@ -67,6 +67,9 @@ use crate::types::{Direction, NetAddress, NodeInfo, NodeInfoError, PeerCheckErro
 pub struct TransportConfig {
     /// Timeout of each upgrade stage (secret handshake, NodeInfo exchange). Default 3 s.
     pub handshake_timeout: Duration,
+    /// Time an accepted connection has to send its first handshake message (the ephemeral
+    /// key), capped by `handshake_timeout`. Default 1 s.
+    pub handshake_first_message_timeout: Duration,
     /// Timeout of a dial's TCP connect. Default 3 s.
     pub dial_timeout: Duration,
     /// Inbound handshakes in progress at most. Default 64.
@@ -88,6 +91,7 @@ impl From<&crate::P2pConfig> for TransportConfig {
     fn from(c: &crate::P2pConfig) -> Self {
         Self {
             handshake_timeout: c.handshake_timeout,
+            handshake_first_message_timeout: c.handshake_first_message_timeout,
             dial_timeout: c.dial_timeout,
             max_handshakes_in_progress: c.max_handshakes_in_progress,
             max_handshakes_per_ip: c.max_handshakes_per_ip,
@@ -245,9 +249,10 @@ impl Handler<Accepted> for Transport {
         }
         let (key, info) = (self.key.clone(), self.info.clone());
         let timeout = self.config.handshake_timeout;
+        let first_message = self.config.handshake_first_message_timeout;
         let metrics = self.metrics.clone();
         let work = async move {
-            upgrade(tcp, &key, &info, None, timeout)
+            upgrade_within(tcp, &key, &info, None, timeout, first_message)
                 .await
                 .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))
         };
@@ -489,9 +494,29 @@ pub async fn upgrade(
     dialed: Option<PeerId>,
     timeout: Duration,
 ) -> Result<Upgraded, TransportError> {
+    upgrade_within(tcp, key, ours, dialed, timeout, timeout).await
+}
+
+/// [`upgrade`], with the peer's first handshake message (its ephemeral key) due within
+/// `first_message_timeout` (capped by `timeout`).
+async fn upgrade_within(
+    tcp: TcpStream,
+    key: &NodeKey,
+    ours: &NodeInfo,
+    dialed: Option<PeerId>,
+    timeout: Duration,
+    first_message_timeout: Duration,
+) -> Result<Upgraded, TransportError> {
     let remote_addr = tcp.peer_addr()?;
     let ours_framed = ours.encode_framed();
-    let mut stream = SecretStream::upgrade_with_early_data(tcp, key, timeout, &ours_framed).await?;
+    let mut stream = SecretStream::upgrade_with_first_message_timeout(
+        tcp,
+        key,
+        timeout,
+        first_message_timeout,
+        &ours_framed,
+    )
+    .await?;
     let node_info = tokio::time::timeout(timeout, read_node_info(&mut stream))
         .await
         .map_err(|_| TransportError::Timeout {

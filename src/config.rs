@@ -213,6 +213,13 @@ pub struct P2pConfig {
     /// as TM2 (hard-coded, per step).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// The time an accepted connection has to send its first handshake message (its 35-byte
+    /// ephemeral key), capped by `handshake_timeout`. An honest peer sends it as soon as the
+    /// connection opens, so a silent or trickling socket gives its handshake slot back after
+    /// this rather than the whole `handshake_timeout`. Dials are not affected. Must be
+    /// positive. Default: 1 s (TM2 has only the 3 s step timeout).
+    #[serde(with = "humantime_serde")]
+    pub handshake_first_message_timeout: Duration,
     /// The time allowed for one outbound dial, covering the TCP connect and the whole upgrade.
     /// Must be positive. Default: 3 s, as TM2's `defaultDialTimeout` (which bounds only the TCP
     /// connect there).
@@ -306,6 +313,7 @@ impl Default for P2pConfig {
             pong_timeout: Duration::from_secs(45),
             send_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(3),
+            handshake_first_message_timeout: Duration::from_secs(1),
             dial_timeout: Duration::from_secs(3),
             max_concurrent_dials: 16,
             max_handshakes_in_progress: 64,
@@ -541,6 +549,10 @@ impl P2pConfig {
             ("pong_timeout", self.pong_timeout),
             ("send_timeout", self.send_timeout),
             ("handshake_timeout", self.handshake_timeout),
+            (
+                "handshake_first_message_timeout",
+                self.handshake_first_message_timeout,
+            ),
             ("dial_timeout", self.dial_timeout),
             ("redial_backoff_base", self.redial_backoff_base),
             ("redial_backoff_max", self.redial_backoff_max),
@@ -684,6 +696,10 @@ const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "handshake_timeout",
         "Time allowed for each handshake stage (secret connection, NodeInfo). Default 3s.",
+    ),
+    (
+        "handshake_first_message_timeout",
+        "Time an accepted connection has to send its first handshake message. Default 1s.",
     ),
     (
         "dial_timeout",
@@ -1134,6 +1150,9 @@ mod tests {
             ("send_timeout", |c| c.send_timeout = Duration::ZERO),
             ("handshake_timeout", |c| {
                 c.handshake_timeout = Duration::ZERO
+            }),
+            ("handshake_first_message_timeout", |c| {
+                c.handshake_first_message_timeout = Duration::ZERO;
             }),
             ("dial_timeout", |c| c.dial_timeout = Duration::ZERO),
             ("redial_backoff_base", |c| {

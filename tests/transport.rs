@@ -798,6 +798,57 @@ mod actor {
     }
 
     #[actix::test]
+    async fn silent_and_trickling_sockets_lose_their_slot_at_the_first_message_deadline() {
+        // The handshake timeout is 10 s; the ephemeral key is due within 300 ms.
+        let mut a = start(TransportConfig {
+            handshake_first_message_timeout: Duration::from_millis(300),
+            ..config(TIMEOUT)
+        })
+        .await;
+        let target = a.net.socket_addr().unwrap();
+        let silent = TcpStream::connect(target).await.unwrap();
+        let mut trickle = TcpStream::connect(target).await.unwrap();
+        // 20 bytes of a 35-byte ephemeral message, one every 50 ms (the writes fail once the
+        // node has closed the socket).
+        let trickle = tokio::spawn(async move {
+            let mut msg = vec![0x22, 0x0a, 0x20];
+            msg.resize(20, 0x42);
+            for b in msg {
+                if trickle.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            trickle
+        });
+        assert!(closed_within(silent, Duration::from_secs(3)).await);
+        let trickle = trickle.await.unwrap();
+        assert!(closed_within(trickle, Duration::from_secs(3)).await);
+        for _ in 0..2 {
+            let r = tokio::time::timeout(TIMEOUT, a.rejected.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            match r.reason {
+                InboundRejectReason::Upgrade(e) => assert!(
+                    matches!(
+                        *e,
+                        TransportError::Timeout {
+                            stage: Stage::SecretHandshake,
+                            after,
+                        } if after == Duration::from_millis(300)
+                    ),
+                    "{e:?}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        // An honest peer is not affected.
+        let b = start(config(TIMEOUT)).await;
+        dial_and_accept(&mut a, &b).await;
+    }
+
+    #[actix::test]
     async fn a_dial_message_resolves_a_host_name() {
         // Whatever `localhost` resolves to here (::1 and 127.0.0.1 in either order, or only
         // one), the node listening on 127.0.0.1 is reached.
