@@ -29,7 +29,9 @@
 //! Requests are hostile input: the head is read up to [`ServerLimits::max_head_bytes`]
 //! (431 beyond), within [`ServerLimits::io_timeout`] from the connection's start (408 after:
 //! a client trickling bytes gains nothing), and at most [`ServerLimits::max_connections`]
-//! connections are served at once; one more is closed at once, unread.
+//! connections are served at once; one more takes the slot of the oldest connection that has
+//! not sent its whole head (so idle connections cannot keep a scraper out), or is closed at
+//! once, unread, when every connection is being answered.
 
 use std::collections::HashMap;
 use std::fmt;
