@@ -573,7 +573,7 @@ mod actor {
     }
 
     /// Runs a flood of silent sockets against a transport with the default slots (64 in total,
-    /// 8 per IP, 16 per subnet) and the default 3 s handshake timeout: 8 sockets from each of
+    /// 8 per IP, 16 per subnet) and a 10 s handshake timeout: 8 sockets from each of
     /// `flood_ips`, each reconnecting (after 20 ms) whenever the node closes it, so the flood
     /// keeps every slot it can. `HONEST` honest peers, one after another, each from a fresh
     /// IP of 127.0.200.0/24, run a full upgrade, each once the flood holds `expect_held` slots
@@ -586,7 +586,12 @@ mod actor {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         const HONEST: usize = 20;
-        let mut a = start(config(Duration::from_secs(3))).await;
+        // Timeouts longer than the test: a flood socket only gives its slot up when evicted.
+        let mut a = start(TransportConfig {
+            handshake_first_message_timeout: TIMEOUT,
+            ..config(TIMEOUT)
+        })
+        .await;
         let target = a.net.socket_addr().unwrap();
         let held = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
