@@ -138,9 +138,10 @@ impl SecretStream {
     ) -> Result<Self, SecretStreamError> {
         tcp.set_nodelay(true)?;
         let mut tcp = tcp;
-        let first = first_message_timeout.min(timeout);
+        // No separate deadline when it would not end the handshake sooner.
+        let first = (first_message_timeout < timeout).then_some(first_message_timeout);
         let (established, leftover) =
-            tokio::time::timeout(timeout, drive_handshake(&mut tcp, key, early, Some(first)))
+            tokio::time::timeout(timeout, drive_handshake(&mut tcp, key, early, first))
                 .await
                 .map_err(|_| SecretStreamError::Timeout(timeout))??;
         let (read, write) = tcp.into_split();

@@ -538,8 +538,8 @@ async fn upgrade_within(
 }
 
 /// Dials `addr` (which must hold an IP; resolve names first, or send the Transport a [`Dial`],
-/// which resolves them) and upgrades the connection, requiring the peer to be `addr.id()`. `connect_timeout` bounds the TCP connect and
-/// `handshake_timeout` each upgrade stage.
+/// which resolves them) and upgrades the connection, requiring the peer to be `addr.id()`.
+/// `connect_timeout` bounds the TCP connect and `handshake_timeout` each upgrade stage.
 pub async fn dial(
     addr: &NetAddress,
     key: &NodeKey,

@@ -673,7 +673,7 @@ mod actor {
 
     #[actix::test]
     async fn silent_sockets_from_one_subnet_hold_at_most_its_share_of_the_slots() {
-        // 8 IPs of one /24 x 8 sockets (the shape that locked out 38 of 40 newcomers before):
+        // 8 IPs of one /24 x 8 sockets (the 8 IPs x 8 silent sockets, all in 127.0.0.0/24):
         // the subnet holds at most 16 slots, the rest are refused at once.
         let ips: Vec<[u8; 4]> = (2..=9).map(|n| [127, 0, 0, n]).collect();
         let (succeeded, [refused, _, _]) = honest_handshakes_during_a_flood(&ips, 16).await;
