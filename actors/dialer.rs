@@ -12,10 +12,10 @@
 //!    counts the dial as in flight), [`DialCheck::Refused`] (it has published `DialFailed`), or
 //!    [`DialCheck::Defer`] (the only obstacle is other dials in flight: the item goes back to
 //!    the queue and the Dialer starts nothing more until one of them finishes);
-//! 2. resolves a DNS name (an unresolvable name is a failed dial);
-//! 3. asks the Transport to [`Dial`], which bounds TCP connect by `dial_timeout` and the
-//!    upgrade by `handshake_timeout`;
-//! 4. hands the outcome to the Switch ([`DialFinished`]), which admits the connection and
+//! 2. asks the Transport to [`Dial`], which resolves a host name and tries each of its
+//!    addresses in turn within `dial_timeout` (an unresolvable name is a failed dial), and
+//!    bounds the upgrade by `handshake_timeout`;
+//! 3. hands the outcome to the Switch ([`DialFinished`]), which admits the connection and
 //!    publishes `PeerConnected`, or publishes `DialFailed`.
 //!
 //! An address the queue refuses (full) is reported the same way, as a [`DialFinished`] with
@@ -38,7 +38,7 @@ use crate::actors::events::DialError;
 use crate::actors::switch::{BeginDial, DialCheck, DialFinished};
 use crate::actors::transport::{Dial, TransportError};
 use crate::dial::{DialItem, DialQueue, PushOutcome};
-use crate::types::{Host, NetAddress};
+use crate::types::NetAddress;
 
 /// Where the Dialer reports: the Switch's two dial messages.
 #[derive(Clone)]
@@ -160,7 +160,7 @@ impl Dialer {
         }
     }
 
-    /// Starts one dial (steps 1-4 of the module documentation).
+    /// Starts one dial (steps 1-3 of the module documentation).
     fn start(&mut self, item: DialItem, ctx: &mut Context<Self>) {
         self.in_flight += 1;
         let switch = self.switch.clone();
@@ -179,15 +179,13 @@ impl Dialer {
                 // Refused (already published by the Switch), or the Switch is gone.
                 Ok(DialCheck::Refused) | Err(_) => return Step::Done,
             }
-            let result = async {
-                let resolved = resolve(&address).await.map_err(TransportError::Io)?;
-                transport
-                    .send(Dial { addr: resolved })
-                    .await
-                    .map_err(|_| TransportError::Io(io::Error::other("transport stopped")))?
-            }
-            .await
-            .map_err(|e| DialError::Transport(Arc::new(e)));
+            let result = transport
+                .send(Dial {
+                    addr: address.clone(),
+                })
+                .await
+                .unwrap_or_else(|_| Err(TransportError::Io(io::Error::other("transport stopped"))))
+                .map_err(|e| DialError::Transport(Arc::new(e)));
             // Waits until the Switch has handled the outcome, so its count of dials in flight
             // has dropped before this slot frees.
             let _ = switch.finished.send(DialFinished { address, result }).await;
@@ -263,18 +261,4 @@ impl Handler<StopDialing> for Dialer {
             self.report(address, Err(DialError::Shutdown), ctx);
         }
     }
-}
-
-/// Resolves a DNS host to its first IP (an explicit step at dial time, never inside a
-/// decoder).
-pub(crate) async fn resolve(addr: &NetAddress) -> io::Result<NetAddress> {
-    if let Host::Dns(_) = addr.host() {
-        let socket = tokio::net::lookup_host(addr.dial_string())
-            .await?
-            .next()
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name has no address"))?;
-        return NetAddress::from_socket_addr(addr.id(), socket)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e));
-    }
-    Ok(addr.clone())
 }

@@ -29,7 +29,9 @@
 //! Requests are hostile input: the head is read up to [`ServerLimits::max_head_bytes`]
 //! (431 beyond), within [`ServerLimits::io_timeout`] from the connection's start (408 after:
 //! a client trickling bytes gains nothing), and at most [`ServerLimits::max_connections`]
-//! connections are served at once; one more is closed at once, unread.
+//! connections are served at once; one more takes the slot of the oldest connection that has
+//! not sent its whole head (so idle connections cannot keep a scraper out), or is closed at
+//! once, unread, when every connection is being answered.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -335,6 +337,7 @@ impl Metrics {
     pub(crate) fn inbound_rejected_by_transport(&self, reason: &InboundRejectReason) {
         let label = match reason {
             InboundRejectReason::NoHandshakeSlot(_) => "no_handshake_slot",
+            InboundRejectReason::Evicted => "handshake_evicted",
             InboundRejectReason::Upgrade(_) => "handshake_failed",
         };
         self.inbound_rejected(label);
@@ -761,6 +764,7 @@ impl From<&DialError> for DialOutcome {
                 TransportError::Unresolved(_) => Self::Unresolved,
                 TransportError::Secret(_)
                 | TransportError::NodeInfo(_)
+                | TransportError::BadFrame(_)
                 | TransportError::Rejected(_) => Self::HandshakeFailed,
             },
         }
@@ -781,6 +785,9 @@ pub enum HandshakeFailure {
     BadSignature,
     /// The peer's NodeInfo was undecodable or invalid.
     BadNodeInfo,
+    /// A stream frame after the secret handshake did not open (forged, replayed, oversize
+    /// length) while the peer's NodeInfo was read.
+    BadFrame,
     /// The authenticated key is not the id claimed or dialed.
     IdMismatch,
     /// The peer is this node.
@@ -793,12 +800,13 @@ pub enum HandshakeFailure {
 
 impl HandshakeFailure {
     /// Every reason.
-    pub const ALL: [Self; 9] = [
+    pub const ALL: [Self; 10] = [
         Self::IoError,
         Self::Timeout,
         Self::BadHandshake,
         Self::BadSignature,
         Self::BadNodeInfo,
+        Self::BadFrame,
         Self::IdMismatch,
         Self::SelfConnection,
         Self::Incompatible,
@@ -813,6 +821,7 @@ impl HandshakeFailure {
             Self::BadHandshake => "bad_handshake",
             Self::BadSignature => "bad_signature",
             Self::BadNodeInfo => "bad_node_info",
+            Self::BadFrame => "bad_frame",
             Self::IdMismatch => "id_mismatch",
             Self::SelfConnection => "self_connection",
             Self::Incompatible => "incompatible",
@@ -828,6 +837,7 @@ impl From<&TransportError> for HandshakeFailure {
             TransportError::Io(_) => Self::IoError,
             TransportError::Timeout { .. } => Self::Timeout,
             TransportError::NodeInfo(_) => Self::BadNodeInfo,
+            TransportError::BadFrame(_) => Self::BadFrame,
             TransportError::Secret(s) => match s {
                 SecretStreamError::Io(_) => Self::IoError,
                 SecretStreamError::Timeout(_) => Self::Timeout,
@@ -860,8 +870,9 @@ impl From<&TransportError> for HandshakeFailure {
 }
 
 /// Label values of `tm2p2p_inbound_rejected_total`.
-const INBOUND_REJECT_REASONS: [&str; 6] = [
+const INBOUND_REJECT_REASONS: [&str; 7] = [
     "no_handshake_slot",
+    "handshake_evicted",
     "handshake_failed",
     "self_connection",
     "duplicate",

@@ -122,10 +122,27 @@ impl SecretStream {
         timeout: Duration,
         early: &[u8],
     ) -> Result<Self, SecretStreamError> {
+        Self::upgrade_with_first_message_timeout(tcp, key, timeout, timeout, early).await
+    }
+
+    /// Like [`upgrade_with_early_data`](Self::upgrade_with_early_data), and the peer's first
+    /// message (its 35-byte ephemeral key) must have arrived in full within
+    /// `first_message_timeout`, else the upgrade fails with [`SecretStreamError::Timeout`] of
+    /// that duration. An honest peer sends it as soon as the connection opens, so a listener
+    /// can free the slot of a silent or trickling socket long before `timeout`.
+    pub async fn upgrade_with_first_message_timeout(
+        tcp: TcpStream,
+        key: &NodeKey,
+        timeout: Duration,
+        first_message_timeout: Duration,
+        early: &[u8],
+    ) -> Result<Self, SecretStreamError> {
         tcp.set_nodelay(true)?;
         let mut tcp = tcp;
+        // No separate deadline when it would not end the handshake sooner.
+        let first = (first_message_timeout < timeout).then_some(first_message_timeout);
         let (established, leftover) =
-            tokio::time::timeout(timeout, handshake_with_early_data(&mut tcp, key, early))
+            tokio::time::timeout(timeout, drive_handshake(&mut tcp, key, early, first))
                 .await
                 .map_err(|_| SecretStreamError::Timeout(timeout))??;
         let (read, write) = tcp.into_split();
@@ -193,6 +210,24 @@ pub async fn handshake_with_early_data<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    drive_handshake(io, key, early, None).await
+}
+
+/// [`handshake_with_early_data`], failing with [`SecretStreamError::Timeout`] if the peer's
+/// first message has not arrived in full within `first_message` (when given).
+async fn drive_handshake<S>(
+    io: &mut S,
+    key: &NodeKey,
+    early: &[u8],
+    first_message: Option<Duration>,
+) -> Result<(Established, Vec<u8>), SecretStreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // Without a first-message deadline the select below never polls this (so no timer is
+    // registered).
+    let first_deadline = tokio::time::sleep(first_message.unwrap_or(Duration::MAX));
+    tokio::pin!(first_deadline);
     let rng = SystemRandom::new();
     let mut hs = Handshake::with_early_data(key, &rng, early)?;
     let mut buf = vec![0u8; HANDSHAKE_READ_BUFFER];
@@ -221,7 +256,13 @@ where
             // The core consumed nothing from a full buffer: no valid handshake looks like this.
             return Err(HandshakeError::Malformed("handshake message does not fit").into());
         }
-        let n = io.read(&mut buf[filled..]).await?;
+        let n = tokio::select! {
+            read = io.read(&mut buf[filled..]) => read?,
+            () = &mut first_deadline, if first_message.is_some() && hs.awaits_first_message() => {
+                let after = first_message.unwrap_or_default();
+                return Err(SecretStreamError::Timeout(after));
+            }
+        };
         if n == 0 {
             hs.handle_eof()?;
             return Err(HandshakeError::UnexpectedEof.into());

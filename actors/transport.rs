@@ -19,8 +19,11 @@
 //! it becomes a peer.
 //!
 //! The [`Transport`] actor owns the listener. Every accepted socket first takes a handshake
-//! slot ([`HandshakeSlots`]: bounded in total and per remote IP); without one it is closed at
-//! once (TM2 starts an unbounded number of handshakes). Upgraded connections go to the
+//! slot ([`HandshakeSlots`]: bounded in total, per remote IP and per subnet); without one it is
+//! closed at once (TM2 starts an unbounded number of handshakes). When every slot is taken, a
+//! newcomer takes the slot of the oldest unauthenticated connection of the subnet holding the
+//! most, whose upgrade is cancelled (reported as [`InboundRejectReason::Evicted`]): silent
+//! sockets from a few hosts cannot lock honest newcomers out. Upgraded connections go to the
 //! `inbound` recipient (the Switch) with backpressure: the slot is held until the Switch took
 //! the connection. Failures go to the `rejected` recipient as [`InboundRejected`]. An accept
 //! error never stops accepting (TM2's loop ends for good on the first one); repeated errors
@@ -37,6 +40,7 @@
 //! | [`InboundConnection`] (sent) | to the Switch | `()` |
 //! | [`InboundRejected`] (sent) | to the Switch | `()` |
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,11 +51,14 @@ use slog::{Logger, debug, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::actors::clock;
 use crate::actors::metrics::Metrics;
 use crate::actors::secret_stream::{SecretStream, SecretStreamError};
 use crate::codec::amino;
+use crate::dial::ConnectAttempts;
 use crate::key::NodeKey;
-use crate::peers::{HandshakeSlots, SlotRefused};
+use crate::peers::{HandshakeSlots, SlotRefused, SlotTicket};
+use crate::secret::FrameError;
 use crate::types::verify_remote;
 use crate::types::{
     Direction, Incompatible, NetAddress, NodeInfo, NodeInfoError, PeerCheckError, PeerId,
@@ -62,21 +69,35 @@ use crate::types::{
 pub struct TransportConfig {
     /// Timeout of each upgrade stage (secret handshake, NodeInfo exchange). Default 3 s.
     pub handshake_timeout: Duration,
+    /// Time an accepted connection has to send its first handshake message (the ephemeral
+    /// key), capped by `handshake_timeout`. Default 1 s.
+    pub handshake_first_message_timeout: Duration,
     /// Timeout of a dial's TCP connect. Default 3 s.
     pub dial_timeout: Duration,
     /// Inbound handshakes in progress at most. Default 64.
     pub max_handshakes_in_progress: usize,
     /// Inbound handshakes in progress from one IP at most. Default 8.
     pub max_handshakes_per_ip: usize,
+    /// Inbound handshakes in progress from one subnet (/24, /64) at most. Default 16.
+    pub max_handshakes_per_subnet: usize,
+}
+
+impl Default for TransportConfig {
+    /// The defaults of [`crate::P2pConfig`].
+    fn default() -> Self {
+        Self::from(&crate::P2pConfig::default())
+    }
 }
 
 impl From<&crate::P2pConfig> for TransportConfig {
     fn from(c: &crate::P2pConfig) -> Self {
         Self {
             handshake_timeout: c.handshake_timeout,
+            handshake_first_message_timeout: c.handshake_first_message_timeout,
             dial_timeout: c.dial_timeout,
             max_handshakes_in_progress: c.max_handshakes_in_progress,
             max_handshakes_per_ip: c.max_handshakes_per_ip,
+            max_handshakes_per_subnet: c.max_handshakes_per_subnet,
         }
     }
 }
@@ -93,6 +114,9 @@ pub struct Transport {
     listener: Option<TcpListener>,
     /// Inbound handshakes in progress.
     slots: HandshakeSlots,
+    /// The upgrade task of each unauthenticated inbound connection, by slot, so that an
+    /// evicted one can be cancelled (which closes its socket). Removed when the upgrade ends.
+    upgrades: HashMap<SlotTicket, (SpawnHandle, SocketAddr)>,
     /// Where verified inbound connections go (the Switch).
     inbound: Recipient<InboundConnection>,
     /// Where refused inbound connections are reported (the Switch, which publishes them).
@@ -120,6 +144,7 @@ impl Transport {
         let slots = HandshakeSlots::new(
             config.max_handshakes_in_progress,
             config.max_handshakes_per_ip,
+            config.max_handshakes_per_subnet,
         );
         Self {
             key,
@@ -127,6 +152,7 @@ impl Transport {
             config,
             listener: Some(listener),
             slots,
+            upgrades: HashMap::new(),
             inbound,
             rejected,
             dropped_reports: 0,
@@ -207,28 +233,58 @@ impl Handler<Accepted> for Transport {
 
     fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
         let Accepted { tcp, remote } = msg;
-        if let Err(refused) = self.slots.try_acquire(remote.ip()) {
-            drop(tcp); // Closed at once: no handshake, no buffers.
-            self.report(remote, InboundRejectReason::NoHandshakeSlot(refused));
-            return;
+        let acquired = match self.slots.try_acquire(remote.ip()) {
+            Ok(acquired) => acquired,
+            Err(refused) => {
+                drop(tcp); // Closed at once: no handshake, no buffers.
+                self.report(remote, InboundRejectReason::NoHandshakeSlot(refused));
+                return;
+            }
+        };
+        let ticket = acquired.ticket;
+        if let Some(evicted) = acquired.evicted {
+            // Its slot is already the newcomer's; cancelling the task drops (closes) its socket.
+            if let Some((task, evicted_remote)) = self.upgrades.remove(&evicted) {
+                ctx.cancel_future(task);
+                self.report(evicted_remote, InboundRejectReason::Evicted);
+            }
         }
         let (key, info) = (self.key.clone(), self.info.clone());
-        let (timeout, inbound) = (self.config.handshake_timeout, self.inbound.clone());
+        let timeout = self.config.handshake_timeout;
+        let first_message = self.config.handshake_first_message_timeout;
         let metrics = self.metrics.clone();
         let work = async move {
-            let up = upgrade(tcp, &key, &info, None, timeout)
+            upgrade_within(tcp, &key, &info, None, timeout, first_message)
                 .await
-                .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))?;
-            // Held in the slot until the Switch takes it: backpressure, not a queue.
-            inbound
-                .send(InboundConnection(up))
-                .await
-                .map_err(|_| TransportError::Io(io::Error::other("switch is gone")))
+                .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))
         };
-        ctx.spawn(work.into_actor(self).map(move |result, act, _| {
-            act.slots.release(remote.ip());
-            if let Err(e) = result {
-                act.report(remote, InboundRejectReason::Upgrade(Arc::new(e)));
+        let task = ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
+            act.upgrades.remove(&ticket);
+            match result {
+                Ok(up) => act.hand_over(ticket, up, ctx),
+                Err(e) => {
+                    act.slots.release(ticket);
+                    act.report(remote, InboundRejectReason::Upgrade(Arc::new(e)));
+                }
+            }
+        }));
+        self.upgrades.insert(ticket, (task, remote));
+    }
+}
+
+impl Transport {
+    /// Hands a verified inbound connection to the Switch. It keeps its slot, no longer
+    /// evictable, until the Switch took it: backpressure, not a queue.
+    fn hand_over(&mut self, ticket: SlotTicket, up: Upgraded, ctx: &mut Context<Self>) {
+        self.slots.authenticated(ticket);
+        let remote = up.remote_addr;
+        let inbound = self.inbound.clone();
+        let send = async move { inbound.send(InboundConnection(up)).await };
+        ctx.spawn(send.into_actor(self).map(move |sent, act, _| {
+            act.slots.release(ticket);
+            if sent.is_err() {
+                let gone = TransportError::Io(io::Error::other("switch is gone"));
+                act.report(remote, InboundRejectReason::Upgrade(Arc::new(gone)));
             }
         }));
     }
@@ -236,10 +292,15 @@ impl Handler<Accepted> for Transport {
 
 /// Dials `addr` and upgrades the connection (TCP connect under the dial timeout, each upgrade
 /// stage under the handshake timeout). Dials run concurrently.
+///
+/// A host name is resolved here, within the dial timeout, and every address it resolves to is
+/// tried in turn ([`ConnectAttempts`]: each gets an equal share of the time left) until one
+/// connects: `localhost` resolving to `::1` first still reaches a node listening on
+/// `127.0.0.1` only. Once TCP connects, the upgrade's outcome is the dial's.
 #[derive(Message)]
 #[rtype(result = "Result<Upgraded, TransportError>")]
 pub struct Dial {
-    /// Where to dial; must hold an IP (resolve names first).
+    /// Where to dial: an IP address, or a host name resolved at dial time.
     pub addr: NetAddress,
 }
 
@@ -250,8 +311,9 @@ impl Handler<Dial> for Transport {
         let (key, info, config) = (self.key.clone(), self.info.clone(), self.config.clone());
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            // As `dial`, with upgrade failures counted (a failed connect is no handshake).
-            let tcp = connect(&msg.addr, config.dial_timeout).await?;
+            // As `dial`, with a host name resolved and each of its addresses tried, and upgrade
+            // failures counted (a failed connect is no handshake).
+            let tcp = connect_resolving(&msg.addr, config.dial_timeout).await?;
             upgrade(
                 tcp,
                 &key,
@@ -315,9 +377,15 @@ pub struct InboundRejected {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum InboundRejectReason {
-    /// Too many handshakes in progress (in total or from this IP); closed without one.
+    /// Too many handshakes in progress (in total, from this IP or from its subnet); closed
+    /// without one.
     #[error("no handshake slot: {0}")]
     NoHandshakeSlot(SlotRefused),
+    /// Every handshake slot was taken and this connection, not yet authenticated, was the
+    /// oldest of the subnet holding the most: its slot went to a newer connection and it was
+    /// closed (see [`HandshakeSlots`]).
+    #[error("handshake slot given to a newer connection")]
+    Evicted,
     /// The upgrade failed (handshake, NodeInfo, checks, timeout).
     #[error("upgrade failed: {0}")]
     Upgrade(Arc<TransportError>),
@@ -368,6 +436,11 @@ pub enum TransportError {
     /// The peer's NodeInfo could not be decoded (too large, malformed).
     #[error("node info: {0}")]
     NodeInfo(#[source] NodeInfoError),
+    /// A stream frame from the peer did not open while its NodeInfo was read (forged,
+    /// replayed or reordered, or a length field over 1024): the peer's bytes, not the socket,
+    /// are at fault.
+    #[error("bad frame from the peer: {0}")]
+    BadFrame(#[source] FrameError),
     /// The connection works but the peer is refused (invalid or incompatible NodeInfo, an id
     /// mismatch, ourselves).
     #[error("rejected: {0}")]
@@ -380,8 +453,8 @@ pub enum TransportError {
         /// The timeout that expired.
         after: Duration,
     },
-    /// The address to dial has a DNS host, which must be resolved first (resolution is an
-    /// explicit step, never hidden in a decoder).
+    /// The address given to [`dial`] has a DNS host, which must be resolved first (resolution
+    /// is an explicit step, never hidden in a decoder; the [`Dial`] message resolves names).
     #[error("address {0} is not resolved to an IP")]
     Unresolved(NetAddress),
 }
@@ -393,6 +466,7 @@ impl TransportError {
         match self {
             Self::Secret(e) => e.is_peer_fault(),
             Self::NodeInfo(e) => e.is_peer_fault(),
+            Self::BadFrame(e) => e.is_peer_fault(),
             Self::Rejected(e) => e.is_peer_fault(),
             Self::Io(_) | Self::Timeout { .. } | Self::Unresolved(_) => false,
         }
@@ -471,9 +545,29 @@ pub async fn upgrade(
     dialed: Option<PeerId>,
     timeout: Duration,
 ) -> Result<Upgraded, TransportError> {
+    upgrade_within(tcp, key, ours, dialed, timeout, timeout).await
+}
+
+/// [`upgrade`], with the peer's first handshake message (its ephemeral key) due within
+/// `first_message_timeout` (capped by `timeout`).
+async fn upgrade_within(
+    tcp: TcpStream,
+    key: &NodeKey,
+    ours: &NodeInfo,
+    dialed: Option<PeerId>,
+    timeout: Duration,
+    first_message_timeout: Duration,
+) -> Result<Upgraded, TransportError> {
     let remote_addr = tcp.peer_addr()?;
     let ours_framed = ours.encode_framed();
-    let mut stream = SecretStream::upgrade_with_early_data(tcp, key, timeout, &ours_framed).await?;
+    let mut stream = SecretStream::upgrade_with_first_message_timeout(
+        tcp,
+        key,
+        timeout,
+        first_message_timeout,
+        &ours_framed,
+    )
+    .await?;
     let node_info = tokio::time::timeout(timeout, read_node_info(&mut stream))
         .await
         .map_err(|_| TransportError::Timeout {
@@ -494,9 +588,9 @@ pub async fn upgrade(
     })
 }
 
-/// Dials `addr` (which must hold an IP; resolve names first) and upgrades the connection,
-/// requiring the peer to be `addr.id()`. `connect_timeout` bounds the TCP connect and
-/// `handshake_timeout` each upgrade stage.
+/// Dials `addr` (which must hold an IP; resolve names first, or send the Transport a [`Dial`],
+/// which resolves them) and upgrades the connection, requiring the peer to be `addr.id()`.
+/// `connect_timeout` bounds the TCP connect and `handshake_timeout` each upgrade stage.
 pub async fn dial(
     addr: &NetAddress,
     key: &NodeKey,
@@ -508,17 +602,71 @@ pub async fn dial(
     upgrade(tcp, key, ours, Some(addr.id()), handshake_timeout).await
 }
 
-/// Opens the TCP connection of a dial, within `timeout`.
+/// Opens the TCP connection of a dial to an IP address, within `timeout`; a host name is
+/// refused with [`TransportError::Unresolved`] (see [`connect_resolving`]).
 async fn connect(addr: &NetAddress, timeout: Duration) -> Result<TcpStream, TransportError> {
     let socket = addr
         .socket_addr()
         .ok_or_else(|| TransportError::Unresolved(addr.clone()))?;
-    Ok(tokio::time::timeout(timeout, TcpStream::connect(socket))
-        .await
-        .map_err(|_| TransportError::Timeout {
-            stage: Stage::Connect,
-            after: timeout,
-        })??)
+    connect_any(&[socket], timeout).await
+}
+
+/// Opens the TCP connection of a dial within `timeout`: an IP address directly; a host name is
+/// resolved (within the same timeout) and its addresses tried in turn by [`connect_any`].
+async fn connect_resolving(
+    addr: &NetAddress,
+    timeout: Duration,
+) -> Result<TcpStream, TransportError> {
+    if let Some(socket) = addr.socket_addr() {
+        return connect_any(&[socket], timeout).await;
+    }
+    let start = clock::now();
+    let timed_out = || TransportError::Timeout {
+        stage: Stage::Connect,
+        after: timeout,
+    };
+    let addrs: Vec<SocketAddr> =
+        tokio::time::timeout(timeout, tokio::net::lookup_host(addr.dial_string()))
+            .await
+            .map_err(|_| timed_out())??
+            .collect();
+    let left = timeout.saturating_sub(clock::now().saturating_duration_since(start));
+    if left.is_zero() {
+        return Err(timed_out());
+    }
+    connect_any(&addrs, left).await
+}
+
+/// Connects to the first of `addrs` that accepts, trying them in turn ([`ConnectAttempts`]:
+/// duplicates skipped, each attempt an equal share of the time left over the addresses left),
+/// all within `timeout`. Fails with the last attempt's error (a timeout is
+/// [`TransportError::Timeout`] in [`Stage::Connect`]), or an `io::Error` of kind `NotFound`
+/// when `addrs` is empty.
+pub async fn connect_any(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, TransportError> {
+    let mut attempts = ConnectAttempts::new(addrs.iter().copied(), clock::now() + timeout);
+    let mut last = None;
+    while let Some(attempt) = attempts.next_attempt(clock::now()) {
+        let share = attempt.deadline.saturating_duration_since(clock::now());
+        match tokio::time::timeout(share, TcpStream::connect(attempt.addr)).await {
+            Ok(Ok(tcp)) => return Ok(tcp),
+            Ok(Err(e)) => last = Some(TransportError::Io(e)),
+            Err(_) => {
+                last = Some(TransportError::Timeout {
+                    stage: Stage::Connect,
+                    after: timeout,
+                });
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        TransportError::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            "name has no address",
+        ))
+    }))
 }
 
 /// Reads the peer's framed NodeInfo (ours went out with the handshake). Reads exactly the
@@ -528,7 +676,10 @@ async fn read_node_info(stream: &mut SecretStream) -> Result<NodeInfo, Transport
     let mut head = [0u8; amino::MAX_UVARINT_LEN];
     let mut have = 0;
     let body_len = loop {
-        reader.read_exact(&mut head[have..=have]).await?;
+        reader
+            .read_exact(&mut head[have..=have])
+            .await
+            .map_err(read_error)?;
         have += 1;
         if let Some((_, body_len)) =
             NodeInfo::frame_header(&head[..have]).map_err(TransportError::NodeInfo)?
@@ -538,6 +689,18 @@ async fn read_node_info(stream: &mut SecretStream) -> Result<NodeInfo, Transport
     };
     // body_len < MAX_NODE_INFO_SIZE, checked by frame_header before this allocation.
     let mut body = vec![0u8; body_len];
-    reader.read_exact(&mut body).await?;
+    reader.read_exact(&mut body).await.map_err(read_error)?;
     NodeInfo::decode(&body).map_err(TransportError::NodeInfo)
+}
+
+/// A read error of the secret stream: a frame that did not open (the [`FrameError`] the
+/// reader carries inside its `io::Error`) is the peer's fault, anything else is the socket's.
+fn read_error(e: io::Error) -> TransportError {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<FrameError>())
+    {
+        Some(frame) => TransportError::BadFrame(*frame),
+        None => TransportError::Io(e),
+    }
 }

@@ -213,6 +213,13 @@ pub struct P2pConfig {
     /// as TM2 (hard-coded, per step).
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// The time an accepted connection has to send its first handshake message (its 35-byte
+    /// ephemeral key), capped by `handshake_timeout`. An honest peer sends it as soon as the
+    /// connection opens, so a silent or trickling socket gives its handshake slot back after
+    /// this rather than the whole `handshake_timeout`. Dials are not affected. Must be
+    /// positive. Default: 1 s (TM2 has only the 3 s step timeout).
+    #[serde(with = "humantime_serde")]
+    pub handshake_first_message_timeout: Duration,
     /// The time allowed for one outbound dial, covering the TCP connect and the whole upgrade.
     /// Must be positive. Default: 3 s, as TM2's `defaultDialTimeout` (which bounds only the TCP
     /// connect there).
@@ -223,7 +230,9 @@ pub struct P2pConfig {
     /// sockets and handshakes a burst of `DialPeers` can start. TM2 dials one at a time.
     pub max_concurrent_dials: usize,
     /// The most inbound connections being upgraded (handshake, NodeInfo exchange) at once;
-    /// beyond it a new connection is closed at once. Must be positive. Default: 64: the default 40
+    /// beyond it a new connection takes the slot of the oldest unauthenticated connection of the
+    /// subnet holding the most (see `max_handshakes_per_subnet`), or is closed at once when
+    /// every slot holds an authenticated one. Must be positive. Default: 64: the default 40
     /// inbound slots plus room for churn, while a flood of half-open connections costs at most
     /// 64 handshakes. TM2 has no bound.
     pub max_handshakes_in_progress: usize,
@@ -231,6 +240,13 @@ pub struct P2pConfig {
     /// Default: 8: a few nodes behind one NAT can connect together, while one host cannot take
     /// all of `max_handshakes_in_progress`. TM2 has no bound.
     pub max_handshakes_per_ip: usize,
+    /// The most inbound connections from one subnet (a /24 of IPv4, a /64 of IPv6; loopback
+    /// included) being upgraded at once. Must be positive. Default: 16: two hosts' worth, so a
+    /// few addresses in one provider's block cannot take every slot. When all
+    /// `max_handshakes_in_progress` slots are taken, a newcomer evicts the oldest
+    /// unauthenticated connection of the subnet holding the most, rather than being refused.
+    /// TM2 has no bound.
+    pub max_handshakes_per_subnet: usize,
 
     // ---- persistent-peer redial ----
     /// The first redial delay of a persistent peer; each failed attempt doubles it (±10 %
@@ -297,10 +313,12 @@ impl Default for P2pConfig {
             pong_timeout: Duration::from_secs(45),
             send_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(3),
+            handshake_first_message_timeout: Duration::from_secs(1),
             dial_timeout: Duration::from_secs(3),
             max_concurrent_dials: 16,
             max_handshakes_in_progress: 64,
             max_handshakes_per_ip: 8,
+            max_handshakes_per_subnet: 16,
             redial_backoff_base: Duration::from_secs(1),
             redial_backoff_max: Duration::from_secs(10 * 60),
             redial_backoff_reset_after: Duration::from_secs(30),
@@ -517,6 +535,7 @@ impl P2pConfig {
                 self.max_handshakes_in_progress,
             ),
             ("max_handshakes_per_ip", self.max_handshakes_per_ip),
+            ("max_handshakes_per_subnet", self.max_handshakes_per_subnet),
             ("max_pex_addresses", self.max_pex_addresses),
             ("addr_book_size", self.addr_book_size),
         ] {
@@ -530,6 +549,10 @@ impl P2pConfig {
             ("pong_timeout", self.pong_timeout),
             ("send_timeout", self.send_timeout),
             ("handshake_timeout", self.handshake_timeout),
+            (
+                "handshake_first_message_timeout",
+                self.handshake_first_message_timeout,
+            ),
             ("dial_timeout", self.dial_timeout),
             ("redial_backoff_base", self.redial_backoff_base),
             ("redial_backoff_max", self.redial_backoff_max),
@@ -675,6 +698,10 @@ const FIELD_DOCS: &[(&str, &str)] = &[
         "Time allowed for each handshake stage (secret connection, NodeInfo). Default 3s.",
     ),
     (
+        "handshake_first_message_timeout",
+        "Time an accepted connection has to send its first handshake message. Default 1s.",
+    ),
+    (
         "dial_timeout",
         "Time allowed for a TCP connect. Default 3s.",
     ),
@@ -684,11 +711,16 @@ const FIELD_DOCS: &[(&str, &str)] = &[
     ),
     (
         "max_handshakes_in_progress",
-        "Inbound handshakes in progress at once; more are closed at once. Default 64.",
+        "Inbound handshakes in progress at once; then a newcomer evicts the oldest \
+         unauthenticated one of the busiest subnet. Default 64.",
     ),
     (
         "max_handshakes_per_ip",
         "Inbound handshakes in progress from one IP. Default 8.",
+    ),
+    (
+        "max_handshakes_per_subnet",
+        "Inbound handshakes in progress from one /24 (IPv4) or /64 (IPv6). Default 16.",
     ),
     (
         "redial_backoff_base",
@@ -1102,6 +1134,9 @@ mod tests {
                 c.max_handshakes_in_progress = 0;
             }),
             ("max_handshakes_per_ip", |c| c.max_handshakes_per_ip = 0),
+            ("max_handshakes_per_subnet", |c| {
+                c.max_handshakes_per_subnet = 0;
+            }),
             ("max_pex_addresses", |c| c.max_pex_addresses = 0),
             ("addr_book_size", |c| c.addr_book_size = 0),
             ("flush_throttle_timeout", |c| {
@@ -1116,6 +1151,9 @@ mod tests {
             ("send_timeout", |c| c.send_timeout = Duration::ZERO),
             ("handshake_timeout", |c| {
                 c.handshake_timeout = Duration::ZERO
+            }),
+            ("handshake_first_message_timeout", |c| {
+                c.handshake_first_message_timeout = Duration::ZERO;
             }),
             ("dial_timeout", |c| c.dial_timeout = Duration::ZERO),
             ("redial_backoff_base", |c| {

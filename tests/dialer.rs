@@ -124,6 +124,20 @@ async fn a_hundred_dials_of_closed_ports_fail_without_busy_waiting() {
     a.node.shutdown().await;
 }
 
+/// A peer given by host name (`id@localhost:port`) is reached whatever order `localhost`
+/// resolves in: its node listens on 127.0.0.1 only.
+#[actix::test]
+async fn a_peer_dialed_by_host_name_connects() {
+    let mut a = spawn(loopback_config()).await;
+    let b = spawn(loopback_config()).await;
+    let port = b.node.local_addr().port();
+    let by_name: NetAddress = format!("{}@localhost:{port}", b.id()).parse().unwrap();
+    a.dial(by_name);
+    a.connected_to(b.id()).await;
+    a.node.shutdown().await;
+    b.node.shutdown().await;
+}
+
 /// A persistent peer (from the config) is dialed at start, and when it goes away and comes
 /// back on the same address with the same key, it is reconnected without being asked.
 #[actix::test]

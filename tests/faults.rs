@@ -853,13 +853,14 @@ impl Traffic {
 /// is the kernel's, not the node's timeout.
 ///
 /// Returns the node's rejection counts by reason.
-async fn flood(slots: (usize, usize), max_open: usize) -> BTreeMap<String, u64> {
+async fn flood(slots: (usize, usize, usize), max_open: usize) -> BTreeMap<String, u64> {
     raise_fd_limit();
     let handshake_timeout = Duration::from_secs(1);
     let mut n = TestNode::spawn(P2pConfig {
         handshake_timeout,
         max_handshakes_in_progress: slots.0,
         max_handshakes_per_ip: slots.1,
+        max_handshakes_per_subnet: slots.2,
         ..config()
     })
     .await;
@@ -1002,6 +1003,9 @@ fn rejection_kind(reason: &InboundRejection) -> String {
         InboundRejection::Transport(InboundRejectReason::NoHandshakeSlot(_)) => {
             return "no handshake slot".into();
         }
+        InboundRejection::Transport(InboundRejectReason::Evicted) => {
+            return "evicted from its handshake slot".into();
+        }
         InboundRejection::PeerSet(r) => return format!("peer set: {r}"),
         InboundRejection::Transport(InboundRejectReason::Upgrade(e)) => e,
         other => return format!("{other}"),
@@ -1021,7 +1025,7 @@ fn rejection_kind(reason: &InboundRejection) -> String {
     }
 }
 
-/// Room for every handshake (1100 slots in total and per IP): every hostile connection goes
+/// Room for every handshake (1100 slots in total, per IP and per subnet): every hostile connection goes
 /// through the upgrade and is closed by its error or its timeout. At most 200 are open at a
 /// time: with every handshake admitted, more would measure how late one thread's timers fire
 /// under a debug build's handshake crypto (1000 at once took up to 6 s to close on this
@@ -1030,12 +1034,12 @@ fn rejection_kind(reason: &InboundRejection) -> String {
 fn a_thousand_silent_and_garbage_connections_are_each_closed_by_the_handshake_timeout() {
     let _heavy = heavy_lock();
     actix::System::new().block_on(async {
-        let counts = flood((1100, 1100), 200).await;
+        let counts = flood((1100, 1100, 1100), 200).await;
         assert!(!counts.contains_key("no handshake slot"), "{counts:?}");
     });
 }
 
-/// The default handshake slots (64 in total, 8 per IP), and all 1000 hostile connections open
+/// The default handshake slots (64 in total, 8 per IP, 16 per subnet), and all 1000 hostile connections open
 /// at once: connections beyond the slots are closed at once without a handshake, the others by
 /// their error or timeout; the real peers are unaffected either way.
 #[test]
@@ -1047,6 +1051,7 @@ fn a_thousand_hostile_connections_beyond_the_handshake_slots_are_closed_at_once(
             (
                 defaults.max_handshakes_in_progress,
                 defaults.max_handshakes_per_ip,
+                defaults.max_handshakes_per_subnet,
             ),
             1000,
         )

@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -377,6 +378,30 @@ async fn garbage_instead_of_a_handshake_counts_as_a_handshake_failure() {
         1.0
     );
     drop(raw);
+    a.node.shutdown().await;
+}
+
+#[actix::test]
+async fn a_scrape_gets_through_while_idle_connections_hold_every_slot() {
+    let a = TestNode::spawn().await;
+    let addr = a.node.metrics_addr().unwrap();
+    // Twice the server's 16 slots in connections that never send a byte (and one that sends
+    // half a head), kept open throughout.
+    let mut idle = Vec::new();
+    for _ in 0..32 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let mut half = TcpStream::connect(addr).await.unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\n").await.unwrap();
+    // Each scrape is answered at once, long before the idle connections' 5 s head timeout.
+    for _ in 0..3 {
+        let t0 = tm2_p2p::actors::clock::now();
+        let scrape = a.scrape().await;
+        let took = tm2_p2p::actors::clock::now() - t0;
+        assert!(scrape.0.contains("tm2p2p_peers"));
+        assert!(took < Duration::from_secs(2), "scrape took {took:?}");
+    }
+    drop((idle, half));
     a.node.shutdown().await;
 }
 

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use tm2_p2p::actors::secret_stream::SecretStream;
-use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, dial, upgrade};
+use tm2_p2p::actors::secret_stream::{SecretStream, handshake};
+use tm2_p2p::actors::transport::{Stage, TransportError, Upgraded, connect_any, dial, upgrade};
 use tm2_p2p::codec::amino;
-use tm2_p2p::secret::FRAME_LEN;
+use tm2_p2p::secret::{FRAME_LEN, FrameError};
 use tm2_p2p::types::{Direction, NodeInfoError, PeerCheckError};
 use tm2_p2p::{NetAddress, NodeInfo, NodeKey, PeerId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -203,6 +203,48 @@ async fn garbage_instead_of_node_info_is_a_decode_error() {
     bytes.extend_from_slice(&[0xff; 16]);
     let err = raw_peer_sending(bytes).await;
     assert!(matches!(err, TransportError::NodeInfo(_)), "{err:?}");
+}
+
+/// A peer that completes the secret handshake, then sends its first stream frame (the start
+/// of a NodeInfo) twice: the replay does not open (its nonce was used).
+async fn replaying_peer(tcp: &mut TcpStream) {
+    let key = NodeKey::generate().unwrap();
+    let (mut established, _) = handshake(tcp, &key).await.unwrap();
+    let mut start = Vec::new();
+    amino::put_uvarint(&mut start, 200);
+    start.extend_from_slice(&[0x0a; 10]);
+    let mut frame = [0u8; FRAME_LEN];
+    established.sealer.seal(&start, &mut frame).unwrap();
+    tcp.write_all(&frame).await.unwrap();
+    tcp.write_all(&frame).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_replayed_frame_in_the_node_info_stage_is_a_bad_frame_and_the_peers_fault() {
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let accepted = server.accept_one();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    replaying_peer(&mut tcp).await;
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, TransportError::BadFrame(FrameError::Decrypt)),
+        "{err:?}"
+    );
+    assert!(err.is_peer_fault());
+    // A forged frame (random bytes) is the same fault.
+    let server = Listening::new("net").await;
+    let addr = server.listener.local_addr().unwrap();
+    let accepted = server.accept_one();
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let key = NodeKey::generate().unwrap();
+    let _ = handshake(&mut tcp, &key).await.unwrap();
+    tcp.write_all(&[0x5a; FRAME_LEN]).await.unwrap();
+    let err = accepted.await.unwrap().unwrap_err();
+    assert!(
+        matches!(err, TransportError::BadFrame(FrameError::Decrypt)),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -416,10 +458,31 @@ async fn a_dns_address_must_be_resolved_before_dialing() {
     assert!(matches!(err, TransportError::Unresolved(_)), "{err:?}");
 }
 
+#[tokio::test]
+async fn connect_any_tries_each_address_until_one_accepts() {
+    // A listener on 127.0.0.1 only: ::1 at its port refuses (as when `localhost` resolves to
+    // ::1 first), 127.0.0.1 accepts.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let v4 = listener.local_addr().unwrap();
+    let v6 = std::net::SocketAddr::new("::1".parse().unwrap(), v4.port());
+    let tcp = connect_any(&[v6, v4], TIMEOUT).await.unwrap();
+    assert_eq!(tcp.peer_addr().unwrap(), v4);
+    // Every address refusing: the last error; none at all: NotFound.
+    drop(listener);
+    let err = connect_any(&[v6, v4], TIMEOUT).await.unwrap_err();
+    assert!(matches!(err, TransportError::Io(_)), "{err:?}");
+    let err = connect_any(&[], TIMEOUT).await.unwrap_err();
+    assert!(
+        matches!(&err, TransportError::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
+        "{err:?}"
+    );
+}
+
 mod actor {
     use std::net::{IpAddr, SocketAddr};
 
     use actix::prelude::*;
+    use tm2_p2p::actors::metrics::{HandshakeFailure, Metrics};
     use tm2_p2p::actors::transport::{
         Dial, InboundConnection, InboundRejectReason, InboundRejected, Stop, Transport,
         TransportConfig,
@@ -464,6 +527,10 @@ mod actor {
     }
 
     async fn start(config: TransportConfig) -> Running {
+        start_with(config, Metrics::new()).await
+    }
+
+    async fn start_with(config: TransportConfig, metrics: Metrics) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let key = NodeKey::generate().unwrap();
         let info = node_info(key.id(), listener.local_addr().unwrap().port(), "net");
@@ -485,6 +552,7 @@ mod actor {
             collector.recipient(),
             log,
         )
+        .with_metrics(metrics)
         .start();
         Running {
             addr,
@@ -500,7 +568,117 @@ mod actor {
             dial_timeout: TIMEOUT,
             max_handshakes_in_progress: 64,
             max_handshakes_per_ip: 8,
+            ..TransportConfig::default()
         }
+    }
+
+    /// Runs a flood of silent sockets against a transport with the default slots (64 in total,
+    /// 8 per IP, 16 per subnet) and a 10 s handshake timeout: 8 sockets from each of
+    /// `flood_ips`, each reconnecting (after 20 ms) whenever the node closes it, so the flood
+    /// keeps every slot it can. `HONEST` honest peers, one after another, each from a fresh
+    /// IP of 127.0.200.0/24, run a full upgrade, each once the flood holds `expect_held` slots
+    /// (the node sent those sockets its ephemeral key). Returns how many succeeded and the node's
+    /// rejections of flood sockets by kind (no slot, evicted, other).
+    async fn honest_handshakes_during_a_flood(
+        flood_ips: &[[u8; 4]],
+        expect_held: usize,
+    ) -> (usize, [usize; 3]) {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        const HONEST: usize = 20;
+        // Timeouts longer than the test: a flood socket only gives its slot up when evicted.
+        let mut a = start(TransportConfig {
+            handshake_first_message_timeout: TIMEOUT,
+            ..config(TIMEOUT)
+        })
+        .await;
+        let target = a.net.socket_addr().unwrap();
+        let held = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut flood = Vec::new();
+        for &ip in flood_ips {
+            for _ in 0..8 {
+                let (held, stop) = (held.clone(), stop.clone());
+                flood.push(tokio::spawn(async move {
+                    while !stop.load(Ordering::Acquire) {
+                        let tcp = connect_from(ip, target).await;
+                        let mut first = [0u8; 1];
+                        // Holding a slot: the node started its handshake (sent its key).
+                        if matches!(tcp.peek(&mut first).await, Ok(n) if n > 0) {
+                            held.fetch_add(1, Ordering::AcqRel);
+                            closed_within(tcp, TIMEOUT).await;
+                            held.fetch_sub(1, Ordering::AcqRel);
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }));
+            }
+        }
+        let mut succeeded = 0;
+        for i in 0..HONEST {
+            // Every attempt starts while the flood holds all it can.
+            let deadline = tokio::time::Instant::now() + TIMEOUT;
+            while held.load(Ordering::Acquire) < expect_held {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the flood never held {expect_held} slots"
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let tcp = connect_from([127, 0, 200, 1 + i as u8], target).await;
+            let (key, info) = dialer("net");
+            let up = upgrade(tcp, &key, &info, Some(a.net.id()), TIMEOUT).await;
+            if up.is_ok() {
+                let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv()).await;
+                assert_eq!(inbound.unwrap().unwrap().id(), key.id());
+                succeeded += 1;
+            }
+        }
+        stop.store(true, Ordering::Release);
+        a.addr.send(Stop).await.unwrap();
+        for task in flood {
+            task.await.unwrap();
+        }
+        let mut kinds = [0; 3];
+        while let Ok(r) = a.rejected.try_recv() {
+            if r.remote.ip().to_string().starts_with("127.0.200.") {
+                continue;
+            }
+            kinds[match r.reason {
+                InboundRejectReason::NoHandshakeSlot(_) => 0,
+                InboundRejectReason::Evicted => 1,
+                InboundRejectReason::Upgrade(_) => 2,
+            }] += 1;
+        }
+        println!(
+            "flood from {} IPs: {succeeded} of {HONEST} honest handshakes succeeded; flood \
+             sockets refused {}, evicted {}, failed otherwise {}",
+            flood_ips.len(),
+            kinds[0],
+            kinds[1],
+            kinds[2]
+        );
+        (succeeded, kinds)
+    }
+
+    #[actix::test]
+    async fn honest_newcomers_get_in_while_silent_sockets_from_8_subnets_hold_every_slot() {
+        // 8 IPs in 8 different /24s x 8 sockets: exactly the 64 slots, within every per-IP and
+        // per-subnet bound. Each honest newcomer evicts the oldest flood socket.
+        let ips: Vec<[u8; 4]> = (1..=8).map(|net| [127, 0, net, 2]).collect();
+        let (succeeded, [_, evicted, _]) = honest_handshakes_during_a_flood(&ips, 64).await;
+        assert_eq!(succeeded, 20);
+        assert!(evicted >= 20, "every newcomer took a flood socket's slot");
+    }
+
+    #[actix::test]
+    async fn silent_sockets_from_one_subnet_hold_at_most_its_share_of_the_slots() {
+        // 8 IPs of one /24 x 8 sockets (the issue's 8 IPs x 8 silent sockets, all in 127.0.0.0/24):
+        // the subnet holds at most 16 slots, the rest are refused at once.
+        let ips: Vec<[u8; 4]> = (2..=9).map(|n| [127, 0, 0, n]).collect();
+        let (succeeded, [refused, _, _]) = honest_handshakes_during_a_flood(&ips, 16).await;
+        assert_eq!(succeeded, 20);
+        assert!(refused > 0);
     }
 
     async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
@@ -581,6 +759,7 @@ mod actor {
             assert_eq!(r.remote.ip(), IpAddr::from([127, 0, 0, 2]));
             match r.reason {
                 InboundRejectReason::NoHandshakeSlot(_) => no_slot += 1,
+                InboundRejectReason::Evicted => panic!("nothing to evict for"),
                 InboundRejectReason::Upgrade(e) => {
                     assert!(
                         matches!(*e, TransportError::Timeout { .. } | TransportError::Io(_)),
@@ -593,6 +772,103 @@ mod actor {
         }
         assert_eq!(no_slot, FLOOD - 8, "only 8 handshakes per IP at once");
         assert_eq!(timed_out, 8);
+    }
+
+    #[actix::test]
+    async fn a_replayed_frame_is_counted_as_a_bad_frame_not_an_io_error() {
+        let metrics = Metrics::new();
+        let mut a = start_with(config(TIMEOUT), metrics.clone()).await;
+        let mut tcp = TcpStream::connect(a.net.socket_addr().unwrap())
+            .await
+            .unwrap();
+        replaying_peer(&mut tcp).await;
+        let r = tokio::time::timeout(TIMEOUT, a.rejected.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match r.reason {
+            InboundRejectReason::Upgrade(e) => assert!(
+                matches!(*e, TransportError::BadFrame(FrameError::Decrypt)),
+                "{e:?}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let count = |reason| metrics.handshake_failures(Direction::Inbound, reason);
+        assert_eq!(count(HandshakeFailure::BadFrame), 1);
+        assert_eq!(count(HandshakeFailure::IoError), 0);
+        assert!(
+            metrics
+                .encode()
+                .contains("handshake_failures_total{direction=\"inbound\",reason=\"bad_frame\"} 1")
+        );
+    }
+
+    #[actix::test]
+    async fn silent_and_trickling_sockets_lose_their_slot_at_the_first_message_deadline() {
+        // The handshake timeout is 10 s; the ephemeral key is due within 300 ms.
+        let mut a = start(TransportConfig {
+            handshake_first_message_timeout: Duration::from_millis(300),
+            ..config(TIMEOUT)
+        })
+        .await;
+        let target = a.net.socket_addr().unwrap();
+        let silent = TcpStream::connect(target).await.unwrap();
+        let mut trickle = TcpStream::connect(target).await.unwrap();
+        // 20 bytes of a 35-byte ephemeral message, one every 50 ms (the writes fail once the
+        // node has closed the socket).
+        let trickle = tokio::spawn(async move {
+            let mut msg = vec![0x22, 0x0a, 0x20];
+            msg.resize(20, 0x42);
+            for b in msg {
+                if trickle.write_all(&[b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            trickle
+        });
+        assert!(closed_within(silent, Duration::from_secs(3)).await);
+        let trickle = trickle.await.unwrap();
+        assert!(closed_within(trickle, Duration::from_secs(3)).await);
+        for _ in 0..2 {
+            let r = tokio::time::timeout(TIMEOUT, a.rejected.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            match r.reason {
+                InboundRejectReason::Upgrade(e) => assert!(
+                    matches!(
+                        *e,
+                        TransportError::Timeout {
+                            stage: Stage::SecretHandshake,
+                            after,
+                        } if after == Duration::from_millis(300)
+                    ),
+                    "{e:?}"
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        // An honest peer is not affected.
+        let b = start(config(TIMEOUT)).await;
+        dial_and_accept(&mut a, &b).await;
+    }
+
+    #[actix::test]
+    async fn a_dial_message_resolves_a_host_name() {
+        // Whatever `localhost` resolves to here (::1 and 127.0.0.1 in either order, or only
+        // one), the node listening on 127.0.0.1 is reached.
+        let mut a = start(config(TIMEOUT)).await;
+        let b = start(config(TIMEOUT)).await;
+        let port = a.net.socket_addr().unwrap().port();
+        let by_name: NetAddress = format!("{}@localhost:{port}", a.net.id()).parse().unwrap();
+        let up = b.addr.send(Dial { addr: by_name }).await.unwrap().unwrap();
+        assert_eq!(up.id(), a.net.id());
+        let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(inbound.id(), b.net.id());
     }
 
     #[actix::test]

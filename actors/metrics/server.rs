@@ -3,16 +3,17 @@
 //!
 //! One route, one request per connection, no keep-alive. Everything a client can make it do is
 //! bounded: the bytes of a request head, the time to send it and to read the answer, and the
-//! connections served at once.
+//! connections served at once, where a connection still waiting for its head gives way to a
+//! newer one, so idle connections cannot keep a scraper out.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinHandle, JoinSet};
 
 use super::{Metrics, lock};
@@ -31,7 +32,9 @@ pub struct ServerLimits {
     /// The time a client has to send its whole request head, counted from the accept; then
     /// it gets 408. Writing the response has as long again. Default 5 s.
     pub io_timeout: Duration,
-    /// Connections served at once; one more is closed at once. Default 16.
+    /// Connections served at once. One more takes the slot of the oldest connection that has
+    /// not sent its whole request head; when every connection is being answered, it is closed
+    /// at once. Default 16.
     pub max_connections: usize,
 }
 
@@ -100,24 +103,37 @@ impl Drop for MetricsServer {
 
 /// The accept loop. Connection tasks live in a `JoinSet` owned here, so aborting this task
 /// aborts them too.
+///
+/// When `max_connections` are being served, a new connection takes the slot of the oldest one
+/// that has not sent its whole request head yet (its task is aborted, closing it unanswered):
+/// idle or trickling connections cannot keep a scraper out, since a scraper sends its head
+/// right after connecting. Only when every slot is writing a response is the newcomer closed
+/// at once, unread.
 async fn serve(listener: TcpListener, metrics: Metrics, limits: ServerLimits) {
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut tasks = JoinSet::new();
+    // The connections being served, oldest first.
+    let mut conns: Vec<Conn> = Vec::with_capacity(limits.max_connections);
     let mut pause = Duration::from_millis(5);
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     pause = Duration::from_millis(5);
-                    // Over the bound: dropped here, closed without reading a byte.
-                    if let Ok(permit) = permits.clone().try_acquire_owned() {
-                        let metrics = metrics.clone();
-                        tasks.spawn(async move {
-                            // A failed connection concerns only its client.
-                            let _ = serve_connection(stream, &metrics, limits).await;
-                            drop(permit);
-                        });
+                    if conns.len() >= limits.max_connections {
+                        let Some(oldest) = oldest_without_head(&conns) else {
+                            // Every slot is answering: dropped here, closed unread.
+                            continue;
+                        };
+                        conns.remove(oldest).abort.abort();
                     }
+                    let metrics = metrics.clone();
+                    let head_read = Arc::new(AtomicBool::new(false));
+                    let flag = head_read.clone();
+                    let abort = tasks.spawn(async move {
+                        // A failed connection concerns only its client.
+                        let _ = serve_connection(stream, &metrics, limits, &flag).await;
+                    });
+                    conns.push(Conn { abort, head_read });
                 }
                 Err(_) => {
                     // A full file table, say: wait, so the loop does not spin.
@@ -125,22 +141,49 @@ async fn serve(listener: TcpListener, metrics: Metrics, limits: ServerLimits) {
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
             },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(done) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                // An evicted connection was removed already.
+                conns.retain(|c| c.abort.id() != id);
+            }
         }
     }
 }
 
-/// Reads one request head, answers it and closes the connection.
+/// A connection being served.
+#[derive(Debug)]
+struct Conn {
+    /// Aborts its task (closing the socket).
+    abort: AbortHandle,
+    /// Set once its request head has been read (or the head phase ended otherwise): from then
+    /// on it is being answered and keeps its slot.
+    head_read: Arc<AtomicBool>,
+}
+
+/// The oldest connection (they are in accept order) still waiting for its request head.
+fn oldest_without_head(conns: &[Conn]) -> Option<usize> {
+    conns
+        .iter()
+        .position(|c| !c.head_read.load(Ordering::Acquire))
+}
+
+/// Reads one request head, answers it and closes the connection. Sets `head_read` when the
+/// head phase ends.
 async fn serve_connection(
     mut stream: TcpStream,
     metrics: &Metrics,
     limits: ServerLimits,
+    head_read: &AtomicBool,
 ) -> io::Result<()> {
     let head = tokio::time::timeout(
         limits.io_timeout,
         read_head(&mut stream, limits.max_head_bytes),
     )
     .await;
+    head_read.store(true, Ordering::Release);
     let response = match head {
         Err(_elapsed) => Response::error(408, "Request Timeout"),
         Ok(Err(HeadError::Io(e))) => return Err(e),
@@ -516,43 +559,42 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_over_the_bound_are_closed_at_once() {
+    async fn a_connection_without_a_head_gives_its_slot_to_a_new_one() {
         let server = server(ServerLimits {
             max_connections: 1,
-            // The slot holder below must still be within its time when it finishes.
             io_timeout: Duration::from_secs(120),
             ..ServerLimits::default()
         })
         .await;
         let addr = server.local_addr();
-        // The first connection holds the only slot (its head is never finished).
+        // The first connection holds the only slot (its head is never finished)...
         let mut first = TcpStream::connect(addr).await.unwrap();
         first.write_all(b"GET /metrics").await.unwrap();
-        // The server may accept the second before the first, so retry a bounded number of
-        // times until one connection is closed unanswered while the holder is still open.
-        let mut refused = false;
-        for _ in 0..50 {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
-            let mut out = Vec::new();
-            let read = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut out))
-                .await
-                .expect("server did not close");
-            // Closed unread: EOF, or a reset because our request was never read.
-            if read.is_err() || out.is_empty() {
-                refused = true;
-                break;
-            }
-        }
-        assert!(refused, "an extra connection was served");
-        // The slot holder is still served once it finishes its request.
-        first.write_all(b" HTTP/1.1\r\n\r\n").await.unwrap();
+        // ...until a scrape arrives: it is served, and the idle one is closed unanswered.
+        let ok = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n").await;
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
         let mut out = Vec::new();
-        tokio::time::timeout(Duration::from_secs(30), first.read_to_end(&mut out))
+        let read = tokio::time::timeout(Duration::from_secs(30), first.read_to_end(&mut out))
             .await
-            .unwrap()
-            .unwrap();
-        assert!(out.starts_with(b"HTTP/1.1 200 OK"));
+            .expect("the evicted connection stayed open");
+        assert!(read.is_err() || out.is_empty(), "{out:?}");
+    }
+
+    #[tokio::test]
+    async fn only_connections_still_waiting_for_their_head_are_evicted() {
+        let flags = |heads: &[bool]| -> Vec<Conn> {
+            heads
+                .iter()
+                .map(|&h| Conn {
+                    abort: tokio::spawn(async {}).abort_handle(),
+                    head_read: Arc::new(AtomicBool::new(h)),
+                })
+                .collect()
+        };
+        assert_eq!(oldest_without_head(&flags(&[true, false, false])), Some(1));
+        assert_eq!(oldest_without_head(&flags(&[false, true])), Some(0));
+        assert_eq!(oldest_without_head(&flags(&[true, true])), None);
+        assert_eq!(oldest_without_head(&flags(&[])), None);
     }
 
     #[tokio::test]

@@ -1,5 +1,6 @@
 //! Dialing policy cores: [`DialQueue`], the time-ordered de-duplicated queue of addresses to
-//! dial, and [`Backoff`], the per-peer redial delay of persistent peers.
+//! dial, [`Backoff`], the per-peer redial delay of persistent peers, and [`ConnectAttempts`],
+//! the order and time shares in which the addresses a host name resolved to are tried.
 //!
 //! Both are sans-IO: no clock (every method that needs the time takes `now: Instant`), no
 //! timers, no global RNG (jitter comes from an `RngCore` passed in). The `Dialer` actor owns a
@@ -18,8 +19,10 @@
 //!   is redialed at full speed forever; [`Backoff`] restarts only after a connection that stayed
 //!   up for `redial_backoff_reset_after`, and counts a shorter one as a failure.
 
+mod attempts;
 mod backoff;
 mod queue;
 
+pub use attempts::{Attempt, ConnectAttempts};
 pub use backoff::{Backoff, BackoffConfig, JITTER_PERCENT};
 pub use queue::{DEFAULT_DIAL_QUEUE_CAPACITY, DialItem, DialQueue, DialQueueFull, PushOutcome};

@@ -7,8 +7,9 @@
 //! - Admission ([`PeerSet::admit`], [`PeerSet::can_dial`]): pure decisions with a typed
 //!   [`RejectReason`]: not ourselves, not a duplicate, within the limits ([`PeerLimits`]).
 //! - [`resolve_duplicate`]: the simultaneous-dial tie-break both sides compute alike.
-//! - [`HandshakeSlots`]: the bound on inbound handshakes in progress, in total and per IP,
-//!   that the Transport checks before it starts any handshake.
+//! - [`HandshakeSlots`]: the bound on inbound handshakes in progress, in total, per IP and per
+//!   [`Subnet`], that the Transport checks before it starts any handshake, and the choice of
+//!   the unauthenticated connection that gives its slot to a newcomer when all are taken.
 //!
 //! Sans-IO: no sockets, no clock (the connect time is passed in), no actors.
 //!
@@ -34,5 +35,5 @@ mod handshakes;
 mod peer_set;
 
 pub use admission::{Admission, Keep, PeerLimits, RejectReason, resolve_duplicate};
-pub use handshakes::{HandshakeSlots, SlotRefused};
+pub use handshakes::{Acquired, HandshakeSlots, SlotRefused, SlotTicket, Subnet};
 pub use peer_set::{DuplicatePeer, PeerCounts, PeerEntry, PeerSet};

@@ -383,6 +383,13 @@ impl Handshake {
         }
     }
 
+    /// Whether the peer's first message (its ephemeral key) is still awaited, in whole or in
+    /// part. An honest peer sends it as soon as the connection opens, so a driver may give this
+    /// stage a shorter deadline than the rest of the handshake.
+    pub fn awaits_first_message(&self) -> bool {
+        matches!(self.state, State::Ephemeral(_))
+    }
+
     /// Whether the handshake succeeded and [`poll_transmit`](Self::poll_transmit) has handed
     /// out everything it had to send (both messages can be queued at once when the peer's
     /// arrive first). Then call [`finish`](Self::finish).
@@ -591,6 +598,18 @@ mod tests {
             assert_eq!(hs.poll_transmit(), None);
             assert_eq!(hs.handle_bytes(&[0]), Err(HandshakeError::LowOrderKey));
         }
+    }
+
+    #[test]
+    fn the_first_message_is_awaited_until_the_ephemeral_key_is_complete() {
+        let mut hs = bob();
+        assert!(hs.awaits_first_message());
+        let msg = eph_msg(&hex32(ALICE_PUB));
+        // A partial message (a trickle) is still the first message.
+        assert_eq!(hs.handle_bytes(&msg[..10]).unwrap(), 10);
+        assert!(hs.awaits_first_message());
+        hs.handle_bytes(&msg[10..]).unwrap();
+        assert!(!hs.awaits_first_message());
     }
 
     #[test]
