@@ -648,6 +648,7 @@ mod actor {
                 InboundRejectReason::NoHandshakeSlot(_) => 0,
                 InboundRejectReason::Evicted => 1,
                 InboundRejectReason::Upgrade(_) => 2,
+                other => panic!("unexpected rejection {other:?}"),
             }] += 1;
         }
         println!(

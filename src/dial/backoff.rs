@@ -465,7 +465,7 @@ mod tests {
 
     proptest! {
         /// For any parameters and attempt count, the delay is within ±10 % of
-        /// `min(base × 2^n, max)` computed with checked arithmetic.
+        /// `min(base × 2^(n-1), max)` (`base` for n = 0) computed with checked arithmetic.
         #[test]
         fn delay_matches_checked_model(
             base_ns in 0u64..=u64::MAX,
@@ -483,7 +483,7 @@ mod tests {
                 0
             } else {
                 2u128
-                    .checked_pow(attempts)
+                    .checked_pow(attempts.saturating_sub(1))
                     .and_then(|f| f.checked_mul(u128::from(base_ns)))
                     .map_or(max, |d| d.min(max))
             };
