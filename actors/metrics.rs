@@ -713,7 +713,8 @@ pub enum DialOutcome {
     Timeout,
     /// The secret handshake, the NodeInfo exchange or the checks after them failed.
     HandshakeFailed,
-    /// The address still held a DNS name at dial time.
+    /// The address still held a DNS name at dial time. A running node resolves names in its
+    /// Transport, so this stays 0 there; kept so the series (and the API) stay stable.
     Unresolved,
     /// The dial queue was full ([`DialError::QueueFull`]).
     QueueFull,

@@ -220,9 +220,10 @@ pub struct P2pConfig {
     /// positive. Default: 1 s (TM2 has only the 3 s step timeout).
     #[serde(with = "humantime_serde")]
     pub handshake_first_message_timeout: Duration,
-    /// The time allowed for one outbound dial, covering the TCP connect and the whole upgrade.
-    /// Must be positive. Default: 3 s, as TM2's `defaultDialTimeout` (which bounds only the TCP
-    /// connect there).
+    /// The time allowed for one outbound dial to resolve its address and open the TCP
+    /// connection (each address a host name resolves to is tried in turn within it); each stage
+    /// of the upgrade that follows has `handshake_timeout`. Must be positive. Default: 3 s, as
+    /// TM2's `defaultDialTimeout`.
     #[serde(with = "humantime_serde")]
     pub dial_timeout: Duration,
     /// The most outbound dials in flight at once. Must be positive. Default: 16: enough to fill the
@@ -703,7 +704,7 @@ const FIELD_DOCS: &[(&str, &str)] = &[
     ),
     (
         "dial_timeout",
-        "Time allowed for a TCP connect. Default 3s.",
+        "Time allowed to resolve a dialed address and open the TCP connection (each stage\nof the upgrade then has handshake_timeout). Default 3s.",
     ),
     (
         "max_concurrent_dials",
