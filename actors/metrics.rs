@@ -23,15 +23,22 @@
 //!
 //! ## The HTTP responder
 //!
-//! [`MetricsServer`] answers `GET /metrics` (and `HEAD`) with the OpenMetrics text
-//! prometheus-client writes, `Content-Type:` [`CONTENT_TYPE`], `Content-Length` and
-//! `Connection: close`; other paths get 404, other methods 405. One request per connection.
-//! Requests are hostile input: the head is read up to [`ServerLimits::max_head_bytes`]
-//! (431 beyond), within [`ServerLimits::io_timeout`] from the connection's start (408 after:
-//! a client trickling bytes gains nothing), and at most [`ServerLimits::max_connections`]
-//! connections are served at once; one more takes the slot of the oldest connection that has
-//! not sent its whole head (so idle connections cannot keep a scraper out), or is closed at
-//! once, unread, when every connection is being answered.
+//! [`MetricsServer`] (hyper, HTTP/1.1) answers `GET /metrics` (and `HEAD`) in the format the
+//! `Accept` header asks for: OpenMetrics ([`CONTENT_TYPE`]) for a client that accepts
+//! `application/openmetrics-text` (Prometheus), the Prometheus text format 0.0.4
+//! ([`TEXT_CONTENT_TYPE`]) otherwise (`curl`, `promtool`, older scrapers); other paths get
+//! 404, other methods 405. One request per connection. Requests are hostile input: the head
+//! is read up to [`ServerLimits::max_head_bytes`] (431 beyond), within
+//! [`ServerLimits::io_timeout`] (hyper's header-read timeout: then the connection is closed),
+//! and at most [`ServerLimits::max_connections`] connections are served at once; one more
+//! takes the slot of the oldest connection still waiting for its head.
+//!
+//! ## In a host's registry
+//!
+//! A host that serves its own metrics registers the node's with
+//! [`Metrics::register_into`] (under [`Metrics::namespace`], `tm2p2p` unless made with
+//! [`Metrics::with_namespace`]) and hands them to `SwitchBuilder::metrics`; no
+//! `metrics_addr` is needed then.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;

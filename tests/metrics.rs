@@ -119,10 +119,20 @@ impl Answer {
     }
 }
 
-/// `GET path` over a fresh TCP connection, read until the server closes it.
+/// What Prometheus sends in `Accept`: OpenMetrics first.
+const PROMETHEUS_ACCEPT: &str =
+    "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+/// `GET path` as Prometheus asks, over a fresh TCP connection, read until the server closes it.
 async fn get(addr: SocketAddr, path: &str) -> Answer {
+    get_accepting(addr, path, Some(PROMETHEUS_ACCEPT)).await
+}
+
+/// `GET path` with `accept` (no `Accept` header for `None`, as curl).
+async fn get_accepting(addr: SocketAddr, path: &str, accept: Option<&str>) -> Answer {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let accept = accept.map_or(String::new(), |a| format!("Accept: {a}\r\n"));
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}\r\n").as_bytes())
         .await
         .unwrap();
     let mut raw = Vec::new();
@@ -490,10 +500,19 @@ async fn both_exposition_formats_of_a_busy_node_pass_their_checkers() {
         .metrics()
         .register("reactor_latency_seconds", "A host histogram", latency);
 
-    let open = a.node.metrics().encode();
+    // Over HTTP: the format follows `Accept`.
+    let addr = a.node.metrics_addr().unwrap();
+    let open = get_accepting(addr, "/metrics", Some(PROMETHEUS_ACCEPT)).await;
+    assert_eq!(open.header("content-type"), Some(CONTENT_TYPE));
+    let open = open.body;
     let parsed = openmetrics_parser::openmetrics::parse_openmetrics(&open);
     assert!(parsed.is_ok(), "{parsed:?}\n{open}");
-    let text = a.node.metrics().encode_prometheus();
+    let text = get_accepting(addr, "/metrics", None).await;
+    assert_eq!(
+        text.header("content-type"),
+        Some(tm2_p2p::actors::metrics::TEXT_CONTENT_TYPE)
+    );
+    let text = text.body;
     assert!(
         !text.contains("# EOF") && !text.contains("# UNIT"),
         "{text}"
