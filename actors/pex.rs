@@ -3,8 +3,9 @@
 //! Every `pex_interval`, while the node has fewer outbound peers than `max_num_outbound_peers`,
 //! it asks one random connected peer for addresses and dials a few dialable ones from its
 //! [`AddressBook`] (and the configured `seeds` while the book knows too few). It answers a
-//! request with up to 30 random known-good addresses (never private peers, never the asker,
-//! never banned or non-routable ones unless `allow_non_routable`). Compared with TM2:
+//! request with up to `max_pex_addresses` (default 30) addresses drawn across network groups
+//! (never private peers, never the asker, never banned or non-routable ones unless
+//! `allow_non_routable`), and accepts responses of at most that many. Compared with TM2:
 //!
 //! - only peers that advertise channel `0x50` are asked (TM2 asks any peer, and one without
 //!   the channel drops the connection);
@@ -67,13 +68,19 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The book is saved every this many ticks (and when the reactor stops).
 pub const SAVE_EVERY_TICKS: u64 = 10;
 
-/// The channel descriptor of peer exchange: TM2's priority 1 and queue of 20; messages
-/// capped at the largest valid response.
+/// The channel descriptor of peer exchange with the default `max_pex_addresses` (30): TM2's
+/// priority 1 and queue of 20; messages capped at the largest valid response.
 pub fn pex_channel() -> ChannelDescriptor {
+    pex_channel_for(MAX_ADDRESSES)
+}
+
+/// [`pex_channel`] for responses of up to `max_addresses` entries (`max_pex_addresses`): the
+/// message cap follows the limit, so a node that accepts more entries can receive them.
+pub fn pex_channel_for(max_addresses: usize) -> ChannelDescriptor {
     ChannelDescriptor::new(PEX_CHANNEL)
         .with_priority(1)
         .with_send_queue_capacity(20)
-        .with_recv_message_capacity(max_message_len(MAX_ADDRESSES))
+        .with_recv_message_capacity(max_message_len(max_addresses.max(MAX_ADDRESSES)))
 }
 
 /// The peer-exchange reactor. Started by `SwitchBuilder::spawn` when `pex = true`.
@@ -97,6 +104,8 @@ pub struct PeerExchange {
     private: HashSet<PeerId>,
     /// Whether loopback/private addresses may be shared (local networks).
     allow_non_routable: bool,
+    /// The most addresses sent in, and accepted from, one response (`max_pex_addresses`).
+    max_addresses: usize,
     /// The outbound peer target.
     max_outbound: usize,
     /// Serve and crawl, disconnecting peers once served (see the module docs).
@@ -148,6 +157,7 @@ impl PeerExchange {
             seeds: config.seeds.clone(),
             private: config.private_peer_ids.iter().copied().collect(),
             allow_non_routable: config.allow_non_routable,
+            max_addresses: config.max_pex_addresses,
             max_outbound: config.max_num_outbound_peers,
             seed_mode: config.seed_mode,
             interval: config.pex_interval,
@@ -239,7 +249,7 @@ impl PeerExchange {
     fn answer(&mut self, peer: PeerId) {
         let now = clock::wall_now();
         let addrs = self.book.sample_for_sharing(
-            MAX_ADDRESSES,
+            self.max_addresses,
             peer,
             &self.private,
             self.allow_non_routable,
@@ -364,7 +374,7 @@ impl Handler<Receive> for PeerExchange {
 
     fn handle(&mut self, msg: Receive, ctx: &mut Self::Context) {
         let peer = msg.peer;
-        match protocol::decode(&msg.payload) {
+        match protocol::decode_with_limit(&msg.payload, self.max_addresses) {
             Err(e) => self.punish(peer, &format!("undecodable message: {e}")),
             Ok(decoded) => match decoded.message {
                 PexMessage::Request => match self.limiter.check(peer, clock::now()) {

@@ -259,7 +259,9 @@ pub struct P2pConfig {
     #[serde(with = "humantime_serde")]
     pub pex_interval: Duration,
     /// The most addresses sent in, and accepted from, one peer-exchange response. Must be positive.
-    /// Default: 30, as TM2's `maxPeersShared`.
+    /// Default: 30, as TM2's `maxPeersShared`. A response longer than a peer's own limit is
+    /// refused by it (gno accepts any length; a tm2-p2p node with the default refuses more
+    /// than 30), so raise it only where every peer accepts as many.
     pub max_pex_addresses: usize,
     /// The address book file; relative to `home`. Default: `"config/addrbook.json"`, as TM2's
     /// `addr_book_file`.

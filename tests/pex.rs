@@ -349,3 +349,77 @@ async fn the_address_book_survives_a_restart_and_a_corrupt_one_does_not_stop_the
     aside.push(".corrupt");
     assert!(std::path::Path::new(&aside).exists());
 }
+
+/// `n` addresses of made-up peers on loopback, distinct ids and ports.
+fn made_up_addresses(n: u16) -> Vec<NetAddress> {
+    (0..n)
+        .map(|i| {
+            let id = tm2_p2p::PeerId::from_public_key(&[u8::try_from(i % 251).unwrap() + 1; 32]);
+            format!("{id}@127.0.0.1:{}", 20_000 + i).parse().unwrap()
+        })
+        .collect()
+}
+
+/// Waits for `c` to receive the node's peer-exchange request.
+async fn next_request(c: &mut Client) {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let bytes = c.received.recv().await.unwrap().payload;
+            if decode(&bytes).unwrap().message == PexMessage::Request {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a request within the timeout");
+}
+
+#[actix::test]
+async fn answers_carry_at_most_max_pex_addresses() {
+    let node = spawn(P2pConfig {
+        max_pex_addresses: 2,
+        ..config()
+    })
+    .await;
+    let _others = [
+        give_an_address_to(&node, 1).await,
+        give_an_address_to(&node, 2).await,
+        give_an_address_to(&node, 3).await,
+    ];
+    let mut c = client(&node).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    let answer = next_response(&mut c).await;
+    assert_eq!(answer.len(), 2, "{answer:?}");
+}
+
+#[actix::test]
+async fn responses_up_to_max_pex_addresses_are_accepted_and_longer_ones_refused() {
+    // Raised above TM2's 30: a response of 35 is used.
+    let node = spawn(P2pConfig {
+        max_pex_addresses: 40,
+        ..config()
+    })
+    .await;
+    let pex = node.peer_exchange().unwrap();
+    let mut c = client(&node).await;
+    next_request(&mut c).await;
+    let response = PexMessage::Response(made_up_addresses(35)).encode();
+    assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
+    wait_until("35 addresses in the book", POLL, || async {
+        pex.send(BookSize).await.unwrap() >= 35
+    })
+    .await;
+    assert!(c.stopped.try_recv().is_err(), "the node dropped the peer");
+
+    // Lowered to 2: a response of 3 is refused and its sender stopped.
+    let node = spawn(P2pConfig {
+        max_pex_addresses: 2,
+        ..config()
+    })
+    .await;
+    let mut c = client(&node).await;
+    next_request(&mut c).await;
+    let response = PexMessage::Response(made_up_addresses(3)).encode();
+    assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
+    assert_closed_by_node(&mut c).await;
+}
