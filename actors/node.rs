@@ -256,12 +256,7 @@ impl SwitchBuilder {
                         own_id,
                         &pex_config,
                         ctx.address(),
-                        events.subscribe(|e| {
-                            matches!(
-                                e,
-                                SwitchEvent::DialFailed { .. } | SwitchEvent::PeerConnected { .. }
-                            )
-                        }),
+                        events.subscribe(|e| matches!(e, SwitchEvent::DialFailed { .. })),
                         pex_log,
                     )
                     .with_metrics(metrics.clone())

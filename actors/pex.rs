@@ -47,7 +47,10 @@ use crate::actors::switch::{DialPeers, DisconnectPeer, StopPeerForError, Switch}
 use crate::config::P2pConfig;
 use crate::mconn::ChannelDescriptor;
 use crate::pex::protocol::{self, MAX_ADDRESSES, max_message_len};
-use crate::pex::{AddressBook, AddressBookConfig, PexMessage, RequestLimiter, RequestVerdict};
+use crate::pex::{
+    AddressBook, AddressBookConfig, KnownAddress, NetGroup, PexMessage, RequestLimiter,
+    RequestVerdict,
+};
 use crate::types::{NetAddress, PeerId};
 
 /// The peer-exchange channel (TM2's `0x50`).
@@ -85,6 +88,8 @@ pub fn pex_channel_for(max_addresses: usize) -> ChannelDescriptor {
 
 /// The peer-exchange reactor. Started by `SwitchBuilder::spawn` when `pex = true`.
 pub struct PeerExchange {
+    /// This node's id (the source of the addresses it reached itself).
+    own_id: PeerId,
     /// The Switch, for `DialPeers` and `StopPeerForError`.
     switch: Addr<Switch>,
     /// Known addresses.
@@ -148,6 +153,7 @@ impl PeerExchange {
             None => AddressBook::new(own_id, book_config),
         };
         Self {
+            own_id,
             switch,
             book,
             book_path,
@@ -325,14 +331,10 @@ impl Actor for PeerExchange {
 impl StreamHandler<SwitchEvent> for PeerExchange {
     fn handle(&mut self, event: SwitchEvent, _: &mut Self::Context) {
         let now = clock::wall_now();
-        match event {
-            SwitchEvent::DialFailed { address, .. } => {
-                self.book.mark_failed(&address.id(), now);
-            }
-            SwitchEvent::PeerConnected { peer, .. } => {
-                self.book.mark_good(&peer, now);
-            }
-            _ => {}
+        // Only dial failures are subscribed to: a connection is recorded when the reactor gets
+        // `PeerAdded`, which says who dialed.
+        if let SwitchEvent::DialFailed { address, .. } = event {
+            self.book.mark_failed(&address.id(), now);
         }
     }
 
@@ -347,10 +349,19 @@ impl Handler<PeerAdded> for PeerExchange {
     fn handle(&mut self, msg: PeerAdded, _: &mut Self::Context) {
         let info = msg.peer;
         let now = clock::wall_now();
-        // Its advertised address, with an unspecified IP replaced by the one it came from.
-        let addr = info.node_info.net_address.or_seen_ip(info.socket_addr.ip());
-        self.book.add(addr, info.id, now);
-        self.book.mark_good(&info.id, now);
+        if info.direction.is_outbound() {
+            // We dialed it and it proved its key: the address we reached is tried.
+            if let Ok(reached) = NetAddress::from_socket_addr(info.id, info.socket_addr) {
+                self.book.add(reached, self.own_id, now);
+            }
+            self.book.mark_good(&info.id, now);
+        } else {
+            // What it says about itself, with an unspecified IP replaced by the one it came
+            // from: untrusted, a new entry counted against the group of the IP it came from.
+            let addr = info.node_info.net_address.or_seen_ip(info.socket_addr.ip());
+            let group = NetGroup::of_ip(info.socket_addr.ip());
+            self.book.add_from(addr, info.id, group, now);
+        }
         self.peers.insert(info.id, info);
         self.book_changed();
     }
@@ -393,8 +404,13 @@ impl Handler<Receive> for PeerExchange {
                         return;
                     }
                     let now = clock::wall_now();
+                    // Counted against the responder's group, whatever the addresses say.
+                    let group = self.peers.get(&peer).map_or_else(
+                        || NetGroup::of_ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                        |p| NetGroup::of_ip(p.socket_addr.ip()),
+                    );
                     for addr in addrs {
-                        self.book.add(addr, peer, now);
+                        self.book.add_from(addr, peer, group.clone(), now);
                     }
                     self.book_changed();
                     // A seed crawling: this peer has told us what it knows.
@@ -433,5 +449,18 @@ impl Handler<BookSize> for PeerExchange {
 
     fn handle(&mut self, _: BookSize, _: &mut Self::Context) -> usize {
         self.book.len()
+    }
+}
+
+/// Asks for a copy of every entry of the book, in id order (tests, diagnostics).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<KnownAddress>")]
+pub struct BookEntries;
+
+impl Handler<BookEntries> for PeerExchange {
+    type Result = Vec<KnownAddress>;
+
+    fn handle(&mut self, _: BookEntries, _: &mut Self::Context) -> Vec<KnownAddress> {
+        self.book.iter().cloned().collect()
     }
 }

@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use common::{Forward, TIMEOUT, counter, loopback_config, raw_dial, recv_within, wait_until};
+use common::{
+    Forward, TIMEOUT, connect_from, counter, loopback_config, raw_dial, recv_within, wait_until,
+};
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
-use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
+use tm2_p2p::actors::pex::{BookEntries, BookSize, PEX_CHANNEL, pex_channel};
+use tm2_p2p::actors::transport::{self, Upgraded};
 use tm2_p2p::pex::PexMessage;
 use tm2_p2p::pex::protocol::decode;
 use tm2_p2p::{
-    DisconnectReason, GetPeers, NetAddress, Node, NodeKey, P2pConfig, Receive, SwitchBuilder,
-    SwitchEvent,
+    DisconnectReason, GetPeers, NetAddress, Node, NodeInfo, NodeKey, P2pConfig, Receive,
+    SwitchBuilder, SwitchEvent,
 };
 use tokio::sync::mpsc;
 
@@ -422,4 +425,91 @@ async fn responses_up_to_max_pex_addresses_are_accepted_and_longer_ones_refused(
     let response = PexMessage::Response(made_up_addresses(3)).encode();
     assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
     assert_closed_by_node(&mut c).await;
+}
+
+/// Connects to `node` from `source` (in 127.0.0.0/8) as a made-up identity advertising
+/// `source:1` and peer exchange, and returns the verified connection.
+async fn throwaway_identity(node: &Node, source: [u8; 4]) -> (tm2_p2p::PeerId, Upgraded) {
+    let key = NodeKey::generate().unwrap();
+    let ip = std::net::Ipv4Addr::from(source);
+    let addr: NetAddress = format!("{}@{ip}:1", key.id()).parse().unwrap();
+    let info = NodeInfo::new(addr, "net", vec![PEX_CHANNEL]);
+    let tcp = connect_from(source, node.local_addr()).await;
+    let up = transport::upgrade(tcp, &key, &info, Some(node.net_address().id()), TIMEOUT)
+        .await
+        .unwrap();
+    (key.id(), up)
+}
+
+#[actix::test]
+async fn a_thousand_throwaway_identities_from_four_ips_do_not_poison_the_book() {
+    // The attack that left 981 attacker entries and 3 honest ones in a 1,000-entry book, and
+    // 30 of 30 attacker addresses in a fresh asker's response: 1,100 identities connect once
+    // each from four source IPs. An honest node connected before, another one after.
+    let node = spawn(P2pConfig {
+        max_num_inbound_peers: 100,
+        ..config()
+    })
+    .await;
+    let mut connected = node.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
+    // The honest nodes never ask for addresses during the test, so they relay none of the
+    // attackers' back (on loopback they share one source IP with every other honest peer).
+    let early = spawn_asking_every(Duration::from_secs(3600)).await;
+    early
+        .switch()
+        .send(tm2_p2p::DialPeers(vec![node.net_address()]))
+        .await
+        .unwrap();
+    recv_within("the early honest node", connected.recv()).await;
+
+    let sources = [
+        [127, 0, 0, 2],
+        [127, 0, 0, 3],
+        [127, 0, 0, 4],
+        [127, 0, 0, 5],
+    ];
+    const BATCH: usize = 8;
+    for batch in 0..1100 / BATCH + 1 {
+        let conns = futures::future::join_all(
+            (0..BATCH).map(|i| throwaway_identity(&node, sources[(batch * BATCH + i) % 4])),
+        )
+        .await;
+        // Each stays until the node admitted it (its PeerAdded is then queued for peer
+        // exchange), then goes.
+        for _ in 0..conns.len() {
+            recv_within("a throwaway identity admitted", connected.recv()).await;
+        }
+        drop(conns);
+    }
+
+    let late = spawn_asking_every(Duration::from_secs(3600)).await;
+    late.switch()
+        .send(tm2_p2p::DialPeers(vec![node.net_address()]))
+        .await
+        .unwrap();
+    let honest = [early.net_address().id(), late.net_address().id()];
+    let pex = node.peer_exchange().unwrap();
+    wait_until("the late honest node in the book", POLL, || async {
+        let entries = pex.send(BookEntries).await.unwrap();
+        entries.iter().any(|e| e.addr.id() == honest[1])
+    })
+    .await;
+    let entries = pex.send(BookEntries).await.unwrap();
+    let kept = entries
+        .iter()
+        .filter(|e| honest.contains(&e.addr.id()))
+        .count();
+    println!("book: {} entries, {kept} of 2 honest ones", entries.len());
+    assert_eq!(kept, 2);
+
+    // A fresh asker gets both honest addresses.
+    let mut c = client(&node).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    let answer = next_response(&mut c).await;
+    let shared = answer.iter().filter(|a| honest.contains(&a.id())).count();
+    println!(
+        "response: {} addresses, {shared} of 2 honest ones",
+        answer.len()
+    );
+    assert_eq!(shared, 2, "{answer:?}");
 }

@@ -12,6 +12,6 @@ pub mod address_book;
 pub mod protocol;
 
 pub use address_book::{
-    AddOutcome, AddressBook, AddressBookConfig, AddressBookError, KnownAddress,
+    AddOutcome, AddressBook, AddressBookConfig, AddressBookError, KnownAddress, NetGroup,
 };
 pub use protocol::{Decoded, PexError, PexMessage, RequestLimiter, RequestVerdict};
