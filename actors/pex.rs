@@ -27,8 +27,9 @@
 //!   free; it keeps dialing addresses from its book, asks each for its addresses, and
 //!   disconnects it once answered.
 //!
-//! The book is saved in the node's home every [`SAVE_EVERY_TICKS`] ticks and when the actor
-//! stops, only when `home` is set (a node built without a home keeps it in memory).
+//! The book is saved every [`SAVE_EVERY_TICKS`] ticks and when the actor stops, at
+//! [`P2pConfig::addr_book_path`] (under `home`); a node without a home keeps it in memory and
+//! logs a warning saying so at start.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use rand_core::{OsRng, RngCore};
-use slog::{Logger, debug, warn};
+use slog::{Logger, debug, info, warn};
 
 use crate::actors::clock;
 use crate::actors::events::{EventStream, SwitchEvent};
@@ -94,7 +95,7 @@ pub struct PeerExchange {
     switch: Addr<Switch>,
     /// Known addresses.
     book: AddressBook,
-    /// Where the book is saved, if the node has a home.
+    /// Where the book is saved ([`P2pConfig::addr_book_path`]), if the node has a home.
     book_path: Option<PathBuf>,
     /// Per-peer request rate limit.
     limiter: RequestLimiter,
@@ -140,17 +141,27 @@ impl PeerExchange {
         log: Logger,
     ) -> Self {
         let book_config = AddressBookConfig::from_config(config);
-        let book_path =
-            (!config.home.as_os_str().is_empty()).then(|| config.home.join(&config.addr_book_file));
+        let book_path = config.addr_book_path();
         let book = match &book_path {
             Some(path) => {
                 let (book, error) = AddressBook::load_or_set_aside(path, own_id, book_config);
-                if let Some(e) = error {
-                    warn!(log, "address book unreadable; set aside, starting empty"; "path" => %path.display(), "error" => %e);
+                match error {
+                    Some(e) => {
+                        warn!(log, "address book unreadable; set aside, starting empty"; "path" => %path.display(), "error" => %e);
+                    }
+                    None => {
+                        info!(log, "address book loaded"; "path" => %path.display(), "entries" => book.len());
+                    }
                 }
                 book
             }
-            None => AddressBook::new(own_id, book_config),
+            None => {
+                warn!(
+                    log,
+                    "no home: the address book is kept in memory and not saved (set `home`, or an absolute `addr_book_file`)"
+                );
+                AddressBook::new(own_id, book_config)
+            }
         };
         Self {
             own_id,

@@ -513,3 +513,37 @@ async fn a_thousand_throwaway_identities_from_four_ips_do_not_poison_the_book() 
     );
     assert_eq!(shared, 2, "{answer:?}");
 }
+
+/// A log drain that keeps every message with its key-value pairs, as one line each.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl slog::Drain for Captured {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let line = format!("{} {}", record.level(), record.msg());
+        self.0.lock().unwrap().push(line);
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn a_node_without_a_home_says_its_address_book_is_not_saved() {
+    let logs = Captured::default();
+    let node = SwitchBuilder::new(config(), NodeKey::generate().unwrap())
+        .network("net")
+        .logger(slog::Logger::root(logs.clone(), slog::o!()))
+        .spawn()
+        .await
+        .unwrap();
+    node.shutdown().await;
+    let lines = logs.0.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.starts_with("WARN")
+            && l.contains("address book")
+            && l.contains("not saved")),
+        "{lines:#?}"
+    );
+}
