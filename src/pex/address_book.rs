@@ -648,7 +648,7 @@ impl AddressBook {
 
     /// Up to `n` random dialable addresses (see [`is_dialable`](Self::is_dialable)), skipping
     /// the ids in `exclude` (connected or already being dialed), drawn across groups
-    /// ([`spread`]).
+    /// (see the module docs).
     pub fn pick_to_dial(
         &self,
         n: usize,
@@ -695,7 +695,7 @@ impl AddressBook {
         self.bans.retain(|_, until| now < *until);
     }
 
-    /// Up to `n` random addresses to give the peer `asker`, drawn across groups ([`spread`]:
+    /// Up to `n` random addresses to give the peer `asker`, drawn across groups (module docs:
     /// tried ones first in each round): only entries without a failure since their last
     /// success, never `asker` itself, never a peer in `private`, never a banned one, never a
     /// non-routable one unless `allow_non_routable` ([`NetAddress::is_shareable`]).
