@@ -269,7 +269,9 @@ pub struct P2pConfig {
     /// The address book file; relative to `home`. Default: `"config/addrbook.json"`, as TM2's
     /// `addr_book_file`.
     pub addr_book_file: PathBuf,
-    /// The most addresses the address book keeps. Must be positive. Default: 1000, as TM2.
+    /// The most addresses the address book keeps. Must be positive. Default: 1000, as TM2. At
+    /// most half are tried (reached by a dial of ours) and a tenth (at least 16) share a network
+    /// group (see [`crate::pex::address_book`]).
     pub addr_book_size: usize,
 
     // ---- metrics ----
