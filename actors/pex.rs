@@ -7,6 +7,10 @@
 //! (never private peers, never the asker, never banned or non-routable ones unless
 //! `allow_non_routable`), and accepts responses of at most that many. Compared with TM2:
 //!
+//! - what a peer says is untrusted: an inbound peer's advertised address and every address in
+//!   a response enter the book as new, counted against the network group of the IP they came
+//!   from; only a peer we dialed is recorded as tried, at the address we reached (TM2 records
+//!   every connected peer's claim alike; see [`crate::pex::address_book`]);
 //! - only peers that advertise channel `0x50` are asked (TM2 asks any peer, and one without
 //!   the channel drops the connection);
 //! - only a response to a request we sent, within [`ANSWER_TIMEOUT`], is accepted (TM2 dials
