@@ -418,10 +418,12 @@ impl AddressBook {
     /// Adds or refreshes `addr` as a *new* (untried) entry, told by `source` from an IP in
     /// `source_group` at `now` (see the module docs for the limits and what is evicted).
     ///
-    /// A known id is refreshed (last seen). Its address is replaced when the entry is new (an
-    /// untried address is worth no more than another), or when the entry is tried and the
-    /// peer itself (`source` = its id) says it moved: the entry then goes back to new, since
-    /// the new address is untried. A third party cannot redirect a tried entry.
+    /// A known id is refreshed (last seen). Its address is replaced when the peer itself
+    /// (`source` = its id, as for an inbound peer) says it moved, or when a third party names
+    /// another address for a new entry that failed since its last success (the one we have
+    /// does not work). A replaced address is untried: the entry is new again. So a third
+    /// party cannot redirect a tried entry, nor a new one that may still work (or move it into
+    /// its own source group, where its own adds would evict it).
     pub fn add_from(
         &mut self,
         addr: NetAddress,
@@ -441,7 +443,8 @@ impl AddressBook {
         }
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.last_seen = entry.last_seen.max(now);
-            if entry.addr != addr && (!entry.tried || source == id) {
+            let failing = !entry.tried && entry.failures > 0;
+            if entry.addr != addr && (source == id || failing) {
                 entry.addr = addr;
                 entry.source = source;
                 entry.source_group = source_group.clone();
@@ -1708,6 +1711,24 @@ mod tests {
         let e = b.get(&pid(1)).unwrap();
         assert_eq!(e.addr, moved);
         assert!(!e.tried);
+    }
+
+    #[test]
+    fn a_third_party_redirects_only_a_failing_new_entry() {
+        let mut b = AddressBook::new(me(), AddressBookConfig::default());
+        let honest = v4(1, [8, 8, 1, 1], 1);
+        b.add_from(honest.clone(), pid(1), NetGroup::V4([8, 8]), t0());
+        let elsewhere = v4(1, [6, 6, 6, 6], 1);
+        let attacker = NetGroup::V4([6, 6]);
+        b.add_from(elsewhere.clone(), pid(2), attacker.clone(), secs(1));
+        let e = b.get(&pid(1)).unwrap();
+        assert_eq!((&e.addr, &e.source_group), (&honest, &NetGroup::V4([8, 8])));
+        assert_eq!(e.last_seen, secs(1));
+        // Once it failed, another address is worth a try.
+        b.mark_failed(&pid(1), secs(2));
+        b.add_from(elsewhere.clone(), pid(2), attacker.clone(), secs(3));
+        let e = b.get(&pid(1)).unwrap();
+        assert_eq!((&e.addr, &e.source_group), (&elsewhere, &attacker));
     }
 
     #[test]
