@@ -5,7 +5,8 @@
 //! [`AddressBook`] (and the configured `seeds` while the book knows too few). It answers a
 //! request with up to `max_pex_addresses` (default 30) addresses drawn across network groups
 //! (never private peers, never the asker, never banned or non-routable ones unless
-//! `allow_non_routable`), and accepts responses of at most that many. Compared with TM2:
+//! `allow_non_routable`), and uses at most that many of a response (one longer than both that
+//! and TM2's 30 is refused as misbehaviour). Compared with TM2:
 //!
 //! - what a peer says is untrusted: an inbound peer's advertised address and every address in
 //!   a response enter the book as new, counted against the network group of the IP they came
@@ -400,7 +401,11 @@ impl Handler<Receive> for PeerExchange {
 
     fn handle(&mut self, msg: Receive, ctx: &mut Self::Context) {
         let peer = msg.peer;
-        match protocol::decode_with_limit(&msg.payload, self.max_addresses) {
+        // A response of up to TM2's 30 is never the sender's fault (gno sends up to 30,
+        // whatever our limit): one longer than both that and our limit is refused; of one we
+        // decode, the first `max_addresses` are used.
+        let limit = self.max_addresses.max(MAX_ADDRESSES);
+        match protocol::decode_with_limit(&msg.payload, limit) {
             Err(e) => self.punish(peer, &format!("undecodable message: {e}")),
             Ok(decoded) => match decoded.message {
                 PexMessage::Request => match self.limiter.check(peer, clock::now()) {
@@ -424,7 +429,7 @@ impl Handler<Receive> for PeerExchange {
                         || NetGroup::of_ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
                         |p| NetGroup::of_ip(p.socket_addr.ip()),
                     );
-                    for addr in addrs {
+                    for addr in addrs.into_iter().take(self.max_addresses) {
                         self.book.add_from(addr, peer, group.clone(), now);
                     }
                     self.book_changed();

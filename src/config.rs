@@ -261,10 +261,11 @@ pub struct P2pConfig {
     /// Must be positive. Default: 3 s, as TM2's `discoveryInterval`.
     #[serde(with = "humantime_serde")]
     pub pex_interval: Duration,
-    /// The most addresses sent in, and accepted from, one peer-exchange response. Must be positive.
-    /// Default: 30, as TM2's `maxPeersShared`. A response longer than a peer's own limit is
-    /// refused by it (gno accepts any length; a tm2-p2p node with the default refuses more
-    /// than 30), so raise it only where every peer accepts as many.
+    /// The most addresses sent in, and used from, one peer-exchange response. Must be positive.
+    /// Default: 30, as TM2's `maxPeersShared`. A response longer than both this and TM2's 30
+    /// is refused as misbehaviour (gno sends up to 30 whatever our limit, and is never blamed
+    /// for it). gno accepts a response of any length, a tm2-p2p node up to the larger of its
+    /// limit and 30: raise it above 30 only where every peer accepts as many.
     pub max_pex_addresses: usize,
     /// The address book file; relative to `home`. Default: `"config/addrbook.json"`, as TM2's
     /// `addr_book_file`.
@@ -749,7 +750,7 @@ const FIELD_DOCS: &[(&str, &str)] = &[
     ),
     (
         "max_pex_addresses",
-        "Most addresses in one peer-exchange answer. Default 30.",
+        "Most addresses sent in, and used from, one peer-exchange response. Default 30.",
     ),
     (
         "addr_book_file",

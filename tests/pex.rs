@@ -396,7 +396,7 @@ async fn answers_carry_at_most_max_pex_addresses() {
 }
 
 #[actix::test]
-async fn responses_up_to_max_pex_addresses_are_accepted_and_longer_ones_refused() {
+async fn responses_are_used_up_to_max_pex_addresses() {
     // Raised above TM2's 30: a response of 35 is used.
     let node = spawn(P2pConfig {
         max_pex_addresses: 40,
@@ -414,15 +414,26 @@ async fn responses_up_to_max_pex_addresses_are_accepted_and_longer_ones_refused(
     .await;
     assert!(c.stopped.try_recv().is_err(), "the node dropped the peer");
 
-    // Lowered to 2: a response of 3 is refused and its sender stopped.
+    // Lowered to 2: of a response of 3 (which gno may send: it sends up to 30), the first 2
+    // are used and the sender is not blamed.
     let node = spawn(P2pConfig {
         max_pex_addresses: 2,
         ..config()
     })
     .await;
+    let pex = node.peer_exchange().unwrap();
     let mut c = client(&node).await;
     next_request(&mut c).await;
+    let before = pex.send(BookSize).await.unwrap(); // the client itself
     let response = PexMessage::Response(made_up_addresses(3)).encode();
+    assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
+    // A request right after, answered, proves the response was processed before it.
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    next_response(&mut c).await;
+    assert_eq!(pex.send(BookSize).await.unwrap(), before + 2);
+    assert!(c.stopped.try_recv().is_err(), "the node dropped the peer");
+    // Longer than TM2 ever sends and than the limit: refused, the sender stopped.
+    let response = PexMessage::Response(made_up_addresses(31)).encode();
     assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
     assert_closed_by_node(&mut c).await;
 }
