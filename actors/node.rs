@@ -23,7 +23,7 @@ use tokio::runtime::Handle;
 use crate::actors::dialer::{Dialer, DialerSwitch};
 use crate::actors::events::{EventBus, EventStream, SwitchEvent};
 use crate::actors::metrics::{Metrics, MetricsServer, ServerLimits};
-use crate::actors::pex::{PeerExchange, StopExchange, pex_channel};
+use crate::actors::pex::{PeerExchange, StopExchange, pex_channel_for};
 use crate::actors::redialer::Redialer;
 use crate::actors::switch::{
     DialRecipients, GetPeers, RegisterReactor, Shutdown, Switch, SwitchError,
@@ -263,6 +263,7 @@ impl SwitchBuilder {
         let log = log.new(o!("node" => key.id().to_string()));
         let transport_config = TransportConfig::from(&config);
         let pex_config = config.pex.then(|| config.clone());
+        let max_pex_addresses = config.max_pex_addresses;
         let own_id = key.id();
         let pex_log = log.clone();
         let mut registered = Ok(());
@@ -317,12 +318,7 @@ impl SwitchBuilder {
                         own_id,
                         &pex_config,
                         ctx.address(),
-                        events.subscribe(|e| {
-                            matches!(
-                                e,
-                                SwitchEvent::DialFailed { .. } | SwitchEvent::PeerConnected { .. }
-                            )
-                        }),
+                        events.subscribe(|e| matches!(e, SwitchEvent::DialFailed { .. })),
                         pex_log,
                     )
                     .with_metrics(metrics.clone())
@@ -333,9 +329,9 @@ impl SwitchBuilder {
                 // Before the Switch runs, so the Transport has the NodeInfo with every channel
                 // (peer exchange's too) ahead of the first connection: a peer that connected
                 // earlier would never learn a channel registered later.
-                let pex_reactor = pex
-                    .as_ref()
-                    .map(|pex| RegisterReactor::new("pex", vec![pex_channel()], pex));
+                let pex_reactor = pex.as_ref().map(|pex| {
+                    RegisterReactor::new("pex", vec![pex_channel_for(max_pex_addresses)], pex)
+                });
                 *registered = pex_reactor
                     .into_iter()
                     .chain(reactors)

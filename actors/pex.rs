@@ -3,9 +3,15 @@
 //! Every `pex_interval`, while the node has fewer outbound peers than `max_num_outbound_peers`,
 //! it asks one random connected peer for addresses and dials a few dialable ones from its
 //! [`AddressBook`] (and the configured `seeds` while the book knows too few). It answers a
-//! request with up to 30 random known-good addresses (never private peers, never the asker,
-//! never banned or non-routable ones unless `allow_non_routable`). Compared with TM2:
+//! request with up to `max_pex_addresses` (default 30) addresses drawn across network groups
+//! (never private peers, never the asker, never banned or non-routable ones unless
+//! `allow_non_routable`), and uses at most that many of a response (one longer than both that
+//! and TM2's 30 is refused as misbehaviour). Compared with TM2:
 //!
+//! - what a peer says is untrusted: an inbound peer's advertised address and every address in
+//!   a response enter the book as new, counted against the network group of the IP they came
+//!   from; only a peer we dialed is recorded as tried, at the address we reached (TM2 records
+//!   every connected peer's claim alike; see [`crate::pex::address_book`]);
 //! - only peers that advertise channel `0x50` are asked (TM2 asks any peer, and one without
 //!   the channel drops the connection);
 //! - only a response to a request we sent, within [`ANSWER_TIMEOUT`], is accepted (TM2 dials
@@ -26,8 +32,9 @@
 //!   free; it keeps dialing addresses from its book, asks each for its addresses, and
 //!   disconnects it once answered.
 //!
-//! The book is saved in the node's home every [`SAVE_EVERY_TICKS`] ticks and when the actor
-//! stops, only when `home` is set (a node built without a home keeps it in memory).
+//! The book is saved every [`SAVE_EVERY_TICKS`] ticks and when the actor stops, at
+//! [`P2pConfig::addr_book_path`] (under `home`); a node without a home keeps it in memory and
+//! logs a warning saying so at start.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -36,7 +43,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use bytes::Bytes;
 use rand_core::{OsRng, RngCore};
-use slog::{Logger, debug, warn};
+use slog::{Logger, debug, info, warn};
 
 use crate::actors::clock;
 use crate::actors::events::{EventStream, SwitchEvent};
@@ -46,7 +53,10 @@ use crate::actors::switch::{DialPeers, DisconnectPeer, StopPeerForError, Switch}
 use crate::config::P2pConfig;
 use crate::mconn::ChannelDescriptor;
 use crate::pex::protocol::{self, MAX_ADDRESSES, max_message_len};
-use crate::pex::{AddressBook, AddressBookConfig, PexMessage, RequestLimiter, RequestVerdict};
+use crate::pex::{
+    AddressBook, AddressBookConfig, KnownAddress, NetGroup, PexMessage, RequestLimiter,
+    RequestVerdict,
+};
 use crate::types::{NetAddress, PeerId};
 
 /// The peer-exchange channel (TM2's `0x50`).
@@ -67,22 +77,30 @@ pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The book is saved every this many ticks (and when the reactor stops).
 pub const SAVE_EVERY_TICKS: u64 = 10;
 
-/// The channel descriptor of peer exchange: TM2's priority 1 and queue of 20; messages
-/// capped at the largest valid response.
+/// The channel descriptor of peer exchange with the default `max_pex_addresses` (30): TM2's
+/// priority 1 and queue of 20; messages capped at the largest valid response.
 pub fn pex_channel() -> ChannelDescriptor {
+    pex_channel_for(MAX_ADDRESSES)
+}
+
+/// [`pex_channel`] for responses of up to `max_addresses` entries (`max_pex_addresses`): the
+/// message cap follows the limit, so a node that accepts more entries can receive them.
+pub fn pex_channel_for(max_addresses: usize) -> ChannelDescriptor {
     ChannelDescriptor::new(PEX_CHANNEL)
         .with_priority(1)
         .with_send_queue_capacity(20)
-        .with_recv_message_capacity(max_message_len(MAX_ADDRESSES))
+        .with_recv_message_capacity(max_message_len(max_addresses.max(MAX_ADDRESSES)))
 }
 
 /// The peer-exchange reactor. Started by `SwitchBuilder::spawn` when `pex = true`.
 pub struct PeerExchange {
+    /// This node's id (the source of the addresses it reached itself).
+    own_id: PeerId,
     /// The Switch, for `DialPeers` and `StopPeerForError`.
     switch: Addr<Switch>,
     /// Known addresses.
     book: AddressBook,
-    /// Where the book is saved, if the node has a home.
+    /// Where the book is saved ([`P2pConfig::addr_book_path`]), if the node has a home.
     book_path: Option<PathBuf>,
     /// Per-peer request rate limit.
     limiter: RequestLimiter,
@@ -97,6 +115,8 @@ pub struct PeerExchange {
     private: HashSet<PeerId>,
     /// Whether loopback/private addresses may be shared (local networks).
     allow_non_routable: bool,
+    /// The most addresses sent in, and accepted from, one response (`max_pex_addresses`).
+    max_addresses: usize,
     /// The outbound peer target.
     max_outbound: usize,
     /// Serve and crawl, disconnecting peers once served (see the module docs).
@@ -126,19 +146,30 @@ impl PeerExchange {
         log: Logger,
     ) -> Self {
         let book_config = AddressBookConfig::from_config(config);
-        let book_path =
-            (!config.home.as_os_str().is_empty()).then(|| config.home.join(&config.addr_book_file));
+        let book_path = config.addr_book_path();
         let book = match &book_path {
             Some(path) => {
                 let (book, error) = AddressBook::load_or_set_aside(path, own_id, book_config);
-                if let Some(e) = error {
-                    warn!(log, "address book unreadable; set aside, starting empty"; "path" => %path.display(), "error" => %e);
+                match error {
+                    Some(e) => {
+                        warn!(log, "address book unreadable; set aside, starting empty"; "path" => %path.display(), "error" => %e);
+                    }
+                    None => {
+                        info!(log, "address book loaded"; "path" => %path.display(), "entries" => book.len());
+                    }
                 }
                 book
             }
-            None => AddressBook::new(own_id, book_config),
+            None => {
+                warn!(
+                    log,
+                    "no home: the address book is kept in memory and not saved (set `home`, or an absolute `addr_book_file`)"
+                );
+                AddressBook::new(own_id, book_config)
+            }
         };
         Self {
+            own_id,
             switch,
             book,
             book_path,
@@ -148,6 +179,7 @@ impl PeerExchange {
             seeds: config.seeds.clone(),
             private: config.private_peer_ids.iter().copied().collect(),
             allow_non_routable: config.allow_non_routable,
+            max_addresses: config.max_pex_addresses,
             max_outbound: config.max_num_outbound_peers,
             seed_mode: config.seed_mode,
             interval: config.pex_interval,
@@ -239,7 +271,7 @@ impl PeerExchange {
     fn answer(&mut self, peer: PeerId) {
         let now = clock::wall_now();
         let addrs = self.book.sample_for_sharing(
-            MAX_ADDRESSES,
+            self.max_addresses,
             peer,
             &self.private,
             self.allow_non_routable,
@@ -315,14 +347,10 @@ impl Actor for PeerExchange {
 impl StreamHandler<SwitchEvent> for PeerExchange {
     fn handle(&mut self, event: SwitchEvent, _: &mut Self::Context) {
         let now = clock::wall_now();
-        match event {
-            SwitchEvent::DialFailed { address, .. } => {
-                self.book.mark_failed(&address.id(), now);
-            }
-            SwitchEvent::PeerConnected { peer, .. } => {
-                self.book.mark_good(&peer, now);
-            }
-            _ => {}
+        // Only dial failures are subscribed to: a connection is recorded when the reactor gets
+        // `PeerAdded`, which says who dialed.
+        if let SwitchEvent::DialFailed { address, .. } = event {
+            self.book.mark_failed(&address.id(), now);
         }
     }
 
@@ -337,10 +365,19 @@ impl Handler<PeerAdded> for PeerExchange {
     fn handle(&mut self, msg: PeerAdded, _: &mut Self::Context) {
         let info = msg.peer;
         let now = clock::wall_now();
-        // Its advertised address, with an unspecified IP replaced by the one it came from.
-        let addr = info.node_info.net_address.or_seen_ip(info.socket_addr.ip());
-        self.book.add(addr, info.id, now);
-        self.book.mark_good(&info.id, now);
+        if info.direction.is_outbound() {
+            // We dialed it and it proved its key: the address we reached is tried.
+            if let Ok(reached) = NetAddress::from_socket_addr(info.id, info.socket_addr) {
+                self.book.add(reached, self.own_id, now);
+            }
+            self.book.mark_good(&info.id, now);
+        } else {
+            // What it says about itself, with an unspecified IP replaced by the one it came
+            // from: untrusted, a new entry counted against the group of the IP it came from.
+            let addr = info.node_info.net_address.or_seen_ip(info.socket_addr.ip());
+            let group = NetGroup::of_ip(info.socket_addr.ip());
+            self.book.add_from(addr, info.id, group, now);
+        }
         self.peers.insert(info.id, info);
         self.book_changed();
     }
@@ -364,7 +401,11 @@ impl Handler<Receive> for PeerExchange {
 
     fn handle(&mut self, msg: Receive, ctx: &mut Self::Context) {
         let peer = msg.peer;
-        match protocol::decode(&msg.payload) {
+        // A response of up to TM2's 30 is never the sender's fault (gno sends up to 30,
+        // whatever our limit): one longer than both that and our limit is refused; of one we
+        // decode, the first `max_addresses` are used.
+        let limit = self.max_addresses.max(MAX_ADDRESSES);
+        match protocol::decode_with_limit(&msg.payload, limit) {
             Err(e) => self.punish(peer, &format!("undecodable message: {e}")),
             Ok(decoded) => match decoded.message {
                 PexMessage::Request => match self.limiter.check(peer, clock::now()) {
@@ -383,8 +424,13 @@ impl Handler<Receive> for PeerExchange {
                         return;
                     }
                     let now = clock::wall_now();
-                    for addr in addrs {
-                        self.book.add(addr, peer, now);
+                    // Counted against the responder's group, whatever the addresses say.
+                    let group = self.peers.get(&peer).map_or_else(
+                        || NetGroup::of_ip(std::net::Ipv4Addr::UNSPECIFIED.into()),
+                        |p| NetGroup::of_ip(p.socket_addr.ip()),
+                    );
+                    for addr in addrs.into_iter().take(self.max_addresses) {
+                        self.book.add_from(addr, peer, group.clone(), now);
                     }
                     self.book_changed();
                     // A seed crawling: this peer has told us what it knows.
@@ -423,5 +469,18 @@ impl Handler<BookSize> for PeerExchange {
 
     fn handle(&mut self, _: BookSize, _: &mut Self::Context) -> usize {
         self.book.len()
+    }
+}
+
+/// Asks for a copy of every entry of the book, in id order (tests, diagnostics).
+#[derive(Message, Debug, Clone, Copy)]
+#[rtype(result = "Vec<KnownAddress>")]
+pub struct BookEntries;
+
+impl Handler<BookEntries> for PeerExchange {
+    type Result = Vec<KnownAddress>;
+
+    fn handle(&mut self, _: BookEntries, _: &mut Self::Context) -> Vec<KnownAddress> {
+        self.book.iter().cloned().collect()
     }
 }

@@ -118,8 +118,11 @@ impl From<LogLevel> for slog::Level {
 pub struct P2pConfig {
     // ---- node ----
     /// The node's home directory, against which relative paths (`node_key_file`,
-    /// `addr_book_file`) are resolved by [`resolve_paths`](Self::resolve_paths).
-    /// Default: empty (the caller's `--home`). TM2: `home` (RootDir).
+    /// `addr_book_file`) are resolved by [`resolve_paths`](Self::resolve_paths) and
+    /// [`addr_book_path`](Self::addr_book_path). Default: empty (the caller's `--home`);
+    /// [`from_toml_file`](Self::from_toml_file) sets it to the file's directory when the file
+    /// leaves it empty. Without a home (and with a relative `addr_book_file`) the address book
+    /// is kept in memory only, and the node logs a warning saying so. TM2: `home` (RootDir).
     pub home: PathBuf,
     /// Free text shown to peers in our NodeInfo: non-empty printable ASCII, not only spaces, at
     /// most [`MAX_MONIKER_LEN`] bytes (peers refuse a NodeInfo whose moniker is otherwise).
@@ -275,13 +278,18 @@ pub struct P2pConfig {
     /// Must be positive. Default: 3 s, as TM2's `discoveryInterval`.
     #[serde(with = "humantime_serde")]
     pub pex_interval: Duration,
-    /// The most addresses sent in, and accepted from, one peer-exchange response. Must be positive.
-    /// Default: 30, as TM2's `maxPeersShared`.
+    /// The most addresses sent in, and used from, one peer-exchange response. Must be positive.
+    /// Default: 30, as TM2's `maxPeersShared`. A response longer than both this and TM2's 30
+    /// is refused as misbehaviour (gno sends up to 30 whatever our limit, and is never blamed
+    /// for it). gno accepts a response of any length, a tm2-p2p node up to the larger of its
+    /// limit and 30: raise it above 30 only where every peer accepts as many.
     pub max_pex_addresses: usize,
     /// The address book file; relative to `home`. Default: `"config/addrbook.json"`, as TM2's
     /// `addr_book_file`.
     pub addr_book_file: PathBuf,
-    /// The most addresses the address book keeps. Must be positive. Default: 1000, as TM2.
+    /// The most addresses the address book keeps. Must be positive. Default: 1000, as TM2. At
+    /// most half are tried (reached by a dial of ours) and a tenth (at least 16) share a network
+    /// group (see [`crate::pex::address_book`]).
     pub addr_book_size: usize,
 
     // ---- metrics ----
@@ -431,7 +439,9 @@ impl P2pConfig {
     }
 
     /// Reads, parses and [validates](Self::validate) a TOML file. Relative paths in it are
-    /// left as written; see [`resolve_paths`](Self::resolve_paths).
+    /// left as written; see [`resolve_paths`](Self::resolve_paths). When the file leaves `home`
+    /// empty, `home` is the file's directory: a node home holds its `config.toml` (as
+    /// `tm2p2p init` writes it), so `addr_book_file` lands in that home, as documented.
     ///
     /// At most [`MAX_CONFIG_FILE_LEN`] bytes are accepted: a longer file (or an endless source
     /// such as `/dev/zero`) is [`ConfigError::TooLarge`], found after reading one byte past the
@@ -452,13 +462,20 @@ impl P2pConfig {
         };
         let text = String::from_utf8(bytes)
             .map_err(|e| io_err(io::Error::new(io::ErrorKind::InvalidData, e)))?;
-        Self::from_toml_str(&text).map_err(|e| match e {
+        let mut config = Self::from_toml_str(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse {
                 path: Some(path.to_owned()),
                 source,
             },
             other => other,
-        })
+        })?;
+        if config.home.as_os_str().is_empty() {
+            config.home = match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+                _ => PathBuf::from("."),
+            };
+        }
+        Ok(config)
     }
 
     /// The config as TOML, every field written; [`from_toml_str`](Self::from_toml_str) reads it
@@ -606,12 +623,32 @@ impl P2pConfig {
     }
 
     /// Records `home` and resolves `node_key_file` and `addr_book_file` against it: a relative
-    /// path is joined to `home`, an absolute one is kept (TM2's `rootify`). The binary calls
-    /// this with its `--home` directory before opening either file.
+    /// path is joined to `home`, an absolute one is kept (TM2's `rootify`). A relative `home`
+    /// is first made absolute against the current directory, so every path is absolute
+    /// afterwards: resolving again, or joining to `home` again, changes nothing, and a later
+    /// change of directory does not move the files. The binary calls this with its `--home`
+    /// directory before opening either file.
     pub fn resolve_paths(&mut self, home: impl Into<PathBuf>) {
-        self.home = home.into();
+        let home = home.into();
+        self.home = std::path::absolute(&home).unwrap_or(home);
         self.node_key_file = self.home.join(&self.node_key_file);
         self.addr_book_file = self.home.join(&self.addr_book_file);
+    }
+
+    /// Where the address book is saved, resolved once here for every entry point (the binary,
+    /// a host with a config from [`from_toml_file`](Self::from_toml_file) or built in code):
+    /// `addr_book_file` when absolute, else `addr_book_file` under `home` made absolute
+    /// against the current directory; `None` when both are relative and `home` is empty (no
+    /// home: the book lives in memory).
+    pub fn addr_book_path(&self) -> Option<PathBuf> {
+        let path = if self.addr_book_file.is_absolute() {
+            self.addr_book_file.clone()
+        } else if self.home.as_os_str().is_empty() {
+            return None;
+        } else {
+            self.home.join(&self.addr_book_file)
+        };
+        Some(std::path::absolute(&path).unwrap_or(path))
     }
 }
 
@@ -619,7 +656,7 @@ impl P2pConfig {
 const FIELD_DOCS: &[(&str, &str)] = &[
     (
         "home",
-        "The node's home; relative paths below are resolved against it (set by --home).",
+        "The node's home; relative paths below are resolved against it (set by --home;\n\"\" = the directory of this file).",
     ),
     (
         "moniker",
@@ -746,7 +783,7 @@ const FIELD_DOCS: &[(&str, &str)] = &[
     ),
     (
         "max_pex_addresses",
-        "Most addresses in one peer-exchange answer. Default 30.",
+        "Most addresses sent in, and used from, one peer-exchange response. Default 30.",
     ),
     (
         "addr_book_file",
@@ -1383,7 +1420,11 @@ mod tests {
             ..P2pConfig::default()
         };
         std::fs::write(&good, config.to_toml_string().unwrap()).unwrap();
-        assert_eq!(P2pConfig::from_toml_file(&good).unwrap(), config);
+        let home = dir.path().to_owned();
+        assert_eq!(
+            P2pConfig::from_toml_file(&good).unwrap(),
+            P2pConfig { home, ..config }
+        );
     }
 
     /// `len` bytes that are one valid TOML comment line: `# xxx...x\n`.
@@ -1421,7 +1462,10 @@ mod tests {
         std::fs::write(&path, comment_of_len(MAX_CONFIG_FILE_LEN)).unwrap();
         assert_eq!(
             P2pConfig::from_toml_file(&path).unwrap(),
-            P2pConfig::default()
+            P2pConfig {
+                home: dir.path().to_owned(),
+                ..P2pConfig::default()
+            }
         );
         // Garbage of exactly the limit gets past the size check to the parser.
         let garbage = vec![b'@'; usize::try_from(MAX_CONFIG_FILE_LEN).unwrap()];
@@ -1508,6 +1552,66 @@ mod tests {
         );
         assert_eq!(read_capped(&[1_u8, 2, 3][..], 2).unwrap(), None);
         assert_eq!(read_capped(&[][..], 0).unwrap(), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_relative_home_resolves_once_to_absolute_paths() {
+        let cwd = std::env::current_dir().unwrap();
+        let mut config = P2pConfig::default();
+        config.resolve_paths("./node1");
+        assert_eq!(config.home, cwd.join("node1"));
+        let book = cwd.join("node1/config/addrbook.json");
+        assert_eq!(config.addr_book_file, book);
+        assert_eq!(config.addr_book_path(), Some(book.clone()));
+        // Again: nothing moves (the book went to <home>/<home>/config/addrbook.json).
+        config.resolve_paths(config.home.clone());
+        assert_eq!(config.addr_book_path(), Some(book));
+        assert_eq!(
+            config.node_key_file,
+            cwd.join("node1/secrets/node_key.json")
+        );
+    }
+
+    #[test]
+    fn the_address_book_path_needs_a_home_or_an_absolute_file() {
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(P2pConfig::default().addr_book_path(), None);
+        let relative_home = P2pConfig {
+            home: PathBuf::from("node2"),
+            ..P2pConfig::default()
+        };
+        assert_eq!(
+            relative_home.addr_book_path(),
+            Some(cwd.join("node2/config/addrbook.json"))
+        );
+        let absolute_file = P2pConfig {
+            addr_book_file: PathBuf::from("/var/lib/p2p/book.json"),
+            ..P2pConfig::default()
+        };
+        assert_eq!(
+            absolute_file.addr_book_path(),
+            Some(PathBuf::from("/var/lib/p2p/book.json"))
+        );
+    }
+
+    #[test]
+    fn a_config_file_without_a_home_is_in_its_own_home() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, P2pConfig::default().to_commented_toml().unwrap()).unwrap();
+        let config = P2pConfig::from_toml_file(&path).unwrap();
+        assert_eq!(config.home, dir.path());
+        assert_eq!(
+            config.addr_book_path(),
+            Some(dir.path().join("config/addrbook.json"))
+        );
+        // A home the file sets is kept.
+        let elsewhere = P2pConfig {
+            home: PathBuf::from("/srv/node"),
+            ..P2pConfig::default()
+        };
+        std::fs::write(&path, elsewhere.to_toml_string().unwrap()).unwrap();
+        assert_eq!(P2pConfig::from_toml_file(&path).unwrap(), elsewhere);
     }
 
     #[test]

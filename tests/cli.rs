@@ -158,9 +158,26 @@ impl RunningNode {
     /// Inits a home on a free loopback port with `moniker` and `persistent_peers`, and starts
     /// a node there with `extra` arguments.
     fn start(home: &std::path::Path, moniker: &str, persistent: &str, extra: &[&str]) -> Self {
+        Self::start_in(std::path::Path::new("."), home, moniker, persistent, extra)
+    }
+
+    /// [`start`](Self::start) with both commands run in `cwd`, `home` as given (relative to
+    /// `cwd` when relative).
+    fn start_in(
+        cwd: &std::path::Path,
+        home: &std::path::Path,
+        moniker: &str,
+        persistent: &str,
+        extra: &[&str],
+    ) -> Self {
         let home_arg = home.to_str().unwrap();
-        assert!(tm2p2p(&["init", "--home", home_arg]).status.success());
-        let path = home.join("config.toml");
+        let init = Command::new(BIN)
+            .args(["init", "--home", home_arg])
+            .current_dir(cwd)
+            .output()
+            .unwrap();
+        assert!(init.status.success(), "{init:?}");
+        let path = cwd.join(home).join("config.toml");
         let config = std::fs::read_to_string(&path)
             .unwrap()
             .replace("tcp://0.0.0.0:26656", "tcp://127.0.0.1:0")
@@ -177,6 +194,7 @@ impl RunningNode {
         let mut child = Command::new(BIN)
             .args(["node", "--home", home_arg])
             .args(extra)
+            .current_dir(cwd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -285,5 +303,40 @@ fn an_operator_sees_an_unreachable_persistent_peer_and_a_refused_network_at_the_
     assert!(refused.contains("elsewhere"), "{refused}");
     b.wait_log(&["persistent peer unreachable", "network"]);
     a.stop();
+    b.stop();
+}
+
+#[test]
+fn a_node_with_a_relative_home_keeps_its_address_book_in_that_home() {
+    // As the README's quick start: `--home ./node1` from another directory than ours. The
+    // book went to node1/node1/config/addrbook.json (the home joined twice).
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let a = RunningNode::start_in(cwd, "./node1".as_ref(), "alice", "", &[]);
+    let listening = a.stdout.recv_timeout(TIMEOUT).unwrap();
+    let address = listening.strip_prefix("listening as ").unwrap().to_owned();
+    let a_id = address.split('@').next().unwrap().to_owned();
+    let b = RunningNode::start_in(cwd, "node2".as_ref(), "bob", &format!("\"{address}\""), &[]);
+    // Listening is printed once Ctrl-C is handled.
+    b.stdout.recv_timeout(TIMEOUT).unwrap();
+    b.wait_log(&["peer connected", &a_id]);
+    a.wait_log(&["peer connected"]);
+    // Ctrl-C saves the books.
+    b.stop();
+    a.stop();
+    for home in ["node1", "node2"] {
+        let book = cwd.join(home).join("config/addrbook.json");
+        assert!(book.is_file(), "no book at {}", book.display());
+        assert!(!cwd.join(home).join(home).exists(), "{home} joined twice");
+    }
+    let book = std::fs::read_to_string(cwd.join("node2/config/addrbook.json")).unwrap();
+    assert!(book.contains(&a_id), "{book}");
+
+    // Restarted, bob finds it there.
+    let b = RunningNode::start_in(cwd, "node2".as_ref(), "bob", "", &[]);
+    let line = b.wait_log(&["address book loaded", "entries: 1"]);
+    b.stdout.recv_timeout(TIMEOUT).unwrap();
+    let expected = cwd.join("node2/config/addrbook.json");
+    assert!(line.contains(expected.to_str().unwrap()), "{line}");
     b.stop();
 }

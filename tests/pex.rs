@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use common::{Forward, TIMEOUT, counter, loopback_config, raw_dial, recv_within, wait_until};
+use common::{
+    Forward, TIMEOUT, connect_from, counter, loopback_config, raw_dial, recv_within, wait_until,
+};
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
-use tm2_p2p::actors::pex::{BookSize, PEX_CHANNEL, pex_channel};
+use tm2_p2p::actors::pex::{BookEntries, BookSize, PEX_CHANNEL, pex_channel};
+use tm2_p2p::actors::transport::{self, Upgraded};
 use tm2_p2p::pex::PexMessage;
 use tm2_p2p::pex::protocol::decode;
 use tm2_p2p::{
-    DisconnectReason, GetPeers, NetAddress, Node, NodeKey, P2pConfig, Receive, SwitchBuilder,
-    SwitchEvent,
+    DisconnectReason, GetPeers, NetAddress, Node, NodeInfo, NodeKey, P2pConfig, Receive,
+    SwitchBuilder, SwitchEvent,
 };
 use tokio::sync::mpsc;
 
@@ -348,4 +351,218 @@ async fn the_address_book_survives_a_restart_and_a_corrupt_one_does_not_stop_the
     let mut aside = path.clone().into_os_string();
     aside.push(".corrupt");
     assert!(std::path::Path::new(&aside).exists());
+}
+
+/// `n` addresses of made-up peers on loopback, distinct ids and ports.
+fn made_up_addresses(n: u16) -> Vec<NetAddress> {
+    (0..n)
+        .map(|i| {
+            let id = tm2_p2p::PeerId::from_public_key(&[u8::try_from(i % 251).unwrap() + 1; 32]);
+            format!("{id}@127.0.0.1:{}", 20_000 + i).parse().unwrap()
+        })
+        .collect()
+}
+
+/// Waits for `c` to receive the node's peer-exchange request.
+async fn next_request(c: &mut Client) {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let bytes = c.received.recv().await.unwrap().payload;
+            if decode(&bytes).unwrap().message == PexMessage::Request {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("a request within the timeout");
+}
+
+#[actix::test]
+async fn answers_carry_at_most_max_pex_addresses() {
+    let node = spawn(P2pConfig {
+        max_pex_addresses: 2,
+        ..config()
+    })
+    .await;
+    let _others = [
+        give_an_address_to(&node, 1).await,
+        give_an_address_to(&node, 2).await,
+        give_an_address_to(&node, 3).await,
+    ];
+    let mut c = client(&node).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    let answer = next_response(&mut c).await;
+    assert_eq!(answer.len(), 2, "{answer:?}");
+}
+
+#[actix::test]
+async fn responses_are_used_up_to_max_pex_addresses() {
+    // Raised above TM2's 30: a response of 35 is used.
+    let node = spawn(P2pConfig {
+        max_pex_addresses: 40,
+        ..config()
+    })
+    .await;
+    let pex = node.peer_exchange().unwrap();
+    let mut c = client(&node).await;
+    next_request(&mut c).await;
+    let response = PexMessage::Response(made_up_addresses(35)).encode();
+    assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
+    wait_until("35 addresses in the book", POLL, || async {
+        pex.send(BookSize).await.unwrap() >= 35
+    })
+    .await;
+    assert!(c.stopped.try_recv().is_err(), "the node dropped the peer");
+
+    // Lowered to 2: of a response of 3 (which gno may send: it sends up to 30), the first 2
+    // are used and the sender is not blamed.
+    let node = spawn(P2pConfig {
+        max_pex_addresses: 2,
+        ..config()
+    })
+    .await;
+    let pex = node.peer_exchange().unwrap();
+    let mut c = client(&node).await;
+    next_request(&mut c).await;
+    let before = pex.send(BookSize).await.unwrap(); // the client itself
+    let response = PexMessage::Response(made_up_addresses(3)).encode();
+    assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
+    // A request right after, answered, proves the response was processed before it.
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    next_response(&mut c).await;
+    assert_eq!(pex.send(BookSize).await.unwrap(), before + 2);
+    assert!(c.stopped.try_recv().is_err(), "the node dropped the peer");
+    // Longer than TM2 ever sends and than the limit: refused, the sender stopped.
+    let response = PexMessage::Response(made_up_addresses(31)).encode();
+    assert!(c.handle.send(PEX_CHANNEL, Bytes::from(response)).await);
+    assert_closed_by_node(&mut c).await;
+}
+
+/// Connects to `node` from `source` (in 127.0.0.0/8) as a made-up identity advertising
+/// `source:1` and peer exchange, and returns the verified connection.
+async fn throwaway_identity(node: &Node, source: [u8; 4]) -> (tm2_p2p::PeerId, Upgraded) {
+    let key = NodeKey::generate().unwrap();
+    let ip = std::net::Ipv4Addr::from(source);
+    let addr: NetAddress = format!("{}@{ip}:1", key.id()).parse().unwrap();
+    let info = NodeInfo::new(addr, "net", vec![PEX_CHANNEL]);
+    let tcp = connect_from(source, node.local_addr()).await;
+    let up = transport::upgrade(tcp, &key, &info, Some(node.net_address().id()), TIMEOUT)
+        .await
+        .unwrap();
+    (key.id(), up)
+}
+
+#[actix::test]
+async fn a_thousand_throwaway_identities_from_four_ips_do_not_poison_the_book() {
+    // The attack that left 981 attacker entries and 3 honest ones in a 1,000-entry book, and
+    // 30 of 30 attacker addresses in a fresh asker's response: 1,100 identities connect once
+    // each from four source IPs. An honest node connected before, another one after.
+    let node = spawn(P2pConfig {
+        max_num_inbound_peers: 100,
+        ..config()
+    })
+    .await;
+    let mut connected = node.subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
+    // The honest nodes never ask for addresses during the test, so they relay none of the
+    // attackers' back (on loopback they share one source IP with every other honest peer).
+    let early = spawn_asking_every(Duration::from_secs(3600)).await;
+    early
+        .switch()
+        .send(tm2_p2p::DialPeers(vec![node.net_address()]))
+        .await
+        .unwrap();
+    recv_within("the early honest node", connected.recv()).await;
+
+    let sources = [
+        [127, 0, 0, 2],
+        [127, 0, 0, 3],
+        [127, 0, 0, 4],
+        [127, 0, 0, 5],
+    ];
+    // One connection per source IP at a time: well inside any per-IP handshake bound.
+    const BATCH: usize = 4;
+    for batch in 0..1100 / BATCH + 1 {
+        let conns = futures::future::join_all(
+            (0..BATCH).map(|i| throwaway_identity(&node, sources[(batch * BATCH + i) % 4])),
+        )
+        .await;
+        // Each stays until the node admitted it (its PeerAdded is then queued for peer
+        // exchange), then goes.
+        for _ in 0..conns.len() {
+            recv_within("a throwaway identity admitted", connected.recv()).await;
+        }
+        drop(conns);
+    }
+
+    let late = spawn_asking_every(Duration::from_secs(3600)).await;
+    late.switch()
+        .send(tm2_p2p::DialPeers(vec![node.net_address()]))
+        .await
+        .unwrap();
+    let honest = [early.net_address().id(), late.net_address().id()];
+    let pex = node.peer_exchange().unwrap();
+    wait_until("the late honest node in the book", POLL, || async {
+        let entries = pex.send(BookEntries).await.unwrap();
+        entries.iter().any(|e| e.addr.id() == honest[1])
+    })
+    .await;
+    let entries = pex.send(BookEntries).await.unwrap();
+    let kept = entries
+        .iter()
+        .filter(|e| honest.contains(&e.addr.id()))
+        .count();
+    println!("book: {} entries, {kept} of 2 honest ones", entries.len());
+    assert_eq!(kept, 2);
+    // Each source IP is a group (loopback): at most the group limit each.
+    let limit = tm2_p2p::pex::AddressBookConfig::default().group_limit;
+    assert!(
+        entries.len() - kept <= sources.len() * limit,
+        "{}",
+        entries.len()
+    );
+
+    // A fresh asker gets both honest addresses.
+    let mut c = client(&node).await;
+    assert!(c.handle.send(PEX_CHANNEL, request()).await);
+    let answer = next_response(&mut c).await;
+    let shared = answer.iter().filter(|a| honest.contains(&a.id())).count();
+    println!(
+        "response: {} addresses, {shared} of 2 honest ones",
+        answer.len()
+    );
+    assert_eq!(shared, 2, "{answer:?}");
+}
+
+/// A log drain that keeps every message with its key-value pairs, as one line each.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl slog::Drain for Captured {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &slog::Record<'_>, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        let line = format!("{} {}", record.level(), record.msg());
+        self.0.lock().unwrap().push(line);
+        Ok(())
+    }
+}
+
+#[actix::test]
+async fn a_node_without_a_home_says_its_address_book_is_not_saved() {
+    let logs = Captured::default();
+    let node = SwitchBuilder::new(config(), NodeKey::generate().unwrap())
+        .network("net")
+        .logger(slog::Logger::root(logs.clone(), slog::o!()))
+        .spawn()
+        .await
+        .unwrap();
+    node.shutdown().await;
+    let lines = logs.0.lock().unwrap().clone();
+    assert!(
+        lines.iter().any(|l| l.starts_with("WARN")
+            && l.contains("address book")
+            && l.contains("not saved")),
+        "{lines:#?}"
+    );
 }

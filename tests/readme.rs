@@ -330,6 +330,15 @@ async fn readme_api_snippet_runs() {
         Some(SwitchEvent::PeerDisconnected { .. })
     ));
     other.shutdown().await;
+    // Its address book is in its home, as the README says (`addr_book_file`, relative to
+    // `home`), though the snippet never set `home`: it was never saved.
+    let book = home.path().join("config/addrbook.json");
+    let text = std::fs::read_to_string(&book)
+        .unwrap_or_else(|e| panic!("no address book at {}: {e}", book.display()));
+    assert!(
+        text.contains(&other.net_address().id().to_string()),
+        "{text}"
+    );
 }
 
 /// The README's `[dependencies]` block and API snippet, as a crate of their own next to nothing

@@ -7,38 +7,73 @@
 //! clock steps backwards, a deadline lasts longer by that step; a time before 1970 is stored
 //! as 0.
 //!
-//! # Good addresses
-//! An entry is *good* ([`KnownAddress::is_good`]) when we have connected to it at least once
-//! and it has not failed since ([`mark_good`](AddressBook::mark_good) resets the failure
-//! count). Only good addresses are shared, and a good one is never evicted. The driver calls
-//! `mark_good` for every connected peer, inbound ones too (with their advertised address), so
-//! a seed that only receives connections has addresses to give out.
+//! # New and tried addresses
+//! What a peer says (about itself when it connects to us, or about others in a response) is
+//! untrusted: it enters the book as *new* ([`add_from`](AddressBook::add_from)), labelled with
+//! the network group ([`NetGroup`]) of the IP we heard it from. An address becomes *tried*
+//! only through [`mark_good`](AddressBook::mark_good), which the driver calls when a dial of
+//! ours to it succeeded: then we know someone with that key listens there. An entry is *good*
+//! ([`KnownAddress::is_good`]) when it is tried and has not failed since.
+//!
+//! The two kinds are kept apart and bounded separately (a simpler form of CometBFT's new and
+//! old buckets):
+//! - **tried** entries take at most half the capacity, and at most
+//!   [`group_limit`](AddressBookConfig::group_limit) of them share an address group. Making
+//!   room demotes the tried entry with the oldest success (in the same group when the group is
+//!   full) back to new: a good entry can lose its place by age.
+//! - **new** entries take the rest, and at most `group_limit` of them were heard from one
+//!   source group. Making room evicts the worst new entry (most failures, then oldest
+//!   last-seen) of the adding entry's own source group when that group is full, otherwise of
+//!   the largest source group. So one source, however many identities it makes up, only ever
+//!   evicts its own entries or those of the source that holds the most.
+//!
+//! Choices ([`pick_to_dial`](AddressBook::pick_to_dial),
+//! [`sample_for_sharing`](AddressBook::sample_for_sharing)) are drawn round-robin across
+//! groups (tried entries by address group, first in each round; new ones by source group), so
+//! a response is never 30 addresses of one group while others are known.
+//!
+//! Groups: a routable IPv4 address by its /16, a routable IPv6 one by its /32, a non-routable
+//! one (loopback, private, link-local) by the whole IP (each machine of a local testnet is a
+//! group of its own; all nodes on one loopback IP share one), a DNS name by the name.
 //!
 //! # The file
 //! [`save`](AddressBook::save) writes versioned JSON ([`to_json`](AddressBook::to_json));
 //! [`load`](AddressBook::load) reads only a regular file, and only up to
 //! [`AddressBookConfig::max_file_len`] bytes, derived from the capacity.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
 use std::fs;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rand_core::RngCore;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{P2pConfig, open_regular_file, read_capped};
-use crate::types::{NetAddress, PeerId};
+use crate::types::{Host, NetAddress, PeerId, is_routable_ip};
 
-/// The version written in, and the only one accepted from, the persisted file.
-pub const FILE_VERSION: u32 = 1;
+/// The version written in the persisted file. Version 1 (before new and tried were kept
+/// apart) is still read: its entries come back as new, with their history, since version 1
+/// marked inbound peers good on their own word.
+pub const FILE_VERSION: u32 = 2;
+
+/// The oldest file version [`AddressBook::from_json`] reads.
+pub const OLDEST_FILE_VERSION: u32 = 1;
+
+/// The least [`AddressBookConfig::group_limit`] derived from a capacity: 16 (a book smaller
+/// than that has one limit, its capacity).
+pub const MIN_GROUP_LIMIT: usize = 16;
 
 /// A generous bound on the bytes one entry of the book takes in its file: 1 KiB.
 ///
-/// What [`AddressBook::to_json`] writes for one entry is at most about 550 bytes: the address
+/// What [`AddressBook::to_json`] writes for one entry is at most about 630 bytes: the address
 /// (a 40-character id, `@`, a DNS name of up to 253 bytes, a port), the source id, three times
-/// and the failure count at their widest, the keys and the pretty-printer's indentation. Bans
+/// and the failure count at their widest, the tried flag, a source group (an IP at most, never
+/// a name), the keys and the pretty-printer's indentation. Bans
 /// are bounded by the capacity too, and one takes at most about 110 bytes. So 1 KiB per entry
 /// covers an entry and a ban with half again to spare; a test fills a book with the widest
 /// entries and bans and checks that its file fits.
@@ -70,15 +105,36 @@ pub struct AddressBookConfig {
     pub backoff_base: Duration,
     /// The cap on that wait. Default 1 h.
     pub backoff_max: Duration,
+    /// The most new entries heard from one source group, and the most tried entries in one
+    /// address group ([`NetGroup`]). Default [`default_group_limit`](Self::default_group_limit)
+    /// of the capacity (100 for 1000).
+    pub group_limit: usize,
 }
 
 impl AddressBookConfig {
-    /// `addr_book_size` from the config, with the default backoff.
+    /// `addr_book_size` from the config, with the default backoff and group limit.
     pub fn from_config(config: &P2pConfig) -> Self {
+        Self::with_capacity(config.addr_book_size)
+    }
+
+    /// A config of `capacity` entries, with the default backoff and group limit.
+    pub fn with_capacity(capacity: usize) -> Self {
         Self {
-            capacity: config.addr_book_size,
+            capacity,
+            group_limit: Self::default_group_limit(capacity),
             ..Self::default()
         }
+    }
+
+    /// A tenth of `capacity`, at least [`MIN_GROUP_LIMIT`], at most `capacity`: with the
+    /// default 1000, a source needs ten groups of its own to fill the new entries.
+    pub fn default_group_limit(capacity: usize) -> usize {
+        (capacity / 10).max(MIN_GROUP_LIMIT).min(capacity)
+    }
+
+    /// The most tried entries: half the capacity (at least 1 when the capacity is not 0).
+    pub fn tried_capacity(&self) -> usize {
+        (self.capacity / 2).max(1).min(self.capacity)
     }
 
     /// The largest file [`AddressBook::load`] reads for this capacity:
@@ -102,6 +158,7 @@ impl Default for AddressBookConfig {
             capacity: 1000,
             backoff_base: Duration::from_secs(30),
             backoff_max: Duration::from_secs(3600),
+            group_limit: 100,
         }
     }
 }
@@ -121,12 +178,116 @@ pub struct KnownAddress {
     pub last_success: Option<SystemTime>,
     /// Failures since the last success (saturating).
     pub failures: u32,
+    /// In the tried table: a dial of ours to it succeeded (and it was not demoted since).
+    pub tried: bool,
+    /// The group of the IP we heard the address from (for a new entry's limit and choices).
+    pub source_group: NetGroup,
 }
 
 impl KnownAddress {
-    /// Connected at least once and no failure since.
+    /// Tried (a dial of ours succeeded) and no failure since.
     pub const fn is_good(&self) -> bool {
-        self.last_success.is_some() && self.failures == 0
+        self.tried && self.failures == 0
+    }
+
+    /// The group of the address itself.
+    pub fn group(&self) -> NetGroup {
+        NetGroup::of_host(self.addr.host())
+    }
+
+    /// Where choices draw this entry from: tried ones by address group, new ones by source.
+    fn bucket(&self) -> (bool, NetGroup) {
+        if self.tried {
+            (false, self.group())
+        } else {
+            (true, self.source_group.clone())
+        }
+    }
+}
+
+/// A network group: the unit the book limits and spreads its choices over (see the module
+/// docs). Written in the file as text (`Display`; `FromStr` reads every kind but a name).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NetGroup {
+    /// A routable IPv4 address: its first two octets (/16).
+    V4([u8; 2]),
+    /// A routable IPv6 address: its first four octets (/32).
+    V6([u8; 4]),
+    /// A non-routable IP (loopback, private, link-local): the whole address.
+    Local(IpAddr),
+    /// A DNS name, not resolved: the name.
+    Name(String),
+    /// This node: addresses from its config and from its own dials.
+    Own,
+}
+
+impl NetGroup {
+    /// The group of `ip` (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn of_ip(ip: IpAddr) -> Self {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            IpAddr::V4(_) => ip,
+        };
+        if ip.is_unspecified() || !is_routable_ip(ip) {
+            return Self::Local(ip);
+        }
+        match ip {
+            IpAddr::V4(v4) => {
+                let [a, b, ..] = v4.octets();
+                Self::V4([a, b])
+            }
+            IpAddr::V6(v6) => {
+                let [a, b, c, d, ..] = v6.octets();
+                Self::V6([a, b, c, d])
+            }
+        }
+    }
+
+    /// The group of an address's host.
+    pub fn of_host(host: &Host) -> Self {
+        match host {
+            Host::Ip(ip) => Self::of_ip(*ip),
+            Host::Dns(name) => Self::Name(name.clone()),
+        }
+    }
+}
+
+impl fmt::Display for NetGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4([a, b]) => write!(f, "v4:{a}.{b}"),
+            Self::V6(o) => write!(f, "v6:{:08x}", u32::from_be_bytes(*o)),
+            Self::Local(ip) => write!(f, "ip:{ip}"),
+            Self::Name(name) => write!(f, "dns:{name}"),
+            Self::Own => f.write_str("own"),
+        }
+    }
+}
+
+impl FromStr for NetGroup {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        if s == "own" {
+            return Ok(Self::Own);
+        }
+        let (kind, rest) = s.split_once(':').ok_or(())?;
+        match kind {
+            "v4" => {
+                let (a, b) = rest.split_once('.').ok_or(())?;
+                Ok(Self::V4([
+                    a.parse().map_err(drop)?,
+                    b.parse().map_err(drop)?,
+                ]))
+            }
+            "v6" if rest.len() == 8 => Ok(Self::V6(
+                u32::from_str_radix(rest, 16).map_err(drop)?.to_be_bytes(),
+            )),
+            "ip" => Ok(Self::Local(rest.parse().map_err(drop)?)),
+            // A name is never written (it is the address's own group when it is one), and
+            // reading one would let a file hold entries of any width.
+            _ => Err(()),
+        }
     }
 }
 
@@ -147,7 +308,8 @@ pub enum AddOutcome {
     Invalid,
     /// The id is banned.
     Banned,
-    /// The book is full of good addresses: nothing could be evicted.
+    /// Every slot holds a tried entry (only possible with a capacity of 1): nothing could be
+    /// evicted.
     Full,
 }
 
@@ -191,10 +353,12 @@ pub enum AddressBookError {
 /// The addresses this node knows, by peer id, bounded to `capacity`, plus timed bans.
 ///
 /// Driving protocol (the `PeerExchange` actor):
-/// - `add` every address from a response (source = the responder), from config and from our
-///   own connections;
+/// - [`add_from`](Self::add_from) every address from a response (source = the responder and
+///   its IP) and the advertised address of every inbound peer (source = itself and the IP it
+///   came from): both go in as new;
 /// - before dialing: [`pick_to_dial`](Self::pick_to_dial), then
-///   [`mark_attempt`](Self::mark_attempt); after: [`mark_good`](Self::mark_good) or
+///   [`mark_attempt`](Self::mark_attempt); after a dial of ours succeeded: `add` the address
+///   we reached, then [`mark_good`](Self::mark_good) (it becomes tried); after a failure:
 ///   [`mark_failed`](Self::mark_failed);
 /// - after `StopPeerForError`: [`ban`](Self::ban);
 /// - to answer a request: [`sample_for_sharing`](Self::sample_for_sharing);
@@ -240,12 +404,33 @@ impl AddressBook {
         self.entries.values()
     }
 
-    /// Adds or refreshes `addr`, told by `source` at `now`. When the book is full, the worst
-    /// entry is evicted: the most failures, then the oldest last-seen; a good entry
-    /// ([`KnownAddress::is_good`]) is never evicted. A known id keeps its address unless
-    /// `source` is the peer itself or the entry was never good, so a third party cannot
-    /// redirect a working peer.
+    /// [`add_from`](Self::add_from) with the address's own group as the source group: for
+    /// addresses of our own (config, our dials) and for tests.
     pub fn add(&mut self, addr: NetAddress, source: PeerId, now: SystemTime) -> AddOutcome {
+        let group = if source == self.own_id {
+            NetGroup::Own
+        } else {
+            NetGroup::of_host(addr.host())
+        };
+        self.add_from(addr, source, group, now)
+    }
+
+    /// Adds or refreshes `addr` as a *new* (untried) entry, told by `source` from an IP in
+    /// `source_group` at `now` (see the module docs for the limits and what is evicted).
+    ///
+    /// A known id is refreshed (last seen). Its address is replaced when the peer itself
+    /// (`source` = its id, as for an inbound peer) says it moved, or when a third party names
+    /// another address for a new entry that failed since its last success (the one we have
+    /// does not work). A replaced address is untried: the entry is new again. So a third
+    /// party cannot redirect a tried entry, nor a new one that may still work (or move it into
+    /// its own source group, where its own adds would evict it).
+    pub fn add_from(
+        &mut self,
+        addr: NetAddress,
+        source: PeerId,
+        source_group: NetGroup,
+        now: SystemTime,
+    ) -> AddOutcome {
         let id = addr.id();
         if id == self.own_id {
             return AddOutcome::OwnId;
@@ -258,15 +443,31 @@ impl AddressBook {
         }
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.last_seen = entry.last_seen.max(now);
-            if entry.addr != addr && (source == id || !entry.is_good()) {
+            let failing = !entry.tried && entry.failures > 0;
+            if entry.addr != addr && (source == id || failing) {
                 entry.addr = addr;
                 entry.source = source;
+                entry.source_group = source_group.clone();
+                entry.tried = false;
+                self.trim_new_group(&source_group);
             }
             return AddOutcome::Refreshed;
         }
         let mut evicted = None;
-        if self.entries.len() >= self.config.capacity {
-            match self.worst() {
+        let in_group = self
+            .entries
+            .values()
+            .filter(|e| !e.tried && e.source_group == source_group)
+            .count();
+        let victim_group = if in_group >= self.config.group_limit {
+            Some(source_group.clone())
+        } else if self.entries.len() >= self.config.capacity {
+            self.largest_new_group()
+        } else {
+            None
+        };
+        if in_group >= self.config.group_limit || self.entries.len() >= self.config.capacity {
+            match victim_group.and_then(|g| self.worst_new_in(&g)) {
                 Some(worst) => {
                     self.entries.remove(&worst);
                     evicted = Some(worst);
@@ -283,16 +484,49 @@ impl AddressBook {
                 last_attempt: None,
                 last_success: None,
                 failures: 0,
+                tried: false,
+                source_group,
             },
         );
         AddOutcome::Added { evicted }
     }
 
-    /// The eviction candidate: not good, most failures, then oldest last-seen.
-    fn worst(&self) -> Option<PeerId> {
+    /// Evicts the worst new entries heard from `group` while it holds more than the group
+    /// limit (after an entry joined it without an add: a demotion or a moved address).
+    fn trim_new_group(&mut self, group: &NetGroup) {
+        let count = |b: &Self| {
+            b.entries
+                .values()
+                .filter(|e| !e.tried && e.source_group == *group)
+                .count()
+        };
+        while count(self) > self.config.group_limit {
+            let Some(worst) = self.worst_new_in(group) else {
+                return;
+            };
+            self.entries.remove(&worst);
+        }
+    }
+
+    /// The source group holding the most new entries (ties: the greatest group, so the
+    /// choice is deterministic).
+    fn largest_new_group(&self) -> Option<NetGroup> {
+        let mut counts: BTreeMap<&NetGroup, usize> = BTreeMap::new();
+        for e in self.entries.values().filter(|e| !e.tried) {
+            *counts.entry(&e.source_group).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .max_by_key(|(g, n)| (*n, *g))
+            .map(|(g, _)| g.clone())
+    }
+
+    /// The eviction candidate among the new entries heard from `group`: most failures, then
+    /// oldest last-seen.
+    fn worst_new_in(&self, group: &NetGroup) -> Option<PeerId> {
         self.entries
             .values()
-            .filter(|e| !e.is_good())
+            .filter(|e| !e.tried && e.source_group == *group)
             .max_by(|a, b| {
                 a.failures
                     .cmp(&b.failures)
@@ -300,6 +534,20 @@ impl AddressBook {
                     .then(b.addr.id().cmp(&a.addr.id()))
             })
             .map(|e| e.addr.id())
+    }
+
+    /// The tried entry with the oldest success, among those in `group` if given.
+    fn oldest_tried(&self, group: Option<&NetGroup>) -> Option<PeerId> {
+        self.entries
+            .values()
+            .filter(|e| e.tried && group.is_none_or(|g| e.group() == *g))
+            .min_by_key(|e| (e.last_success, e.addr.id()))
+            .map(|e| e.addr.id())
+    }
+
+    /// Number of tried entries.
+    pub fn tried_len(&self) -> usize {
+        self.entries.values().filter(|e| e.tried).count()
     }
 
     /// Removes `id`'s entry.
@@ -315,17 +563,47 @@ impl AddressBook {
             .is_some()
     }
 
-    /// Records a connection to `id` at `now`: failures reset, last seen and last success set.
+    /// Records that a dial of ours to `id` succeeded at `now`: failures reset, last seen and
+    /// last success set, and the entry moves to the tried table. When that table is full
+    /// (half the capacity, or `group_limit` in the entry's address group), the tried entry
+    /// with the oldest success (in that group when the group is full) goes back to new.
     /// False when `id` is unknown.
+    ///
+    /// Call it only for our own dials: an inbound peer's address is what it says about itself.
     pub fn mark_good(&mut self, id: &PeerId, now: SystemTime) -> bool {
-        self.entries
-            .get_mut(id)
-            .map(|e| {
-                e.failures = 0;
-                e.last_success = Some(now);
-                e.last_seen = e.last_seen.max(now);
-            })
-            .is_some()
+        let Some(e) = self.entries.get(id) else {
+            return false;
+        };
+        // Chosen before the entry is promoted, so it is never the one demoted.
+        let demote = if e.tried {
+            None
+        } else {
+            let group = e.group();
+            let in_group = self
+                .entries
+                .values()
+                .filter(|e| e.tried && e.group() == group)
+                .count();
+            if in_group >= self.config.group_limit {
+                self.oldest_tried(Some(&group))
+            } else if self.tried_len() >= self.config.tried_capacity() {
+                self.oldest_tried(None)
+            } else {
+                None
+            }
+        };
+        if let Some(e) = self.entries.get_mut(id) {
+            e.failures = 0;
+            e.last_success = Some(now);
+            e.last_seen = e.last_seen.max(now);
+            e.tried = true;
+        }
+        if let Some(old) = demote.and_then(|d| self.entries.get_mut(&d)) {
+            old.tried = false;
+            let group = old.source_group.clone();
+            self.trim_new_group(&group);
+        }
+        true
     }
 
     /// Records a failed dial of `id` at `now` (also the start of its backoff). False when
@@ -372,7 +650,8 @@ impl AddressBook {
     }
 
     /// Up to `n` random dialable addresses (see [`is_dialable`](Self::is_dialable)), skipping
-    /// the ids in `exclude` (connected or already being dialed).
+    /// the ids in `exclude` (connected or already being dialed), drawn across groups
+    /// (see the module docs).
     pub fn pick_to_dial(
         &self,
         n: usize,
@@ -383,10 +662,8 @@ impl AddressBook {
         let candidates = self
             .entries
             .values()
-            .filter(|e| !exclude.contains(&e.addr.id()) && self.is_dialable(&e.addr.id(), now))
-            .map(|e| e.addr.clone())
-            .collect();
-        sample(candidates, n, rng)
+            .filter(|e| !exclude.contains(&e.addr.id()) && self.is_dialable(&e.addr.id(), now));
+        spread(candidates, n, rng)
     }
 
     /// Bans `id` until `until`: it is neither dialed, shared nor re-added before then. Its
@@ -421,9 +698,14 @@ impl AddressBook {
         self.bans.retain(|_, until| now < *until);
     }
 
-    /// Up to `n` random good addresses to give the peer `asker`: never `asker` itself, never a
-    /// peer in `private`, never a banned one, never a non-routable one unless
-    /// `allow_non_routable` ([`NetAddress::is_shareable`]).
+    /// Up to `n` random addresses to give the peer `asker`, drawn across groups (module docs:
+    /// tried ones first in each round): only entries without a failure since their last
+    /// success, never `asker` itself, never a peer in `private`, never a banned one, never a
+    /// non-routable one unless `allow_non_routable` ([`NetAddress::is_shareable`]).
+    ///
+    /// New (untried) entries are shared too, as TM2 shares every connected peer: a seed that
+    /// only receives connections has nothing else to give. The spread across source groups is
+    /// what keeps a source with many identities to its share of a response.
     pub fn sample_for_sharing(
         &self,
         n: usize,
@@ -433,20 +715,15 @@ impl AddressBook {
         now: SystemTime,
         rng: &mut (impl RngCore + ?Sized),
     ) -> Vec<NetAddress> {
-        let candidates = self
-            .entries
-            .values()
-            .filter(|e| {
-                let id = e.addr.id();
-                e.is_good()
-                    && id != asker
-                    && !private.contains(&id)
-                    && !self.is_banned(&id, now)
-                    && e.addr.is_shareable(allow_non_routable)
-            })
-            .map(|e| e.addr.clone())
-            .collect();
-        sample(candidates, n, rng)
+        let candidates = self.entries.values().filter(|e| {
+            let id = e.addr.id();
+            e.failures == 0
+                && id != asker
+                && !private.contains(&id)
+                && !self.is_banned(&id, now)
+                && e.addr.is_shareable(allow_non_routable)
+        });
+        spread(candidates, n, rng)
     }
 
     /// The book as versioned JSON: entries with times in unix seconds, and the bans.
@@ -463,6 +740,10 @@ impl AddressBook {
                     last_attempt: e.last_attempt.map(unix_secs),
                     last_success: e.last_success.map(unix_secs),
                     failures: e.failures,
+                    tried: e.tried,
+                    source_group: (e.source_group != e.group()
+                        && !matches!(e.source_group, NetGroup::Name(_)))
+                    .then(|| e.source_group.to_string()),
                 })
                 .collect(),
             bans: self
@@ -478,9 +759,11 @@ impl AddressBook {
         serde_json::to_vec_pretty(&file).unwrap_or_default()
     }
 
-    /// Reads a book written by [`to_json`](Self::to_json). A file that is not valid JSON of
+    /// Reads a book written by [`to_json`](Self::to_json), this version or an older one
+    /// ([`OLDEST_FILE_VERSION`]; its entries load as new). A file that is not valid JSON of
     /// that shape is [`AddressBookError::Corrupt`]; single entries that do not parse, carry
-    /// our own id or exceed the capacity are skipped.
+    /// our own id or exceed the capacity or their source group's limit are skipped, and tried
+    /// entries beyond the tried limits load as new.
     pub fn from_json(
         bytes: &[u8],
         own_id: PeerId,
@@ -492,12 +775,14 @@ impl AddressBook {
         }
         let v: Version =
             serde_json::from_slice(bytes).map_err(|e| AddressBookError::Corrupt(e.to_string()))?;
-        if v.version != FILE_VERSION {
+        if !(OLDEST_FILE_VERSION..=FILE_VERSION).contains(&v.version) {
             return Err(AddressBookError::UnsupportedVersion { found: v.version });
         }
         let file: FileRepr =
             serde_json::from_slice(bytes).map_err(|e| AddressBookError::Corrupt(e.to_string()))?;
         let mut book = Self::new(own_id, config);
+        let mut tried_groups: HashMap<NetGroup, usize> = HashMap::new();
+        let mut new_groups: HashMap<NetGroup, usize> = HashMap::new();
         for b in file.bans {
             if let Ok(id) = b.id.parse::<PeerId>() {
                 book.ban(id, from_unix_secs(b.until));
@@ -514,6 +799,25 @@ impl AddressBook {
             if id == own_id || addr.validate().is_err() || book.entries.contains_key(&id) {
                 continue;
             }
+            let group = NetGroup::of_host(addr.host());
+            // Version 1 marked inbound peers good on their word: nothing of it is tried.
+            let tried = v.version >= 2
+                && e.tried
+                && *tried_groups.get(&group).unwrap_or(&0) < config.group_limit
+                && tried_groups.values().sum::<usize>() < config.tried_capacity();
+            let source_group = e
+                .source_group
+                .and_then(|g| g.parse().ok())
+                .unwrap_or_else(|| group.clone());
+            if tried {
+                *tried_groups.entry(group).or_default() += 1;
+            } else {
+                let n = new_groups.entry(source_group.clone()).or_default();
+                if *n >= config.group_limit {
+                    continue;
+                }
+                *n += 1;
+            }
             book.entries.insert(
                 id,
                 KnownAddress {
@@ -523,6 +827,8 @@ impl AddressBook {
                     last_attempt: e.last_attempt.map(from_unix_secs),
                     last_success: e.last_success.map(from_unix_secs),
                     failures: e.failures,
+                    tried,
+                    source_group,
                 },
             );
         }
@@ -615,6 +921,48 @@ fn sibling(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Up to `n` of `entries`' addresses, drawn across groups: the entries are put in buckets
+/// (tried ones by address group, new ones by source group), each bucket shuffled, the
+/// buckets in random order with the tried ones first; then one address is taken from each
+/// bucket in turn, round after round, until `n` are taken or none is left.
+fn spread<'a>(
+    entries: impl Iterator<Item = &'a KnownAddress>,
+    n: usize,
+    rng: &mut (impl RngCore + ?Sized),
+) -> Vec<NetAddress> {
+    let mut buckets: BTreeMap<(bool, NetGroup), Vec<NetAddress>> = BTreeMap::new();
+    for e in entries {
+        buckets.entry(e.bucket()).or_default().push(e.addr.clone());
+    }
+    let (tried, new): (Vec<_>, Vec<_>) = buckets
+        .into_iter()
+        .map(|((new, _), addrs)| (new, addrs))
+        .partition(|(new, _)| !new);
+    let (tried_len, new_len) = (tried.len(), new.len());
+    let mut order: Vec<Vec<NetAddress>> = sample(tried, tried_len, rng)
+        .into_iter()
+        .chain(sample(new, new_len, rng))
+        .map(|(_, addrs)| {
+            let len = addrs.len();
+            let mut addrs = sample(addrs, len, rng);
+            addrs.reverse(); // taken from the end
+            addrs
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n.min(order.iter().map(Vec::len).sum()));
+    while out.len() < n && !order.is_empty() {
+        order.retain_mut(|bucket| {
+            if out.len() < n
+                && let Some(a) = bucket.pop()
+            {
+                out.push(a);
+            }
+            !bucket.is_empty()
+        });
+    }
+    out
+}
+
 /// Up to `n` of `items` in random order (partial Fisher-Yates).
 fn sample<T>(mut items: Vec<T>, n: usize, rng: &mut (impl RngCore + ?Sized)) -> Vec<T> {
     let n = n.min(items.len());
@@ -674,6 +1022,13 @@ struct FileEntry {
     last_attempt: Option<u64>,
     last_success: Option<u64>,
     failures: u32,
+    /// Since version 2.
+    #[serde(default)]
+    tried: bool,
+    /// Since version 2 ([`NetGroup`]'s text, never a name); absent when it is the address's
+    /// own group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_group: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -712,11 +1067,13 @@ mod tests {
         peer(0)
     }
 
+    /// A book without group limits (the tests of everything else).
     fn book(capacity: usize) -> AddressBook {
         AddressBook::new(
             me(),
             AddressBookConfig {
                 capacity,
+                group_limit: capacity,
                 ..AddressBookConfig::default()
             },
         )
@@ -801,14 +1158,23 @@ mod tests {
     }
 
     #[test]
-    fn a_book_full_of_good_addresses_refuses_new_ones() {
-        let mut b = book(2);
-        for i in 1..=2 {
+    fn only_a_book_of_one_tried_entry_refuses_new_ones() {
+        let mut b = book(1);
+        b.add(addr(1), peer(9), t0());
+        b.mark_good(&peer(1), t0());
+        assert_eq!(b.add(addr(2), peer(9), secs(1)), AddOutcome::Full);
+        // Any larger book keeps room for new entries: tried ones take at most half.
+        let mut b = book(4);
+        for i in 1..=4 {
             b.add(addr(i), peer(9), t0());
-            b.mark_good(&peer(i), t0());
+            b.mark_good(&peer(i), secs(u64::from(i)));
         }
-        assert_eq!(b.add(addr(3), peer(9), secs(1)), AddOutcome::Full);
-        assert_eq!(b.len(), 2);
+        assert_eq!(b.tried_len(), 2);
+        assert!(matches!(
+            b.add(addr(5), peer(9), secs(9)),
+            AddOutcome::Added { evicted: Some(_) }
+        ));
+        assert_eq!(b.len(), 4);
     }
 
     #[test]
@@ -921,7 +1287,7 @@ mod tests {
             b.mark_good(&peer(i), t0());
         }
         for i in 51..=55 {
-            b.add(addr(i), peer(99), t0()); // never connected: not good
+            b.add(addr(i), peer(99), t0()); // never dialed: new, shared too
         }
         b.mark_failed(&peer(40), t0());
         let private: HashSet<PeerId> = (1..=5).map(peer).collect();
@@ -930,16 +1296,16 @@ mod tests {
         let mut r = rng();
         for _ in 0..50 {
             let s = b.sample_for_sharing(30, asker, &private, false, secs(1), &mut r);
-            assert_eq!(s.len(), 30); // 8..=39 is 32 candidates
+            assert_eq!(s.len(), 30); // 8..=39 and 51..=55 are 37 candidates
             let ids: HashSet<PeerId> = s.iter().map(NetAddress::id).collect();
             assert_eq!(ids.len(), 30);
             for id in &ids {
                 assert!(!private.contains(id) && *id != asker && *id != peer(6));
-                assert!((41..=55).all(|i| *id != peer(i)) && *id != peer(40));
+                assert!((41..=50).all(|i| *id != peer(i)) && *id != peer(40));
             }
         }
         let all = b.sample_for_sharing(1000, asker, &private, true, secs(1), &mut r);
-        assert_eq!(all.len(), 32 + 10);
+        assert_eq!(all.len(), 37 + 10);
         assert!(
             b.sample_for_sharing(0, asker, &private, true, secs(1), &mut r)
                 .is_empty()
@@ -977,11 +1343,11 @@ mod tests {
         assert_eq!(b.len(), 1);
         assert!(matches!(
             AddressBook::from_json(
-                br#"{"version":2,"entries":[]}"#,
+                br#"{"version":3,"entries":[]}"#,
                 me(),
                 AddressBookConfig::default()
             ),
-            Err(AddressBookError::UnsupportedVersion { found: 2 })
+            Err(AddressBookError::UnsupportedVersion { found: 3 })
         ));
         assert!(matches!(
             AddressBook::from_json(b"{not json", me(), AddressBookConfig::default()),
@@ -1041,6 +1407,7 @@ mod tests {
             capacity: 10,
             backoff_base: Duration::MAX,
             backoff_max: Duration::MAX,
+            group_limit: 10,
         };
         let mut b = AddressBook::new(me(), config);
         b.add(addr(1), peer(9), t0());
@@ -1160,6 +1527,7 @@ mod tests {
         let capacity = 1100;
         let config = AddressBookConfig {
             capacity,
+            group_limit: capacity,
             ..AddressBookConfig::default()
         };
         assert!(config.max_file_len() > MIN_FILE_LEN_LIMIT);
@@ -1250,6 +1618,395 @@ mod tests {
             assert!(!sibling(path, ".corrupt").exists());
             b.save(path).unwrap();
             assert!(fs::symlink_metadata(path).unwrap().is_file());
+        }
+    }
+
+    /// Peer `n` of many (beyond `peer`'s 256).
+    fn pid(n: u32) -> PeerId {
+        let mut bytes = [7u8; 20];
+        bytes[..4].copy_from_slice(&n.to_be_bytes());
+        PeerId::from_bytes(bytes)
+    }
+
+    fn v4(n: u32, ip: [u8; 4], port: u16) -> NetAddress {
+        NetAddress::from_socket_addr(pid(n), (ip, port).into()).unwrap()
+    }
+
+    fn ip(a: [u8; 4]) -> IpAddr {
+        IpAddr::from(a)
+    }
+
+    /// Checks the book's bounds: capacity, tried share, and both group limits.
+    fn assert_bounds(b: &AddressBook) {
+        let c = b.config;
+        assert!(b.len() <= c.capacity);
+        assert!(b.tried_len() <= c.tried_capacity());
+        let mut tried: HashMap<NetGroup, usize> = HashMap::new();
+        let mut new: HashMap<NetGroup, usize> = HashMap::new();
+        for e in b.iter() {
+            assert!(e.tried || e.addr.id() != b.own_id);
+            let n = if e.tried {
+                tried.entry(e.group()).or_default()
+            } else {
+                new.entry(e.source_group.clone()).or_default()
+            };
+            *n += 1;
+            assert!(*n <= c.group_limit, "{e:?}");
+        }
+    }
+
+    #[test]
+    fn groups_are_slash_16_slash_32_or_the_whole_local_ip() {
+        assert_eq!(NetGroup::of_ip(ip([8, 8, 4, 4])), NetGroup::V4([8, 8]));
+        assert_eq!(
+            NetGroup::of_ip(ip([8, 8, 200, 1])),
+            NetGroup::of_ip(ip([8, 8, 4, 4]))
+        );
+        assert_ne!(
+            NetGroup::of_ip(ip([8, 9, 4, 4])),
+            NetGroup::of_ip(ip([8, 8, 4, 4]))
+        );
+        let v6: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        assert_eq!(NetGroup::of_ip(v6), NetGroup::V6([0x20, 0x01, 0x0d, 0xb8]));
+        let mapped: IpAddr = "::ffff:8.8.1.1".parse().unwrap();
+        assert_eq!(NetGroup::of_ip(mapped), NetGroup::V4([8, 8]));
+        // Loopback and private addresses: each IP its own group.
+        for local in [
+            [127, 0, 0, 1],
+            [127, 0, 0, 2],
+            [10, 1, 2, 3],
+            [192, 168, 1, 1],
+        ] {
+            assert_eq!(NetGroup::of_ip(ip(local)), NetGroup::Local(ip(local)));
+        }
+        // The text form reads back (names are never written).
+        for g in [
+            NetGroup::V4([8, 8]),
+            NetGroup::V6([0x20, 0x01, 0x0d, 0xb8]),
+            NetGroup::Local(ip([127, 0, 0, 3])),
+            NetGroup::Local("::1".parse().unwrap()),
+            NetGroup::Own,
+        ] {
+            assert_eq!(g.to_string().parse::<NetGroup>(), Ok(g));
+        }
+        assert!("dns:example.com".parse::<NetGroup>().is_err());
+        assert!("v6:123".parse::<NetGroup>().is_err());
+    }
+
+    #[test]
+    fn what_a_peer_says_is_new_until_our_dial_succeeds() {
+        let mut b = AddressBook::new(me(), AddressBookConfig::default());
+        let a = v4(1, [8, 8, 1, 1], 26656);
+        b.add_from(a.clone(), pid(1), NetGroup::of_ip(ip([8, 8, 1, 1])), t0());
+        let e = b.get(&pid(1)).unwrap();
+        assert!(!e.tried && !e.is_good());
+        assert_eq!(b.tried_len(), 0);
+        assert!(b.mark_good(&pid(1), secs(1)));
+        assert!(b.get(&pid(1)).unwrap().is_good());
+        // A third party cannot move a tried entry; the peer itself can, and is untried again.
+        let moved = v4(1, [9, 9, 1, 1], 26656);
+        b.add_from(moved.clone(), pid(2), NetGroup::V4([6, 6]), secs(2));
+        assert_eq!(b.get(&pid(1)).unwrap().addr, a);
+        b.add_from(moved.clone(), pid(1), NetGroup::V4([9, 9]), secs(3));
+        let e = b.get(&pid(1)).unwrap();
+        assert_eq!(e.addr, moved);
+        assert!(!e.tried);
+    }
+
+    #[test]
+    fn a_third_party_redirects_only_a_failing_new_entry() {
+        let mut b = AddressBook::new(me(), AddressBookConfig::default());
+        let honest = v4(1, [8, 8, 1, 1], 1);
+        b.add_from(honest.clone(), pid(1), NetGroup::V4([8, 8]), t0());
+        let elsewhere = v4(1, [6, 6, 6, 6], 1);
+        let attacker = NetGroup::V4([6, 6]);
+        b.add_from(elsewhere.clone(), pid(2), attacker.clone(), secs(1));
+        let e = b.get(&pid(1)).unwrap();
+        assert_eq!((&e.addr, &e.source_group), (&honest, &NetGroup::V4([8, 8])));
+        assert_eq!(e.last_seen, secs(1));
+        // Once it failed, another address is worth a try.
+        b.mark_failed(&pid(1), secs(2));
+        b.add_from(elsewhere.clone(), pid(2), attacker.clone(), secs(3));
+        let e = b.get(&pid(1)).unwrap();
+        assert_eq!((&e.addr, &e.source_group), (&elsewhere, &attacker));
+    }
+
+    #[test]
+    fn one_source_group_holds_at_most_the_group_limit_and_evicts_only_its_own() {
+        let config = AddressBookConfig::with_capacity(100);
+        assert_eq!(config.group_limit, MIN_GROUP_LIMIT);
+        let mut b = AddressBook::new(me(), config);
+        // Ten honest entries, one per source group.
+        for n in 0..10 {
+            let src = [20 + n as u8, 1, 1, 1];
+            b.add_from(v4(n, src, 1), pid(n), NetGroup::of_ip(ip(src)), secs(0));
+        }
+        // An attacker with one source IP makes up 500 identities in 500 /16s.
+        let attacker = NetGroup::of_ip(ip([6, 6, 6, 6]));
+        for n in 1000..1500 {
+            let addr = v4(n, [100 + (n % 100) as u8, (n / 100) as u8, 1, 1], 1);
+            let out = b.add_from(addr, pid(n), attacker.clone(), secs(u64::from(n)));
+            if let AddOutcome::Added { evicted: Some(e) } = out {
+                assert_eq!(b.get(&e), None);
+                assert!(e.to_string() != pid(0).to_string());
+            }
+        }
+        assert_bounds(&b);
+        let from_attacker = b.iter().filter(|e| e.source_group == attacker).count();
+        assert_eq!(from_attacker, config.group_limit);
+        assert!((0..10).all(|n| b.get(&pid(n)).is_some()));
+        // The attacker's survivors are its latest (oldest last-seen evicted first).
+        assert!(b.get(&pid(1499)).is_some() && b.get(&pid(1000)).is_none());
+    }
+
+    #[test]
+    fn a_full_book_evicts_from_the_largest_source_group() {
+        let config = AddressBookConfig {
+            capacity: 20,
+            group_limit: 8,
+            ..AddressBookConfig::default()
+        };
+        let mut b = AddressBook::new(me(), config);
+        // Groups of 8, 8 and 4 fill it.
+        let groups = [
+            NetGroup::V4([1, 1]),
+            NetGroup::V4([2, 2]),
+            NetGroup::V4([3, 3]),
+        ];
+        let mut n = 0;
+        for (g, count) in groups.iter().zip([8, 8, 4]) {
+            for _ in 0..count {
+                b.add_from(
+                    v4(n, [50, 50, 0, 1], 1),
+                    pid(n),
+                    g.clone(),
+                    secs(u64::from(n)),
+                );
+                n += 1;
+            }
+        }
+        assert_eq!(b.len(), 20);
+        // A fifth entry of the small group evicts from the largest (the greater of the two
+        // of 8), its oldest.
+        let out = b.add_from(
+            v4(99, [50, 50, 0, 1], 1),
+            pid(99),
+            groups[2].clone(),
+            secs(99),
+        );
+        assert_eq!(
+            out,
+            AddOutcome::Added {
+                evicted: Some(pid(8))
+            }
+        );
+        assert_bounds(&b);
+    }
+
+    #[test]
+    fn tried_entries_take_half_and_the_oldest_success_makes_room() {
+        let config = AddressBookConfig {
+            capacity: 8,
+            group_limit: 8,
+            ..AddressBookConfig::default()
+        };
+        let mut b = AddressBook::new(me(), config);
+        for n in 0..6 {
+            let a = [30 + n as u8, 1, 1, 1];
+            b.add(v4(n, a, 1), pid(n), secs(0));
+            b.mark_good(&pid(n), secs(u64::from(n) + 1));
+        }
+        assert_eq!(b.tried_len(), 4);
+        // The two oldest successes went back to new: good entries age out.
+        assert!(!b.get(&pid(0)).unwrap().tried && !b.get(&pid(1)).unwrap().tried);
+        assert!((2..6).all(|n| b.get(&pid(n)).unwrap().is_good()));
+        // A success refreshes: pid 2 is now the newest, so pid 3 goes next.
+        b.mark_good(&pid(2), secs(20));
+        b.mark_good(&pid(0), secs(21));
+        assert!(!b.get(&pid(3)).unwrap().tried && b.get(&pid(2)).unwrap().tried);
+        assert_bounds(&b);
+    }
+
+    #[test]
+    fn tried_entries_are_limited_per_address_group() {
+        let config = AddressBookConfig {
+            capacity: 40,
+            group_limit: 3,
+            ..AddressBookConfig::default()
+        };
+        let mut b = AddressBook::new(me(), config);
+        for n in 0..5 {
+            b.add(v4(n, [8, 8, n as u8, 1], 1), me(), secs(0));
+            b.mark_good(&pid(n), secs(u64::from(n) + 1));
+        }
+        b.add(v4(9, [9, 9, 9, 9], 1), me(), secs(0));
+        b.mark_good(&pid(9), secs(10));
+        assert_eq!(b.tried_len(), 4); // three of 8.8/16 (the latest) and 9.9/16
+        assert!((2..5).all(|n| b.get(&pid(n)).unwrap().tried));
+        assert_bounds(&b);
+    }
+
+    #[test]
+    fn choices_are_spread_across_groups() {
+        let mut b = AddressBook::new(me(), AddressBookConfig::default());
+        // 100 from one source, one each from five others, three tried.
+        for n in 0..100 {
+            b.add_from(
+                v4(n, [6, 6, 1, 1], n as u16 + 1),
+                pid(n),
+                NetGroup::V4([6, 6]),
+                t0(),
+            );
+        }
+        for n in 100..105 {
+            let src = [n as u8, 1, 1, 1];
+            b.add_from(v4(n, src, 1), pid(n), NetGroup::of_ip(ip(src)), t0());
+        }
+        for n in 200..203 {
+            b.add(v4(n, [n as u8, 2, 2, 2], 1), me(), t0());
+            b.mark_good(&pid(n), t0());
+        }
+        let honest: HashSet<PeerId> = (100..105).chain(200..203).map(pid).collect();
+        let mut r = rng();
+        for _ in 0..20 {
+            let s = b.sample_for_sharing(10, pid(999), &HashSet::new(), false, secs(1), &mut r);
+            assert_eq!(s.len(), 10);
+            // Nine groups: every one of the eight small ones is in, and two of the big one.
+            let got = s.iter().filter(|a| honest.contains(&a.id())).count();
+            assert_eq!(got, 8, "{s:?}");
+            // Tried entries come first in a round.
+            assert!(
+                s[..3].iter().all(|a| b.get(&a.id()).unwrap().tried),
+                "{s:?}"
+            );
+            let picks = b.pick_to_dial(9, secs(1), &HashSet::new(), &mut r);
+            assert_eq!(picks.iter().filter(|a| honest.contains(&a.id())).count(), 8);
+        }
+    }
+
+    #[test]
+    fn an_attack_of_1100_identities_from_four_source_ips_leaves_the_honest_ones() {
+        // The shape of the attack that poisoned the old book (981 attacker entries, 3 honest,
+        // 30 of 30 in a response): the default book; 40 honest peers, 10 of them dialed by
+        // us (tried), the others inbound from their own IPs; then 1,100 throwaway identities
+        // from four source IPs in three /16s, each saying it lives in a /16 of its own.
+        let mut b = AddressBook::new(me(), AddressBookConfig::default());
+        let mut now = 0;
+        let mut honest = HashSet::new();
+        for n in 0..40u32 {
+            let at = [11 + n as u8, 3, 0, 1];
+            if n < 10 {
+                b.add(v4(n, at, 26656), me(), secs(now));
+                b.mark_good(&pid(n), secs(now));
+            } else {
+                b.add_from(v4(n, at, 26656), pid(n), NetGroup::of_ip(ip(at)), secs(now));
+            }
+            honest.insert(pid(n));
+            now += 1;
+        }
+        let sources = [[6, 6, 0, 1], [6, 6, 0, 2], [7, 7, 0, 1], [9, 9, 0, 1]];
+        for n in 10_000..11_100u32 {
+            let src = sources[n as usize % 4];
+            let claimed = [100 + (n % 100) as u8, (n / 100 % 256) as u8, 0, 1];
+            b.add_from(
+                v4(n, claimed, 26656),
+                pid(n),
+                NetGroup::of_ip(ip(src)),
+                secs(now),
+            );
+            now += 1;
+        }
+        assert_bounds(&b);
+        let in_book = b.iter().filter(|e| honest.contains(&e.addr.id())).count();
+        let attackers = b.len() - in_book;
+        assert_eq!(in_book, 40);
+        assert_eq!(attackers, 3 * b.config.group_limit);
+        let mut r = rng();
+        let mut least = usize::MAX;
+        for _ in 0..100 {
+            let s = b.sample_for_sharing(30, pid(5000), &HashSet::new(), false, secs(now), &mut r);
+            assert_eq!(s.len(), 30);
+            least = least.min(s.iter().filter(|a| honest.contains(&a.id())).count());
+        }
+        // 43 groups (10 tried, 30 honest new, 3 attacker sources) for 30 places: at most 3
+        // attacker addresses, and only when their groups are drawn.
+        assert!(least >= 27, "only {least} honest of 30");
+        println!(
+            "attack: {in_book} honest and {attackers} attacker entries in the book; \
+             at least {least} honest addresses in each of 100 responses of 30"
+        );
+    }
+
+    #[test]
+    fn a_version_1_book_loads_with_every_entry_new() {
+        let json = format!(
+            r#"{{"version":1,"entries":[
+                {{"addr":"{a}","source":"{s}","last_seen":1,"last_attempt":2,"last_success":3,"failures":0}}
+            ]}}"#,
+            s = peer(9),
+            a = addr(1),
+        );
+        let b =
+            AddressBook::from_json(json.as_bytes(), me(), AddressBookConfig::default()).unwrap();
+        let e = b.get(&peer(1)).unwrap();
+        assert!(!e.tried && !e.is_good());
+        assert_eq!(e.last_success, Some(UNIX_EPOCH + Duration::from_secs(3)));
+        assert_eq!(e.source_group, NetGroup::V4([8, 8]));
+        // Saved again, it is version 2.
+        assert!(
+            String::from_utf8(b.to_json())
+                .unwrap()
+                .contains(r#""version": 2"#)
+        );
+    }
+
+    #[test]
+    fn tried_and_source_groups_survive_a_save() {
+        let mut b = AddressBook::new(me(), AddressBookConfig::default());
+        b.add(v4(1, [8, 8, 1, 1], 1), me(), t0());
+        b.mark_good(&pid(1), t0());
+        b.add_from(
+            v4(2, [9, 9, 1, 1], 1),
+            pid(2),
+            NetGroup::Local(ip([127, 0, 0, 5])),
+            t0(),
+        );
+        b.add_from(v4(3, [9, 9, 1, 2], 1), pid(3), NetGroup::V4([9, 9]), t0());
+        let back = AddressBook::from_json(&b.to_json(), me(), b.config).unwrap();
+        assert_eq!(back.entries, b.entries);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_bounds_hold_whatever_happens(
+            ops in proptest::collection::vec((0u8..4, 0u32..300, 0u8..6), 1..600)
+        ) {
+            let config = AddressBookConfig {
+                capacity: 60,
+                group_limit: 12,
+                ..AddressBookConfig::default()
+            };
+            let mut b = AddressBook::new(me(), config);
+            // One honest entry from a group no one else uses, added first.
+            b.add_from(v4(9999, [200, 1, 1, 1], 1), pid(9999), NetGroup::V4([200, 1]), t0());
+            for (i, (op, n, g)) in ops.into_iter().enumerate() {
+                let now = secs(i as u64 + 1);
+                match op {
+                    0 | 1 => {
+                        let group = NetGroup::V4([g, g]);
+                        b.add_from(v4(n, [g + 1, (n % 7) as u8, 0, 1], 1), pid(n), group, now);
+                    }
+                    2 => {
+                        b.mark_good(&pid(n), now);
+                    }
+                    _ => {
+                        b.mark_failed(&pid(n), now);
+                    }
+                }
+                assert_bounds(&b);
+                // A small group is never the one evicted from while a larger one exists.
+                proptest::prop_assert!(b.get(&pid(9999)).is_some());
+            }
         }
     }
 

@@ -5,6 +5,7 @@ mod node_info;
 mod peer_id;
 mod verify;
 
+pub(crate) use net_address::is_routable_ip;
 pub use net_address::{
     DnsNameError, Host, MAX_DNS_LABEL_LEN, MAX_DNS_NAME_LEN, NetAddress, NetAddressError,
 };

@@ -308,7 +308,7 @@ fn in_v6_prefix<const N: usize>(ip: Ipv6Addr, groups: [u16; N], bits: u32) -> bo
 }
 
 /// TM2's `Routable` minus the `Validate` part (the caller checked it).
-fn is_routable_ip(ip: IpAddr) -> bool {
+pub(crate) fn is_routable_ip(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let [a, b, ..] = v4.octets();
