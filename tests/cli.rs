@@ -170,6 +170,18 @@ impl RunningNode {
         persistent: &str,
         extra: &[&str],
     ) -> Self {
+        Self::start_with_seeds(cwd, home, moniker, persistent, "", extra)
+    }
+
+    /// [`start_in`](Self::start_in) with `seeds` (TOML list items) too.
+    fn start_with_seeds(
+        cwd: &std::path::Path,
+        home: &std::path::Path,
+        moniker: &str,
+        persistent: &str,
+        seeds: &str,
+        extra: &[&str],
+    ) -> Self {
         let home_arg = home.to_str().unwrap();
         let init = Command::new(BIN)
             .args(["init", "--home", home_arg])
@@ -189,7 +201,8 @@ impl RunningNode {
             .replace(
                 "persistent_peers = []",
                 &format!("persistent_peers = [{persistent}]"),
-            );
+            )
+            .replace("seeds = []", &format!("seeds = [{seeds}]"));
         std::fs::write(&path, config).unwrap();
         let mut child = Command::new(BIN)
             .args(["node", "--home", home_arg])
@@ -339,4 +352,45 @@ fn a_node_with_a_relative_home_keeps_its_address_book_in_that_home() {
     let expected = cwd.join("node2/config/addrbook.json");
     assert!(line.contains(expected.to_str().unwrap()), "{line}");
     b.stop();
+}
+
+#[test]
+fn the_readme_walkthrough_a_third_node_that_knows_only_a_seed_finds_the_second() {
+    // README, "Two nodes" then "A node listed in seeds": node1 alone; node2 keeps node1 as a
+    // persistent peer; node3 lists node1 as a seed. Every config has allow_non_routable = true
+    // (loopback addresses are shared only then), as the README says for one machine.
+    let dir = tempfile::tempdir().unwrap();
+    let cwd = dir.path();
+    let node1 = RunningNode::start_in(cwd, "./node1".as_ref(), "node1", "", &[]);
+    let address1 = node1.stdout.recv_timeout(TIMEOUT).unwrap();
+    let address1 = address1.strip_prefix("listening as ").unwrap().to_owned();
+    let node2 = RunningNode::start_in(
+        cwd,
+        "./node2".as_ref(),
+        "node2",
+        &format!("\"{address1}\""),
+        &[],
+    );
+    let address2 = node2.stdout.recv_timeout(TIMEOUT).unwrap();
+    let id2 = address2
+        .strip_prefix("listening as ")
+        .unwrap()
+        .split('@')
+        .next()
+        .unwrap()
+        .to_owned();
+    node2.wait_log(&["peer connected"]);
+    let node3 = RunningNode::start_with_seeds(
+        cwd,
+        "./node3".as_ref(),
+        "node3",
+        "",
+        &format!("\"{address1}\""),
+        &[],
+    );
+    // node3 learns node2 from the seed and connects to it.
+    node3.wait_log(&["peer connected", &id2]);
+    node3.stop();
+    node2.stop();
+    node1.stop();
 }
