@@ -487,23 +487,40 @@ impl P2pConfig {
         toml::to_string(self).map_err(ConfigError::Serialize)
     }
 
-    /// The config as TOML with a comment above every key saying what it does, its default and
-    /// its TM2 counterpart: what `tm2p2p init` writes. Parses back to the same config.
+    /// Every key with what it means, in the order the keys are written: the text of the
+    /// README's configuration reference and of the comments in
+    /// [`to_commented_toml`](Self::to_commented_toml).
+    pub fn key_docs() -> &'static [(&'static str, &'static str)] {
+        KEY_DOCS
+    }
+
+    /// The config as TOML with a comment above every key saying what it does and its default:
+    /// what `tm2p2p init` writes. Parses back to the same config.
     pub fn to_commented_toml(&self) -> Result<String, ConfigError> {
         let plain = self.to_toml_string()?;
+        let defaults = Self::default().to_toml_string()?;
+        let default_of = |key: &str| {
+            defaults
+                .lines()
+                .find_map(|l| l.split_once(" = ").filter(|(k, _)| *k == key))
+                .map(|(_, v)| v)
+        };
         let mut out = String::from(
             "# tm2-p2p node configuration. Every key is optional: a missing key takes its\n\
              # default; an unknown key is refused. Durations: \"100ms\", \"3s\", \"10m\".\n",
         );
         for line in plain.lines() {
             let key = line.split(" = ").next().unwrap_or_default();
-            if let Some((_, doc)) = FIELD_DOCS.iter().find(|(k, _)| *k == key) {
+            if let Some((_, doc)) = KEY_DOCS.iter().find(|(k, _)| *k == key) {
                 out.push('\n');
-                for doc_line in doc.lines() {
+                for doc_line in wrap(doc, 92) {
                     out.push_str("# ");
-                    out.push_str(doc_line);
+                    out.push_str(&doc_line);
                     out.push('\n');
                 }
+                out.push_str("# Default: ");
+                out.push_str(default_of(key).unwrap_or("unset"));
+                out.push('\n');
             }
             out.push_str(line);
             out.push('\n');
@@ -652,150 +669,167 @@ impl P2pConfig {
     }
 }
 
-/// The comment `to_commented_toml` writes above each key (a test checks every key has one).
-const FIELD_DOCS: &[(&str, &str)] = &[
+/// The words of `text` in lines of at most `width` characters (a longer word stands alone).
+fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            lines.push(std::mem::take(&mut line));
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
+/// What each key means: the one text the README's configuration reference (checked equal by
+/// tests/readme.rs) and the comments `to_commented_toml` writes are made of, in the order the
+/// keys are written. (The fields' rustdoc says more for library users: reasons, TM2's
+/// behaviour.)
+const KEY_DOCS: &[(&str, &str)] = &[
     (
         "home",
-        "The node's home; relative paths below are resolved against it (set by --home;\n\"\" = the directory of this file).",
+        "The node's home; relative paths (`node_key_file`, `addr_book_file`) are resolved against it. Set by `--home`; left empty in a file read with `P2pConfig::from_toml_file`, it is that file's directory. Without a home the address book is kept in memory only (the node logs a warning).",
     ),
     (
         "moniker",
-        "Free text shown to peers (printable ASCII). Default \"anonymous\".",
+        "A name shown to peers in our NodeInfo: printable ASCII, at most 1024 bytes.",
     ),
     (
         "node_key_file",
-        "The node key, relative to home. Default \"secrets/node_key.json\" (TM2's).",
+        "The node key (Ed25519, TM2's format), relative to `home`.",
     ),
     (
         "log_level",
-        "Least severe log level shown: critical, error, warning, info, debug or trace.\n\
-         --log-level overrides it. Default \"info\".",
+        "Least severe log level `tm2p2p node` shows: critical, error, warning, info, debug, trace; `--log-level` overrides it.",
     ),
     (
         "laddr",
-        "Listen address, tcp://ip:port; port 0 picks a free one. Default tcp://0.0.0.0:26656.",
+        "Address to listen on, `tcp://ip:port`; port 0 picks a free one.",
     ),
     (
         "external_address",
-        "Address advertised to peers instead of laddr (behind NAT), ip:port; \"\" = none.",
-    ),
-    (
-        "seeds",
-        "Bootstrap nodes, id@host:port, dialed while the address book knows too few peers.",
-    ),
-    (
-        "persistent_peers",
-        "Peers to stay connected to, id@host:port; redialed forever with backoff;\noutside the peer limits.",
-    ),
-    (
-        "private_peer_ids",
-        "Peer ids whose addresses are never shared by peer exchange.",
-    ),
-    (
-        "max_num_inbound_peers",
-        "Most inbound peers at once, persistent peers not counted. Default 40.",
-    ),
-    (
-        "max_num_outbound_peers",
-        "Most outbound peers at once, persistent peers not counted. Default 10.",
-    ),
-    (
-        "allow_non_routable",
-        "Share and accept loopback/private addresses (local networks). Default false.",
-    ),
-    (
-        "flush_throttle_timeout",
-        "Upper bound on how long written data may wait before a flush (data is\nflushed as soon as the queue drains). Default 100ms.",
-    ),
-    (
-        "max_packet_msg_payload_size",
-        "Bytes of message per packet; peers must agree. Default 1024.",
-    ),
-    (
-        "send_rate",
-        "Send limit per peer in bytes/s; 0 = unlimited. Default 5120000.",
-    ),
-    (
-        "recv_rate",
-        "Receive limit per peer in bytes/s; 0 = unlimited. Default 5120000.",
-    ),
-    (
-        "ping_interval",
-        "How often to ping an idle peer. Default 1m.",
-    ),
-    (
-        "pong_timeout",
-        "A peer that does not answer a ping within this is dropped; < ping_interval. Default 45s.",
-    ),
-    (
-        "send_timeout",
-        "How long a blocking send waits for room in a peer's queue. Default 10s.",
-    ),
-    (
-        "handshake_timeout",
-        "Time allowed for each handshake stage (secret connection, NodeInfo). Default 3s.",
-    ),
-    (
-        "handshake_first_message_timeout",
-        "Time an accepted connection has to send its first handshake message. Default 1s.",
-    ),
-    (
-        "dial_timeout",
-        "Time allowed to resolve a dialed address and open the TCP connection (each stage\nof the upgrade then has handshake_timeout). Default 3s.",
-    ),
-    (
-        "max_concurrent_dials",
-        "Dials in flight at once. Default 16.",
-    ),
-    (
-        "max_handshakes_in_progress",
-        "Inbound handshakes in progress at once; then a newcomer evicts the oldest \
-         unauthenticated one of the busiest subnet. Default 64.",
-    ),
-    (
-        "max_handshakes_per_ip",
-        "Inbound handshakes in progress from one IP. Default 8.",
-    ),
-    (
-        "max_handshakes_per_subnet",
-        "Inbound handshakes in progress from one /24 (IPv4) or /64 (IPv6). Default 16.",
-    ),
-    (
-        "redial_backoff_base",
-        "First redial delay of a persistent peer; doubles per failure. Default 1s.",
-    ),
-    ("redial_backoff_max", "Longest redial delay. Default 10m."),
-    (
-        "redial_backoff_reset_after",
-        "A connection up this long resets the redial backoff. Default 30s.",
-    ),
-    (
-        "pex",
-        "Peer exchange (discovery on channel 0x50). Default true.",
-    ),
-    (
-        "seed_mode",
-        "Only crawl and serve addresses, disconnecting peers once served. Needs pex. Default false.",
-    ),
-    (
-        "pex_interval",
-        "How often to ask a peer for addresses while below the outbound target. Default 3s.",
-    ),
-    (
-        "max_pex_addresses",
-        "Most addresses sent in, and used from, one peer-exchange response. Default 30.",
-    ),
-    (
-        "addr_book_file",
-        "The address book, relative to home. Default \"config/addrbook.json\".",
-    ),
-    (
-        "addr_book_size",
-        "Most addresses the book keeps. Default 1000.",
+        "Address advertised to peers instead of `laddr` (behind NAT, or when listening on 0.0.0.0); `\"\"` = none.",
     ),
     (
         "metrics_addr",
-        "Serve Prometheus metrics at http://ADDR/metrics, ip:port (e.g. \"127.0.0.1:26660\");\n\"\" = off (the default).",
+        "Where to serve Prometheus metrics (`ip:port`, port 0 picks one); `\"\"` = off.",
+    ),
+    (
+        "seeds",
+        "Bootstrap nodes, `id@host:port`, dialed while the address book knows too few addresses.",
+    ),
+    (
+        "persistent_peers",
+        "Peers to stay connected to, `id@host:port`: redialed forever with backoff, outside the peer limits.",
+    ),
+    (
+        "private_peer_ids",
+        "Peer ids whose addresses peer exchange never shares.",
+    ),
+    (
+        "max_num_inbound_peers",
+        "Most inbound peers at once, persistent peers not counted; 0 = only persistent peers.",
+    ),
+    (
+        "max_num_outbound_peers",
+        "Most outbound peers at once, persistent peers not counted; 0 = dial only persistent peers.",
+    ),
+    (
+        "allow_non_routable",
+        "Let peer exchange share and accept loopback and private addresses (local networks, testnets).",
+    ),
+    (
+        "flush_throttle_timeout",
+        "Longest time written data waits before a flush (data is flushed as soon as the send queue drains).",
+    ),
+    (
+        "max_packet_msg_payload_size",
+        "Message bytes per packet, 1 to 1 MiB; peers must agree.",
+    ),
+    ("send_rate", "Send limit per peer, bytes/s; 0 = unlimited."),
+    (
+        "recv_rate",
+        "Receive limit per peer, bytes/s; 0 = unlimited.",
+    ),
+    (
+        "ping_interval",
+        "How often a quiet connection is pinged; longer than `pong_timeout`.",
+    ),
+    (
+        "pong_timeout",
+        "A peer that does not answer a ping within this is disconnected.",
+    ),
+    (
+        "send_timeout",
+        "How long `SendTo` waits for room in a full peer queue before answering false.",
+    ),
+    (
+        "handshake_timeout",
+        "Time allowed for each upgrade step: the secret-connection handshake, then the NodeInfo exchange.",
+    ),
+    (
+        "handshake_first_message_timeout",
+        "Time an accepted connection has to send its first handshake message (its ephemeral key; an honest peer sends it at once); capped by `handshake_timeout`.",
+    ),
+    (
+        "dial_timeout",
+        "Time allowed for a dial to resolve its address and open the TCP connection (each address a name resolves to in turn); each upgrade stage then has `handshake_timeout`.",
+    ),
+    (
+        "max_concurrent_dials",
+        "Most outbound dials in flight at once.",
+    ),
+    (
+        "max_handshakes_in_progress",
+        "Most inbound connections being upgraded at once; when all are taken, a newcomer evicts the oldest unauthenticated connection of the subnet holding the most.",
+    ),
+    (
+        "max_handshakes_per_ip",
+        "Most inbound connections being upgraded at once from one IP.",
+    ),
+    (
+        "max_handshakes_per_subnet",
+        "Most inbound connections being upgraded at once from one /24 (IPv4) or /64 (IPv6), loopback included.",
+    ),
+    (
+        "redial_backoff_base",
+        "First redial delay of a persistent peer; doubles after each failure (±10 % jitter).",
+    ),
+    ("redial_backoff_max", "Longest redial delay."),
+    (
+        "redial_backoff_reset_after",
+        "A persistent peer's connection up this long restarts its backoff from the base.",
+    ),
+    (
+        "pex",
+        "Peer exchange on channel 0x50: ask peers for addresses and answer them.",
+    ),
+    (
+        "seed_mode",
+        "Only crawl and serve addresses, disconnecting peers once answered; needs `pex`.",
+    ),
+    (
+        "pex_interval",
+        "How often a random peer is asked for addresses while below `max_num_outbound_peers`.",
+    ),
+    (
+        "max_pex_addresses",
+        "Most addresses sent in, and used from, one peer-exchange response (one longer than both this and TM2's 30 is refused).",
+    ),
+    (
+        "addr_book_file",
+        "The address book file, relative to `home`.",
+    ),
+    (
+        "addr_book_size",
+        "Most addresses the address book keeps: at most half of them tried (reached by a dial of ours), and at most a tenth (at least 16) per network group (docs/ARCHITECTURE.md, \"Peer-exchange core\").",
     ),
 ];
 
@@ -1722,11 +1756,15 @@ mod tests {
         for line in config.to_toml_string().unwrap().lines() {
             let key = line.split(" = ").next().unwrap();
             assert!(
-                FIELD_DOCS.iter().any(|(k, _)| *k == key),
-                "no comment for `{key}`: add it to FIELD_DOCS"
+                KEY_DOCS.iter().any(|(k, _)| *k == key),
+                "no comment for `{key}`: add it to KEY_DOCS"
             );
         }
         assert_eq!(P2pConfig::from_toml_str(&text).unwrap(), config);
-        assert!(text.contains("# Listen address"));
+        assert!(text.contains("# Address to listen on"));
+        assert!(
+            text.contains("# Default: \"tcp://0.0.0.0:26656\""),
+            "{text}"
+        );
     }
 }

@@ -188,6 +188,34 @@ fn config_reference_lists_every_field_with_its_default() {
 }
 
 #[test]
+fn config_reference_meanings_are_the_ones_in_the_code() {
+    // One source: `P2pConfig::key_docs`, which also writes the comments of `tm2p2p init`'s
+    // config.toml. On a mismatch, the table to paste is printed.
+    let rows = readme_rows();
+    let defaults: toml::Table = P2pConfig::default()
+        .to_toml_string()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let mut differ = Vec::new();
+    let mut table = String::from("| key | default | meaning |\n| --- | --- | --- |\n");
+    for (key, meaning) in P2pConfig::key_docs() {
+        let default = defaults
+            .get(*key)
+            .map_or(UNSET.to_owned(), ToString::to_string);
+        table.push_str(&format!("| `{key}` | `{default}` | {meaning} |\n"));
+        if rows.get(*key).is_none_or(|row| row.meaning != *meaning) {
+            differ.push(*key);
+        }
+    }
+    assert!(
+        differ.is_empty() && rows.len() == P2pConfig::key_docs().len(),
+        "README's configuration reference differs from P2pConfig::key_docs() for {differ:?}; \
+         paste:\n{table}"
+    );
+}
+
+#[test]
 fn config_reference_defaults_read_back_as_the_default_config() {
     let toml: String = readme_rows()
         .iter()
