@@ -299,6 +299,8 @@ impl Switch {
         let (gate, reader) = GatedReader::new(reader);
         let config = PeerConnConfig {
             metrics: Some(self.metrics.clone()),
+            // The handle refuses channels the peer lacks, as `SendTo` does (TM2's Peer.Send).
+            peer_channels: Some(node_info.channels.clone()),
             ..PeerConnConfig::from(&self.config)
         };
         let started = PeerConn::start_split(
