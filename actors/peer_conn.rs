@@ -480,6 +480,13 @@ impl PeerHandle {
         self.shared.lock().sender.max_message_size(channel)
     }
 
+    /// Payload bytes waiting in this connection's send queues (including the unsent rest of
+    /// messages being split into packets); see the per-peer memory bound in
+    /// `docs/ARCHITECTURE.md`.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().sender.queued_bytes()
+    }
+
     /// Queues `payload` on `channel` if its queue has room now. Never blocks. False, with
     /// nothing queued and the connection left alone, when: the queue is full; the channel is
     /// not one the peer advertised (see [`has_channel`](Self::has_channel)); the message is

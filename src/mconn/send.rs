@@ -498,6 +498,19 @@ impl MConnSender {
         self.has_data()
     }
 
+    /// Payload bytes held by the send queues: every queued message plus the unsent rest of
+    /// the ones being split into packets. (Buffers shared with other connections count in
+    /// full.) At most `Σ (send_queue_capacity + 1) × recv_message_capacity` over the channels.
+    pub fn queued_bytes(&self) -> usize {
+        self.channels
+            .iter()
+            .map(|c| {
+                c.queue.iter().map(Bytes::len).sum::<usize>()
+                    + c.sending.as_ref().map_or(0, Bytes::len)
+            })
+            .sum()
+    }
+
     /// Messages waiting in `channel`'s queue (excluding one being split into packets), or
     /// `None` for an unknown channel.
     pub fn queued(&self, channel: u8) -> Option<usize> {
@@ -717,6 +730,7 @@ mod tests {
         assert_eq!(tx.queued(1), Some(0));
         tx.try_send(1, Bytes::from(vec![0; 100])).unwrap();
         assert_eq!(tx.queued(1), Some(1));
+        assert_eq!(tx.queued_bytes(), 100);
     }
 
     #[test]
