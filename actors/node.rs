@@ -382,8 +382,9 @@ impl Node {
         self.events.subscribe(filter)
     }
 
-    /// Stops the node gracefully: stops accepting, closes every peer (reactors get
-    /// `PeerRemoved`), waits for them, then stops the Switch and the metrics server. The
+    /// Stops the node gracefully: stops accepting, closes every peer once what was queued to
+    /// it is written (for up to the config's `drain_timeout`; reactors get `PeerRemoved`),
+    /// waits for them, then stops the Switch and the metrics server. The
     /// listen port (and the metrics port) is free again when this returns.
     pub async fn shutdown(&self) {
         let _ = self.switch.send(Shutdown).await;

@@ -25,6 +25,10 @@
 //! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
 //! supervisor's recipient.
 //!
+//! The writer never waits on the socket without a deadline: a write or flush that the peer's
+//! full socket blocks wakes at the core's `deadline()` (pong timeout, `write_timeout`) or the
+//! drain's end, so a peer that stops reading ends as [`DisconnectReason::SlowReader`].
+//!
 //! ## Metrics
 //!
 //! With [`PeerConnConfig::metrics`] set, the connection counts payload bytes per channel into
@@ -63,7 +67,7 @@
 //! | [`SendMessage`] | Switch, reactors | `true` once queued, `false` after `send_timeout` |
 //! | [`TrySendMessage`] | Switch, reactors | `true` if queued now |
 //! | [`AddChannel`] | Switch | `Ok` once added; see [`PeerHandle::add_channel`] |
-//! | [`Stop`] | Switch | — |
+//! | [`Stop`] | Switch | — (a graceful reason drains first, up to `drain_timeout`) |
 //!
 //! It sends [`Receive`] to reactors and, exactly once when it ends, [`PeerStopped`] to its
 //! supervisor, after both tasks have ended (so no `Receive` from this connection follows it).
