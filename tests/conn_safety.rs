@@ -395,7 +395,10 @@ impl Handler<tm2_p2p::Receive> for Sink {
 
 #[actix::test]
 async fn blind_pongs_do_not_answer_a_ping_the_peer_cannot_have_read() {
-    // The peer reads nothing: our ping is taken by the stream but its flush never completes.
+    // The peer reads nothing: our ping is taken by the stream but its flush never completes
+    // (a secret writer whose socket is full). A stream of our own makes that state certain;
+    // on real TCP, whether a ping lands there or waits unwritten behind the blocked batch
+    // (then `write_timeout` ends the connection) depends on the kernel's window updates.
     // It sends a pong every 10 ms anyway. With a write timeout far away, only the pong
     // deadline can end this connection, and it must: those pongs answer nothing.
     let (ours, mut theirs) = tokio::io::duplex(64 * 1024);
