@@ -678,17 +678,21 @@ pub enum DropReason {
     PeerNotConnected,
     /// The peer did not advertise the channel, or the connection does not have it.
     UnknownChannel,
-    /// The connection had already ended.
+    /// The message is longer than the channel's `recv_message_capacity` (the peer, which
+    /// has the same descriptor, would drop the connection on it).
+    MessageTooLarge,
+    /// The connection had already ended (or is draining before it closes).
     ConnectionClosed,
 }
 
 impl DropReason {
     /// Every reason.
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::BroadcastQueueFull,
         Self::SendQueueFull,
         Self::PeerNotConnected,
         Self::UnknownChannel,
+        Self::MessageTooLarge,
         Self::ConnectionClosed,
     ];
 
@@ -699,6 +703,7 @@ impl DropReason {
             Self::SendQueueFull => "send_queue_full",
             Self::PeerNotConnected => "peer_not_connected",
             Self::UnknownChannel => "unknown_channel",
+            Self::MessageTooLarge => "message_too_large",
             Self::ConnectionClosed => "connection_closed",
         }
     }
@@ -898,12 +903,13 @@ fn reject_label(reason: &RejectReason) -> &'static str {
 }
 
 /// Label values of `tm2p2p_peer_disconnects_total`.
-const DISCONNECT_REASONS: [&str; 9] = [
+const DISCONNECT_REASONS: [&str; 10] = [
     "remote_closed",
     "io_error",
     "secret",
     "protocol",
     "pong_timeout",
+    "slow_reader",
     "misbehaved",
     "stopped",
     "shutdown",
@@ -917,6 +923,7 @@ fn disconnect_label(reason: &DisconnectReason) -> &'static str {
         DisconnectReason::Secret(_) => "secret",
         DisconnectReason::Protocol(_) => "protocol",
         DisconnectReason::PongTimeout => "pong_timeout",
+        DisconnectReason::SlowReader(_) => "slow_reader",
         DisconnectReason::Misbehaved(_) => "misbehaved",
         DisconnectReason::Stopped(_) => "stopped",
         DisconnectReason::Shutdown => "shutdown",

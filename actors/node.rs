@@ -469,10 +469,11 @@ impl Node {
         }
     }
 
-    /// Stops the node gracefully: stops accepting, closes every peer (reactors get
-    /// `PeerRemoved`), waits for them, then stops the Switch and the metrics server. The
-    /// listen port (and the metrics port) is free again when this returns, and every
-    /// [`EventStream`] returns `None` once it has returned the events it holds.
+    /// Stops the node gracefully: stops accepting, closes every peer once what was queued to
+    /// it is written (for up to the config's `drain_timeout`; reactors get `PeerRemoved`),
+    /// waits for them, then stops the Switch and the metrics server. The listen port (and the
+    /// metrics port) is free again when this returns, and every [`EventStream`] returns
+    /// `None` once it has returned the events it holds.
     pub async fn shutdown(&self) {
         let _ = self.switch.send(Shutdown).await;
         // Every peer is gone and `PeerDisconnected` published: end the event streams, whatever

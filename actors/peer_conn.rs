@@ -25,6 +25,10 @@
 //! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
 //! supervisor's recipient.
 //!
+//! The writer never waits on the socket without a deadline: a write or flush that the peer's
+//! full socket blocks wakes at the core's `deadline()` (pong timeout, `write_timeout`) or the
+//! drain's end, so a peer that stops reading ends as [`DisconnectReason::SlowReader`].
+//!
 //! ## Metrics
 //!
 //! With [`PeerConnConfig::metrics`] set, the connection counts payload bytes per channel into
@@ -63,16 +67,17 @@
 //! | [`SendMessage`] | Switch, reactors | `true` once queued, `false` after `send_timeout` |
 //! | [`TrySendMessage`] | Switch, reactors | `true` if queued now |
 //! | [`AddChannel`] | Switch | `Ok` once added; see [`PeerHandle::add_channel`] |
-//! | [`Stop`] | Switch | — |
+//! | [`Stop`] | Switch | — (a graceful reason drains first, up to `drain_timeout`) |
 //!
 //! It sends [`Receive`] to reactors and, exactly once when it ends, [`PeerStopped`] to its
 //! supervisor, after both tasks have ended (so no `Receive` from this connection follows it).
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::dev::RecipientRequest;
 use actix::prelude::*;
@@ -128,6 +133,15 @@ pub struct PeerConnConfig {
     /// Where the connection counts its bytes (per channel), drops and send queues; its
     /// per-peer series are removed when it ends. Default `None`: counted, not registered.
     pub metrics: Option<Metrics>,
+    /// On a graceful [`Stop`] ([`DisconnectReason::Stopped`] or
+    /// [`DisconnectReason::Shutdown`]), how long the writer may keep writing what is already
+    /// queued before the connection closes; zero closes at once. Default 500 ms (the node's
+    /// `drain_timeout`).
+    pub drain_timeout: Duration,
+    /// The channels the peer advertised (its NodeInfo): sends on any other channel are
+    /// refused ([`PeerHandle::try_send`] answers false), since the peer would drop the
+    /// connection. `None` (the default): every channel of this connection.
+    pub peer_channels: Option<Vec<u8>>,
 }
 
 impl Default for PeerConnConfig {
@@ -136,6 +150,8 @@ impl Default for PeerConnConfig {
             mconn: MConnConfig::default(),
             send_timeout: Duration::from_secs(10),
             metrics: None,
+            drain_timeout: Duration::from_millis(500),
+            peer_channels: None,
         }
     }
 }
@@ -146,6 +162,8 @@ impl From<&P2pConfig> for PeerConnConfig {
             mconn: MConnConfig::from(c),
             send_timeout: c.send_timeout,
             metrics: None,
+            drain_timeout: c.drain_timeout,
+            peer_channels: None,
         }
     }
 }
@@ -204,8 +222,11 @@ impl PeerConn {
         W: AsyncWrite + Unpin + Send + 'static,
     {
         let descriptors: Vec<ChannelDescriptor> = channels.iter().map(|(d, _)| *d).collect();
-        let (sender, receiver) =
+        let (mut sender, receiver) =
             MConnection::new(&config.mconn, &descriptors, clock::now())?.into_split();
+        if let Some(peer_channels) = &config.peer_channels {
+            sender.set_peer_channels(peer_channels);
+        }
         let metrics = ConnMetrics::new(config.metrics, peer);
         let sent = descriptors
             .iter()
@@ -218,9 +239,11 @@ impl PeerConn {
         let shared = Arc::new(Shared {
             peer,
             send_timeout: config.send_timeout,
+            drain_timeout: config.drain_timeout,
             state: Mutex::new(SendState {
                 sender,
                 reason: None,
+                draining: None,
                 added: Vec::new(),
                 sent,
             }),
@@ -266,8 +289,8 @@ impl PeerConn {
         Ok((addr, handle))
     }
 
-    /// Closes the connection with `reason` (unless it already ended) and aborts both tasks;
-    /// the watcher then stops the actor.
+    /// Closes the connection with `reason` (unless it already ended; a drain in progress
+    /// keeps its own reason) and aborts both tasks; the watcher then stops the actor.
     fn close(&self, reason: DisconnectReason) {
         self.handle.shared.close(reason);
         for task in &self.tasks {
@@ -394,8 +417,16 @@ pub enum AddChannelError {
     Closed,
 }
 
-/// End the connection now with `reason` (ignored if it already ended for another reason).
-/// Queued messages are dropped; the supervisor gets [`PeerStopped`] once the tasks ended.
+/// End the connection with `reason` (ignored if it already ended or is draining for another
+/// reason); the supervisor gets [`PeerStopped`] once the tasks ended.
+///
+/// A graceful stop, [`DisconnectReason::Stopped`] or [`DisconnectReason::Shutdown`], drains
+/// first (CometBFT's `FlushStop`, bounded): new sends are refused at once, the messages
+/// already queued are written and flushed for up to `drain_timeout`, the write half is shut
+/// down (the peer reads an orderly end after the last message), and the connection closes
+/// when the peer closes its side or the time is up, whichever comes first. Anything still
+/// queued then is dropped. Every other reason (an error, [`DisconnectReason::Misbehaved`]),
+/// and a zero `drain_timeout`, close at once and drop what is queued.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct Stop {
@@ -408,6 +439,13 @@ impl Handler<Stop> for PeerConn {
     type Result = ();
 
     fn handle(&mut self, msg: Stop, _ctx: &mut Self::Context) {
+        let graceful = matches!(
+            msg.reason,
+            DisconnectReason::Stopped(_) | DisconnectReason::Shutdown
+        );
+        if graceful && self.handle.shared.start_drain(&msg.reason) {
+            return;
+        }
         self.close(msg.reason);
     }
 }
@@ -427,8 +465,39 @@ impl PeerHandle {
         self.shared.peer
     }
 
-    /// Queues `payload` on `channel` if its queue has room now. False when the queue is
-    /// full, the channel unknown, or the connection ended. Never blocks.
+    /// The channels this handle can send on: the connection's channels that the peer
+    /// advertised (its NodeInfo), in the scheduler's tie-break order.
+    pub fn channels(&self) -> Vec<u8> {
+        self.shared.lock().sender.channels()
+    }
+
+    /// Whether this handle can send on `channel`: the connection has it and the peer
+    /// advertised it. Sending on any other channel answers false and leaves the connection
+    /// alone (the peer would drop it on a packet for a channel it lacks).
+    pub fn has_channel(&self, channel: u8) -> bool {
+        self.shared.lock().sender.has_channel(channel)
+    }
+
+    /// The largest message accepted on `channel`: its `recv_message_capacity`, the limit the
+    /// peer enforces with the same descriptor. `None` for a channel the connection lacks.
+    pub fn max_message_size(&self, channel: u8) -> Option<usize> {
+        self.shared.lock().sender.max_message_size(channel)
+    }
+
+    /// Payload bytes waiting in this connection's send queues (including the unsent rest of
+    /// messages being split into packets); see the per-peer memory bound in
+    /// `docs/ARCHITECTURE.md`.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.lock().sender.queued_bytes()
+    }
+
+    /// Queues `payload` on `channel` if its queue has room now. Never blocks. False, with
+    /// nothing queued and the connection left alone, when: the queue is full; the channel is
+    /// not one the peer advertised (see [`has_channel`](Self::has_channel)); the message is
+    /// longer than the channel's `recv_message_capacity` (see
+    /// [`max_message_size`](Self::max_message_size); the peer would drop the connection on
+    /// it); or the connection ended or is draining. Each refusal is counted in
+    /// `tm2p2p_messages_dropped_total` with its own reason.
     pub fn try_send(&self, channel: u8, payload: Bytes) -> bool {
         self.shared
             .offer_or_count(channel, payload, DropReason::SendQueueFull)
@@ -442,7 +511,9 @@ impl PeerHandle {
     }
 
     /// Queues `payload` on `channel`, waiting up to the configured `send_timeout` for room.
-    /// False on timeout, for an unknown channel, or once the connection ended.
+    /// False on timeout, and at once for whatever [`try_send`](Self::try_send) refuses
+    /// besides a full queue (a channel the peer lacks, a message over the channel's limit, a
+    /// connection that ended or is draining).
     pub async fn send(&self, channel: u8, payload: Bytes) -> bool {
         self.send_timeout(channel, payload, self.shared.send_timeout)
             .await
@@ -530,6 +601,8 @@ struct Shared {
     peer: PeerId,
     /// Default wait of [`PeerHandle::send`].
     send_timeout: Duration,
+    /// How long a graceful [`Stop`] may drain the queues.
+    drain_timeout: Duration,
     /// The send half and the end reason, under one short-held lock.
     state: Mutex<SendState>,
     /// Mirrors `state.reason.is_some()` for lock-free checks.
@@ -551,6 +624,10 @@ struct SendState {
     sender: MConnSender,
     /// Why the connection ended: set once, by whoever ends it first.
     reason: Option<DisconnectReason>,
+    /// Set by a graceful [`Stop`]: its reason (which the connection ends with, whoever ends
+    /// it) and the instant the drain must end. While set, sends are refused and the writer
+    /// ends once the queues are written.
+    draining: Option<(DisconnectReason, Instant)>,
     /// Channels added to `sender` that the reader has not yet added to its receiver and
     /// reactor map, in the order they were added.
     added: Vec<(ChannelDescriptor, Recipient<Receive>)>,
@@ -559,15 +636,44 @@ struct SendState {
     sent: Vec<(u8, Counter)>,
 }
 
+impl SendState {
+    /// Whether the writer may go on at `now`: not if the connection ended, the drain's time
+    /// is up, or the core's timers fail (pong timeout, no write progress).
+    fn check(&mut self, now: Instant) -> Result<(), DisconnectReason> {
+        if let Some(reason) = &self.reason {
+            return Err(reason.clone());
+        }
+        if let Some((reason, until)) = &self.draining
+            && now >= *until
+        {
+            return Err(reason.clone());
+        }
+        self.sender.handle_timeout(now)?;
+        Ok(())
+    }
+
+    /// When a blocked write or flush must wake to [`check`](Self::check): the core's
+    /// deadline or the drain's end.
+    fn deadline(&self) -> Option<Instant> {
+        let drain = self.draining.as_ref().map(|(_, until)| *until);
+        match (self.sender.deadline(), drain) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
 /// What [`Shared::offer`] did with a message.
 enum Offer {
     /// Queued; the writer was woken.
     Queued,
     /// The channel's queue is full; the message is handed back.
     Full(Bytes),
-    /// The connection does not have this channel.
+    /// The connection does not have this channel, or the peer did not advertise it.
     UnknownChannel,
-    /// The connection has ended.
+    /// The message is over the channel's `recv_message_capacity`.
+    TooLarge,
+    /// The connection has ended or is draining.
     Closed,
 }
 
@@ -582,7 +688,7 @@ impl Shared {
         let len = payload.len() as u64;
         let result = {
             let mut state = self.lock();
-            if state.reason.is_some() {
+            if state.reason.is_some() || state.draining.is_some() {
                 return Offer::Closed;
             }
             let result = state.sender.try_send(channel, payload);
@@ -601,6 +707,7 @@ impl Shared {
             }
             Err(TrySendError::Full { payload, .. }) => Offer::Full(payload),
             Err(TrySendError::UnknownChannel { .. }) => Offer::UnknownChannel,
+            Err(TrySendError::TooLarge { .. }) => Offer::TooLarge,
         }
     }
 
@@ -617,18 +724,24 @@ impl Shared {
             Offer::Queued => return,
             Offer::Full(_) => full,
             Offer::UnknownChannel => DropReason::UnknownChannel,
+            Offer::TooLarge => DropReason::MessageTooLarge,
             Offer::Closed => DropReason::ConnectionClosed,
         };
         self.metrics.dropped(reason);
     }
 
-    /// Ends the connection with `reason` unless it already ended; wakes everyone waiting.
+    /// Ends the connection with `reason` unless it already ended (a drain's reason wins over
+    /// `reason`); wakes everyone waiting.
     fn close(&self, reason: DisconnectReason) {
         {
             let mut state = self.lock();
             if state.reason.is_some() {
                 return;
             }
+            let reason = match state.draining.take() {
+                Some((drain_reason, _)) => drain_reason,
+                None => reason,
+            };
             state.reason = Some(reason);
         }
         self.closed.store(true, Ordering::Release);
@@ -638,6 +751,30 @@ impl Shared {
 
     fn reason(&self) -> Option<DisconnectReason> {
         self.lock().reason.clone()
+    }
+
+    /// Starts a graceful drain ending in `reason`, unless `drain_timeout` is zero. True when
+    /// the stop is taken care of: a drain started, one was already running, or the connection
+    /// already ended; false when the caller must close at once.
+    fn start_drain(&self, reason: &DisconnectReason) -> bool {
+        if self.drain_timeout.is_zero() {
+            return false;
+        }
+        {
+            let mut state = self.lock();
+            if state.reason.is_some() || state.draining.is_some() {
+                return true;
+            }
+            let Some(until) = clock::now().checked_add(self.drain_timeout) else {
+                return false;
+            };
+            state.draining = Some((reason.clone(), until));
+        }
+        // Senders waiting for room give up (they would be refused), and the writer, idle or
+        // blocked, sees the drain and its deadline.
+        self.room.notify_waiters();
+        self.writer_wake.notify_one();
+        true
     }
 }
 
@@ -688,26 +825,35 @@ async fn watch_tasks(shared: Arc<Shared>, reader: JoinHandle<()>, writer: JoinHa
 }
 
 /// The writer task: drives the send half and writes to the socket (module docs of `mconn`,
-/// "Writer task").
+/// "Writer task"), and drains the queues on a graceful [`Stop`].
 async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: Box<W>) {
+    let Err(reason) = write_until_end(&shared, &mut *io).await;
+    shared.close(reason);
+}
+
+/// The writer's loop; returns why it ended (ignored by `close` when the connection had already
+/// ended for another reason).
+async fn write_until_end<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut W,
+) -> Result<std::convert::Infallible, DisconnectReason> {
     // Grows to one batch (`BATCH_BYTES`, 64 KiB, plus a packet) under load; released when the
     // queues run dry (`IDLE_WRITE_BUFFER`).
     let mut buf = Vec::new();
-    let reason = loop {
+    loop {
         let now = clock::now();
-        let (transmit, next, idle) = {
+        let (transmit, next, idle, drain) = {
             let mut state = shared.lock();
-            if state.reason.is_some() {
-                return;
-            }
-            if let Err(e) = state.sender.handle_timeout(now) {
-                break DisconnectReason::from(e);
-            }
+            state.check(now)?;
             let t = state.sender.poll_transmit(now, &mut buf);
             let next = (t.bytes == 0)
                 .then(|| state.sender.poll_timeout())
                 .flatten();
-            (t, next, t.bytes == 0 && !state.sender.has_pending())
+            let drain = state.draining.as_ref().map(|(reason, until)| {
+                let done = t.bytes == 0 && !state.sender.has_messages();
+                (reason.clone(), *until, done)
+            });
+            (t, next, t.bytes == 0 && !state.sender.has_pending(), drain)
         };
         if idle && buf.capacity() > IDLE_WRITE_BUFFER {
             // Nothing queued: a burst is over. Waiting on the rate limit is not idle (the next
@@ -717,21 +863,25 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: Box<W>) 
         if transmit.bytes > 0 {
             // Messages left the queues: senders waiting for room may retry.
             shared.room.notify_waiters();
-            if let Err(e) = io.write_all(&buf).await {
-                break e.into();
-            }
+            write_guarded(shared, io, &buf).await?;
             buf.clear();
         }
-        if transmit.flush
-            && let Err(e) = io.flush().await
-        {
-            break e.into();
+        if transmit.flush {
+            flush_guarded(shared, io).await?;
+        }
+        if let Some((reason, until, true)) = drain {
+            return Err(finish_drain(shared, io, reason, until).await);
         }
         if transmit.bytes > 0 {
             continue;
         }
         let wake = shared.writer_wake.notified();
-        match next {
+        // While draining, the drain's end is a deadline too.
+        let at = match (next, drain.map(|(_, until, _)| until)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match at {
             Some(at) => {
                 tokio::select! {
                     () = wake => {}
@@ -740,8 +890,93 @@ async fn write_loop<W: AsyncWrite + Unpin>(shared: Arc<Shared>, mut io: Box<W>) 
             }
             None => wake.await,
         }
-    };
-    shared.close(reason);
+    }
+}
+
+/// The queues are written (or the drain's time is up): flushes, shuts the write half down so
+/// the peer reads an orderly end after the last message, and waits (until `until`) for the
+/// peer to close its side, which ends the reader and thus the connection. Closing at once
+/// instead could reset the connection while our last bytes are unread, losing them.
+async fn finish_drain<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut W,
+    reason: DisconnectReason,
+    until: Instant,
+) -> DisconnectReason {
+    let until = tokio::time::Instant::from_std(until);
+    if tokio::time::timeout_at(until, io.flush()).await.is_ok() {
+        shared.lock().sender.handle_flushed(clock::now());
+        let _ = tokio::time::timeout_at(until, io.shutdown()).await;
+        tokio::time::sleep_until(until).await;
+    }
+    reason
+}
+
+/// Writes all of `buf`, reporting progress to the send half after each partial write. While
+/// the transport takes nothing, wakes at the core's deadline (pong, write progress), at the
+/// drain's end, or when told (a drain started) to check them: a peer that stops reading
+/// blocks the write forever otherwise.
+async fn write_guarded<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut W,
+    buf: &[u8],
+) -> Result<(), DisconnectReason> {
+    let mut written = 0;
+    while written < buf.len() {
+        let deadline = shared.lock().deadline();
+        // `write` is cancel-safe: when it is dropped unfinished, nothing was written.
+        let result = guarded(shared, deadline, io.write(&buf[written..])).await;
+        match result {
+            Some(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Some(Ok(n)) => {
+                written += n;
+                shared.lock().sender.handle_written(clock::now(), n);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => shared.lock().check(clock::now())?,
+        }
+    }
+    Ok(())
+}
+
+/// Flushes the transport, with the checks of [`write_guarded`]; reports the completed flush
+/// to the send half (a ping written before it becomes outstanding).
+async fn flush_guarded<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut W,
+) -> Result<(), DisconnectReason> {
+    loop {
+        let deadline = shared.lock().deadline();
+        // A flush dropped unfinished keeps its progress: the unsent bytes stay in the writer.
+        match guarded(shared, deadline, io.flush()).await {
+            Some(Ok(())) => {
+                shared.lock().sender.handle_flushed(clock::now());
+                return Ok(());
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => shared.lock().check(clock::now())?,
+        }
+    }
+}
+
+/// Runs `op` until it completes (`Some`), `deadline` passes or the writer is woken (`None`).
+async fn guarded<T>(
+    shared: &Shared,
+    deadline: Option<Instant>,
+    op: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let wake = shared.writer_wake.notified();
+    match deadline {
+        Some(at) => tokio::select! {
+            r = op => Some(r),
+            () = wake => None,
+            () = tokio::time::sleep_until(at.into()) => None,
+        },
+        None => tokio::select! {
+            r = op => Some(r),
+            () = wake => None,
+        },
+    }
 }
 
 /// The reader task: reads, feeds the receive half, relays keep-alives and delivers messages

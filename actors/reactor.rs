@@ -104,6 +104,11 @@ pub enum DisconnectReason {
     /// The peer did not answer our ping within `pong_timeout`.
     #[error("no pong within the pong timeout")]
     PongTimeout,
+    /// The peer stopped reading: our output waited `write_timeout` without its socket taking
+    /// a byte ([`MConnectionError::WriteTimeout`]). Dropped so that it cannot pin what was
+    /// queued for it.
+    #[error("slow reader: no write progress for {0:?}")]
+    SlowReader(std::time::Duration),
     /// A reactor or the Switch judged the peer's messages bad (`StopPeerForError`).
     #[error("peer misbehaved: {0}")]
     Misbehaved(String),
@@ -130,6 +135,7 @@ impl DisconnectReason {
             Self::RemoteClosed
             | Self::Io { .. }
             | Self::PongTimeout
+            | Self::SlowReader(_)
             | Self::Stopped(_)
             | Self::Shutdown
             | Self::Internal(_) => false,
@@ -141,6 +147,7 @@ impl From<MConnectionError> for DisconnectReason {
     fn from(e: MConnectionError) -> Self {
         match e {
             MConnectionError::PongTimeout => Self::PongTimeout,
+            MConnectionError::WriteTimeout { timeout } => Self::SlowReader(timeout),
             other => Self::Protocol(other),
         }
     }
@@ -205,6 +212,12 @@ mod tests {
             DisconnectReason::PongTimeout
         );
         assert!(!DisconnectReason::PongTimeout.is_peer_fault());
+        let timeout = std::time::Duration::from_secs(3);
+        assert_eq!(
+            DisconnectReason::from(MConnectionError::WriteTimeout { timeout }),
+            DisconnectReason::SlowReader(timeout)
+        );
+        assert!(!DisconnectReason::SlowReader(timeout).is_peer_fault());
         let big = DisconnectReason::from(MConnectionError::MessageTooLarge {
             channel: 1,
             len: 2,

@@ -315,6 +315,8 @@ impl Switch {
         let (gate, reader) = GatedReader::new(reader);
         let config = PeerConnConfig {
             metrics: Some(self.metrics.clone()),
+            // The handle refuses channels the peer lacks, as `SendTo` does (TM2's Peer.Send).
+            peer_channels: Some(node_info.channels.clone()),
             ..PeerConnConfig::from(&self.config)
         };
         let started = PeerConn::start_split(
@@ -892,7 +894,9 @@ impl Handler<StopPeerForError> for Switch {
 }
 
 /// Disconnects a peer that did nothing wrong (a seed that has served it, an operator command).
-/// Reported as [`DisconnectReason::Stopped`], which is no fault of the peer. Idempotent.
+/// Reported as [`DisconnectReason::Stopped`], which is no fault of the peer. Idempotent. What
+/// is already queued to the peer is still written for up to `drain_timeout` (see
+/// [`Stop`]); new sends to it are refused at once.
 #[derive(Message, Debug, Clone)]
 #[rtype(result = "()")]
 pub struct DisconnectPeer {
@@ -910,7 +914,8 @@ impl Handler<DisconnectPeer> for Switch {
     }
 }
 
-/// Stops the node gracefully: no more accepts or dials, every peer closed (reactors get
+/// Stops the node gracefully: no more accepts or dials, every peer closed after its queued
+/// messages were written (for up to `drain_timeout`, see [`Stop`]; reactors get
 /// `PeerRemoved`), then the Switch stops. Answered once every peer has stopped.
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]

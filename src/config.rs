@@ -209,6 +209,17 @@ pub struct P2pConfig {
     /// positive. Default: 10 s, as TM2's `defaultSendTimeout`.
     #[serde(with = "humantime_serde")]
     pub send_timeout: Duration,
+    /// How long a connection's output may wait without the socket taking a byte before the
+    /// peer is dropped as a slow reader (`DisconnectReason::SlowReader`): a peer that stops
+    /// reading otherwise pins its queued messages forever. Must be positive. Default: 20 s
+    /// (TM2 has no such limit; its writer blocks forever).
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
+    /// On a graceful stop (node shutdown, `DisconnectPeer`), how long a connection may keep
+    /// writing the messages already queued before it closes (CometBFT's `FlushStop`, bounded).
+    /// 0 = close at once, dropping them. Stops for an error never drain. Default: 500 ms.
+    #[serde(with = "humantime_serde")]
+    pub drain_timeout: Duration,
 
     // ---- transport and dialing ----
     /// The time allowed for each step of upgrading a connection: the secret-connection
@@ -321,6 +332,8 @@ impl Default for P2pConfig {
             ping_interval: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(45),
             send_timeout: Duration::from_secs(10),
+            write_timeout: Duration::from_secs(20),
+            drain_timeout: Duration::from_millis(500),
             handshake_timeout: Duration::from_secs(3),
             handshake_first_message_timeout: Duration::from_secs(1),
             dial_timeout: Duration::from_secs(3),
@@ -583,6 +596,7 @@ impl P2pConfig {
             ("ping_interval", self.ping_interval),
             ("pong_timeout", self.pong_timeout),
             ("send_timeout", self.send_timeout),
+            ("write_timeout", self.write_timeout),
             ("handshake_timeout", self.handshake_timeout),
             (
                 "handshake_first_message_timeout",
@@ -769,6 +783,14 @@ const KEY_DOCS: &[(&str, &str)] = &[
     (
         "send_timeout",
         "How long `SendTo` waits for room in a full peer queue before answering false.",
+    ),
+    (
+        "write_timeout",
+        "A peer whose socket takes no byte for this long (it stopped reading) is dropped as a slow reader.",
+    ),
+    (
+        "drain_timeout",
+        "On shutdown or `DisconnectPeer`, how long already-queued messages may still be written before the connection closes; `0s` = close at once.",
     ),
     (
         "handshake_timeout",
@@ -1221,6 +1243,7 @@ mod tests {
                 c.pong_timeout = c.ping_interval + Duration::from_nanos(1);
             }),
             ("send_timeout", |c| c.send_timeout = Duration::ZERO),
+            ("write_timeout", |c| c.write_timeout = Duration::ZERO),
             ("handshake_timeout", |c| {
                 c.handshake_timeout = Duration::ZERO
             }),
@@ -1262,6 +1285,7 @@ mod tests {
         config.recv_rate = 0;
         config.moniker = "x".repeat(MAX_MONIKER_LEN);
         config.seed_mode = true;
+        config.drain_timeout = Duration::ZERO;
         config.validate().unwrap();
         config.max_packet_msg_payload_size = MAX_PACKET_MSG_PAYLOAD_SIZE;
         config.validate().unwrap();
@@ -1280,6 +1304,8 @@ mod tests {
         assert_eq!(config.ping_interval, Duration::from_secs(60));
         assert_eq!(config.pong_timeout, Duration::from_secs(45));
         assert_eq!(config.pex_interval, Duration::from_secs(3));
+        assert_eq!(config.write_timeout, Duration::from_secs(20));
+        assert_eq!(config.drain_timeout, Duration::from_millis(500));
         assert_eq!(config.node_key_file, Path::new("secrets/node_key.json"));
         assert_eq!(config.addr_book_file, Path::new("config/addrbook.json"));
         // An empty document is the defaults.

@@ -27,6 +27,12 @@ pub struct MConnConfig {
     pub send_rate: u64,
     /// Receive limit in bytes per second; 0 = unlimited. Default 5 120 000 (TM2's node value).
     pub recv_rate: u64,
+    /// How long output may wait with no byte taken by the transport (a write or flush blocked
+    /// because the peer stopped reading) before the connection fails with
+    /// [`WriteTimeout`](super::MConnectionError::WriteTimeout). TM2 has no such limit (its
+    /// writer blocks forever and the pong timer, checked between writes, never fires).
+    /// Default 20 s.
+    pub write_timeout: Duration,
 }
 
 impl From<&crate::config::P2pConfig> for MConnConfig {
@@ -39,6 +45,7 @@ impl From<&crate::config::P2pConfig> for MConnConfig {
             flush_throttle: c.flush_throttle_timeout,
             send_rate: c.send_rate,
             recv_rate: c.recv_rate,
+            write_timeout: c.write_timeout,
         }
     }
 }
@@ -52,6 +59,7 @@ impl Default for MConnConfig {
             flush_throttle: Duration::from_millis(100),
             send_rate: 5_120_000,
             recv_rate: 5_120_000,
+            write_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -72,6 +80,7 @@ impl MConnConfig {
         for (field, value) in [
             ("pong_timeout", self.pong_timeout),
             ("flush_throttle", self.flush_throttle),
+            ("write_timeout", self.write_timeout),
         ] {
             if value.is_zero() {
                 return Err(MConnConfigError::ZeroDuration(field));
@@ -193,6 +202,14 @@ mod tests {
             c.validate(),
             Err(MConnConfigError::ZeroDuration("pong_timeout"))
         );
+        let c = MConnConfig {
+            write_timeout: Duration::ZERO,
+            ..MConnConfig::default()
+        };
+        assert_eq!(
+            c.validate(),
+            Err(MConnConfigError::ZeroDuration("write_timeout"))
+        );
     }
 
     #[test]
@@ -203,6 +220,7 @@ mod tests {
         assert_eq!(c.pong_timeout, Duration::from_secs(45));
         assert_eq!(c.flush_throttle, Duration::from_millis(100));
         assert_eq!((c.send_rate, c.recv_rate), (5_120_000, 5_120_000));
+        assert_eq!(c.write_timeout, Duration::from_secs(20));
         assert_eq!(c.validate(), Ok(()));
     }
 }

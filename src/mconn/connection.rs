@@ -88,9 +88,15 @@ impl MConnection {
         self.sender.handle_timeout(now)
     }
 
-    /// Appends packets to send; see [`MConnSender::poll_transmit`].
+    /// Appends packets to send; see [`MConnSender::poll_transmit`]. A single-task driver
+    /// writes what it gets at once, so the bytes count as written and flushed on return
+    /// ([`MConnSender::handle_written`], [`MConnSender::handle_flushed`]); a driver with
+    /// blocking writes uses the split halves.
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Transmit {
-        self.sender.poll_transmit(now, out)
+        let t = self.sender.poll_transmit(now, out);
+        self.sender.handle_written(now, t.bytes);
+        self.sender.handle_flushed(now);
+        t
     }
 
     /// The next received message ([`Event::Received`] only).

@@ -27,6 +27,14 @@ pub enum MConnectionError {
     /// No pong arrived within `pong_timeout` of our ping (TM2: "pong timeout").
     #[error("no pong within the pong timeout")]
     PongTimeout,
+    /// Our output waited `timeout` (the config's `write_timeout`) without the transport
+    /// taking a byte: the peer stopped reading (a slow or hostile reader), and everything
+    /// queued for it would stay pinned in memory.
+    #[error("no write progress for {timeout:?}: the peer does not read")]
+    WriteTimeout {
+        /// The configured `write_timeout`.
+        timeout: std::time::Duration,
+    },
     /// The peer's bytes are not a valid packet (oversized, unknown type, malformed).
     #[error("invalid packet: {0}")]
     Decode(#[from] DecodeError),
@@ -34,13 +42,15 @@ pub enum MConnectionError {
 
 impl MConnectionError {
     /// Whether the peer broke the protocol (so its address deserves a bad mark), as opposed
-    /// to a silence that a slow or partitioned but honest peer can cause ([`PongTimeout`]).
+    /// to a silence that a slow or partitioned but honest peer can cause ([`PongTimeout`],
+    /// [`WriteTimeout`]).
     ///
     /// [`PongTimeout`]: Self::PongTimeout
+    /// [`WriteTimeout`]: Self::WriteTimeout
     pub fn is_peer_fault(&self) -> bool {
         match self {
             Self::UnknownChannel(_) | Self::MessageTooLarge { .. } | Self::Decode(_) => true,
-            Self::PongTimeout => false,
+            Self::PongTimeout | Self::WriteTimeout { .. } => false,
         }
     }
 }
@@ -62,5 +72,7 @@ mod tests {
         );
         assert!(MConnectionError::Decode(DecodeError::InvalidEof(2)).is_peer_fault());
         assert!(!MConnectionError::PongTimeout.is_peer_fault());
+        let timeout = std::time::Duration::from_secs(1);
+        assert!(!MConnectionError::WriteTimeout { timeout }.is_peer_fault());
     }
 }

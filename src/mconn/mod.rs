@@ -19,9 +19,14 @@
 //! owns the [`MConnSender`], the reader task the [`MConnReceiver`].
 //!
 //! **Writer task** (owns `MConnSender`):
-//! 1. On wake-up, call `handle_timeout(now)`; an error (`PongTimeout`) ends the connection.
+//! 1. On wake-up, call `handle_timeout(now)`; an error (`PongTimeout`, `WriteTimeout`) ends
+//!    the connection.
 //! 2. Call `poll_transmit(now, &mut buf)` until it returns `bytes == 0`; after each call write
 //!    `buf` (then clear it) to the secret connection, and flush the writer when `flush` is set.
+//!    Report each partial write with `handle_written(now, n)` and each completed flush with
+//!    `handle_flushed(now)`. While a write or flush is blocked (the peer stopped reading),
+//!    wake at `deadline()` and call `handle_timeout(now)`: it fails once no byte was taken
+//!    for `write_timeout`, or the pong deadline passed.
 //!    The core sets `flush` on every call after which nothing more can be sent at that instant
 //!    (the queues drained, the send rate limit reached), so the loop never ends with unflushed
 //!    bytes; and while data keeps flowing it sets `flush` at least every `flush_throttle`. A
@@ -64,6 +69,14 @@
 //! - A message being reassembled is at most the channel's `recv_message_capacity`; the buffer's
 //!   capacity never exceeds it.
 //! - Any number of pings in a row yields one pong per `flush_throttle`.
+//! - A pong counts only as the answer to a ping of ours that was written and flushed; blind
+//!   pongs from a peer that does not read cannot hold the pong deadline off.
+//! - Output the transport does not take for `write_timeout` ends the connection
+//!   ([`MConnectionError::WriteTimeout`]), so a non-reader pins its queues for that long at
+//!   most. The queues themselves hold at most `send_queue_capacity + 1` messages of at most
+//!   `recv_message_capacity` bytes per channel: `try_send` refuses larger messages, and
+//!   channels the peer did not advertise ([`MConnSender::set_peer_channels`]), which the
+//!   peer would close the connection over.
 //! - Unknown channels, garbled packets and oversize messages end the connection with a typed
 //!   [`MConnectionError`].
 

@@ -68,6 +68,25 @@ pub struct MConnSender {
     unflushed_since: Option<Instant>,
     /// Round-trip time of the last answered ping.
     last_rtt: Option<Duration>,
+    /// Channels the peer accepts (its NodeInfo), as a bit set over ids; `None` until
+    /// [`set_peer_channels`](MConnSender::set_peer_channels): every channel of the connection.
+    peer_channels: Option<[u64; 4]>,
+    /// Copied from the config: the longest a write may go without progress.
+    write_timeout: Duration,
+    /// Bytes handed out by `poll_transmit` so far.
+    produced: u64,
+    /// Of those, bytes the driver reported taken by the transport ([`MConnSender::handle_written`]).
+    written: u64,
+    /// Of those, bytes a completed flush pushed to the OS ([`MConnSender::handle_flushed`]).
+    flushed: u64,
+    /// `poll_transmit` asked for a flush that has not completed yet.
+    flush_pending: bool,
+    /// While output is outstanding (unwritten bytes or a pending flush): when the transport
+    /// last made progress (or when the output became outstanding). `None` when all is flushed.
+    write_progress_at: Option<Instant>,
+    /// Where in the output the unanswered ping ends: it counts as sent, and a pong as its
+    /// answer, only once a flush covers it (`flushed >= ping_end`).
+    ping_end: Option<u64>,
 }
 
 /// Send state of one channel.
@@ -83,6 +102,9 @@ struct SendChannel {
     sending: Option<Bytes>,
     /// Framed bytes written recently, decaying ×0.8 every [`DECAY_INTERVAL`].
     recently_sent: u64,
+    /// Largest message accepted: the descriptor's `recv_message_capacity`, which the peer has
+    /// too (a larger message would make the peer close the connection).
+    max_message: usize,
 }
 
 impl SendChannel {
@@ -90,6 +112,7 @@ impl SendChannel {
         Self {
             id: d.id,
             priority: d.priority,
+            max_message: d.recv_message_capacity,
             capacity: d.send_queue_capacity,
             queue: VecDeque::with_capacity(d.send_queue_capacity.min(64)),
             sending: None,
@@ -126,11 +149,26 @@ pub enum TrySendError {
         /// The message, not queued.
         payload: Bytes,
     },
-    /// The connection has no such channel.
+    /// The connection has no such channel, or the peer did not advertise it (see
+    /// [`MConnSender::set_peer_channels`]): the peer would close the connection.
     #[error("unknown channel {channel:#04x}")]
     UnknownChannel {
         /// The channel id.
         channel: u8,
+        /// The message, not queued.
+        payload: Bytes,
+    },
+    /// The message is longer than the channel's `recv_message_capacity`. The peer declares
+    /// the channel with the same descriptor, so it would close the connection on receiving
+    /// it (`MessageTooLarge`), losing what follows; it is refused here instead.
+    #[error("message of {len} bytes on channel {channel:#04x} is over the limit of {max}")]
+    TooLarge {
+        /// The channel id.
+        channel: u8,
+        /// The message's length.
+        len: usize,
+        /// The channel's `recv_message_capacity`.
+        max: usize,
         /// The message, not queued.
         payload: Bytes,
     },
@@ -140,7 +178,9 @@ impl TrySendError {
     /// The message that was not queued.
     pub fn into_payload(self) -> Bytes {
         match self {
-            Self::Full { payload, .. } | Self::UnknownChannel { payload, .. } => payload,
+            Self::Full { payload, .. }
+            | Self::UnknownChannel { payload, .. }
+            | Self::TooLarge { payload, .. } => payload,
         }
     }
 }
@@ -175,6 +215,14 @@ impl MConnSender {
             next_decay: now + DECAY_INTERVAL,
             unflushed_since: None,
             last_rtt: None,
+            peer_channels: None,
+            write_timeout: config.write_timeout,
+            produced: 0,
+            written: 0,
+            flushed: 0,
+            flush_pending: false,
+            write_progress_at: None,
+            ping_end: None,
         }
     }
 
@@ -194,13 +242,39 @@ impl MConnSender {
         Ok(())
     }
 
+    /// Restricts sending to the channels the peer advertised (its NodeInfo's list): a message
+    /// on any other channel is refused with [`TrySendError::UnknownChannel`], since the peer
+    /// would close the connection on receiving it (TM2's `Peer.Send` checks the same). Until
+    /// called, every channel of the connection is assumed to be the peer's too. Applies to
+    /// channels added later as well.
+    pub fn set_peer_channels(&mut self, channels: &[u8]) {
+        let mut set = [0u64; 4];
+        for &id in channels {
+            set[usize::from(id / 64)] |= 1 << (id % 64);
+        }
+        self.peer_channels = Some(set);
+    }
+
     /// Queues `payload` on `channel` if its queue has room. Never blocks; a full queue hands
     /// the message back ([`TrySendError::Full`]). The driver then wakes the writer.
+    ///
+    /// Refused without touching the queue: a channel the connection or the peer lacks
+    /// ([`TrySendError::UnknownChannel`]), and a message longer than the channel's
+    /// `recv_message_capacity` ([`TrySendError::TooLarge`]): the peer, which has the same
+    /// descriptor, would close the connection on either.
     pub fn try_send(&mut self, channel: u8, payload: Bytes) -> Result<(), TrySendError> {
-        let Some(pos) = self.index.get(channel) else {
+        let Some(pos) = self.index.get(channel).filter(|_| self.peer_has(channel)) else {
             return Err(TrySendError::UnknownChannel { channel, payload });
         };
         let ch = &mut self.channels[pos];
+        if payload.len() > ch.max_message {
+            return Err(TrySendError::TooLarge {
+                channel,
+                len: payload.len(),
+                max: ch.max_message,
+                payload,
+            });
+        }
         if ch.queue.len() >= ch.capacity {
             return Err(TrySendError::Full { channel, payload });
         }
@@ -212,9 +286,33 @@ impl MConnSender {
     /// compares against the default capacity 1 instead of the channel's; this uses the
     /// channel's.)
     pub fn can_send(&self, channel: u8) -> bool {
-        self.index
-            .get(channel)
-            .is_some_and(|pos| self.channels[pos].queue.len() < self.channels[pos].capacity)
+        self.has_channel(channel)
+            && self
+                .index
+                .get(channel)
+                .is_some_and(|pos| self.channels[pos].queue.len() < self.channels[pos].capacity)
+    }
+
+    /// Whether messages may be sent on `channel`: the connection has it and the peer
+    /// advertised it (see [`set_peer_channels`](Self::set_peer_channels)).
+    pub fn has_channel(&self, channel: u8) -> bool {
+        self.index.get(channel).is_some() && self.peer_has(channel)
+    }
+
+    /// The channels messages may be sent on (see [`has_channel`](Self::has_channel)), in the
+    /// scheduler's tie-break order.
+    pub fn channels(&self) -> Vec<u8> {
+        self.channels
+            .iter()
+            .map(|c| c.id)
+            .filter(|&id| self.peer_has(id))
+            .collect()
+    }
+
+    /// The largest message [`try_send`](Self::try_send) accepts on `channel` (its
+    /// `recv_message_capacity`), or `None` for an unknown channel.
+    pub fn max_message_size(&self, channel: u8) -> Option<usize> {
+        Some(self.channels[self.index.get(channel)?].max_message)
     }
 
     /// The peer pinged us: answer with a pong. Any number of calls before the pong is written
@@ -224,8 +322,22 @@ impl MConnSender {
         self.pong_requested = true;
     }
 
-    /// The peer answered our ping: clears the pong deadline. Unsolicited pongs are harmless.
+    /// The peer sent a pong. It answers our ping, and clears the pong deadline, only if that
+    /// ping is outstanding: written *and flushed* to the transport ([`handle_flushed`] covers
+    /// it). Any other pong is ignored: unsolicited (no ping), or early (our ping still waits
+    /// behind unwritten data, so the peer cannot have read it). A peer that never reads and
+    /// sends pongs blindly thus cannot keep a congested connection alive; the pong deadline
+    /// (checked even while a write is blocked) closes it.
+    ///
+    /// [`handle_flushed`]: Self::handle_flushed
     pub fn handle_pong(&mut self, now: Instant) {
+        let Some(end) = self.ping_end else {
+            return;
+        };
+        if self.flushed < end {
+            return;
+        }
+        self.ping_end = None;
         if self.pong_deadline.take().is_some() {
             self.last_rtt = self
                 .ping_sent_at
@@ -233,17 +345,51 @@ impl MConnSender {
         }
     }
 
+    /// The driver handed `n` more bytes of what [`poll_transmit`](Self::poll_transmit)
+    /// produced to the transport (a partial write counts). Progress restarts the
+    /// write-progress deadline (`write_timeout`).
+    pub fn handle_written(&mut self, now: Instant, n: usize) {
+        let n = (n as u64).min(self.produced - self.written);
+        if n == 0 {
+            return;
+        }
+        self.written += n;
+        self.write_progress_at = Some(now);
+        self.settle_write_progress();
+    }
+
+    /// The driver's flush completed: every byte it reported written is with the OS. A ping
+    /// among them is now outstanding (see [`handle_pong`](Self::handle_pong)).
+    pub fn handle_flushed(&mut self, now: Instant) {
+        self.flushed = self.written;
+        if self.flush_pending {
+            self.flush_pending = false;
+            self.write_progress_at = Some(now);
+        }
+        self.settle_write_progress();
+    }
+
     // --- inputs ---
 
     /// Advances the timers to `now`: decays the recently-sent counters, makes a ping due, and
     /// fails with [`MConnectionError::PongTimeout`] once `pong_timeout` has passed since an
-    /// unanswered ping (and keeps failing).
+    /// unanswered ping, or with [`MConnectionError::WriteTimeout`] once output has been
+    /// outstanding (unwritten, or its flush not completed) for `write_timeout` without the
+    /// transport taking a byte (and keeps failing).
+    ///
+    /// The driver must call it at [`deadline`](Self::deadline) even while a write or flush is
+    /// blocked (a peer that stops reading blocks it forever).
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MConnectionError> {
         self.advance(now);
-        match self.pong_deadline {
-            Some(deadline) if now >= deadline => Err(MConnectionError::PongTimeout),
-            _ => Ok(()),
+        if self.pong_deadline.is_some_and(|d| now >= d) {
+            return Err(MConnectionError::PongTimeout);
         }
+        if self.write_deadline().is_some_and(|d| now >= d) {
+            return Err(MConnectionError::WriteTimeout {
+                timeout: self.write_timeout,
+            });
+        }
+        Ok(())
     }
 
     // --- outputs ---
@@ -268,6 +414,8 @@ impl MConnSender {
             self.ping_due = false;
             self.ping_sent_at = Some(now);
             self.pong_deadline.get_or_insert(now + self.pong_timeout);
+            let end = self.produced + (out.len() - start) as u64;
+            self.ping_end.get_or_insert(end);
         }
         let budget = self.data_budget(now);
         let data_start = out.len();
@@ -277,6 +425,7 @@ impl MConnSender {
         self.bucket.consume(now, bytes as u64);
         if bytes > 0 {
             self.unflushed_since.get_or_insert(now);
+            self.produced += bytes as u64;
         }
         let flush = match self.unflushed_since {
             Some(since)
@@ -288,7 +437,22 @@ impl MConnSender {
             }
             _ => false,
         };
+        if bytes > 0 || flush {
+            self.flush_pending |= flush;
+            self.write_progress_at.get_or_insert(now);
+        }
         Transmit { bytes, flush }
+    }
+
+    /// The earliest instant at which [`handle_timeout`](Self::handle_timeout) fails if nothing
+    /// changes before: the pong deadline or the write-progress deadline. A driver blocked in a
+    /// write or flush sleeps until this (not [`poll_timeout`](Self::poll_timeout), whose
+    /// pings and decays cannot be served while blocked) and then calls `handle_timeout`.
+    pub fn deadline(&self) -> Option<Instant> {
+        match (self.pong_deadline, self.write_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The next instant [`handle_timeout`](Self::handle_timeout) (then `poll_transmit`) must
@@ -301,7 +465,7 @@ impl MConnSender {
         if self.ping_due {
             consider(self.last_now);
         }
-        if let Some(deadline) = self.pong_deadline {
+        if let Some(deadline) = self.deadline() {
             consider(deadline);
         }
         if self.pong_requested {
@@ -328,6 +492,25 @@ impl MConnSender {
         self.has_data() || self.ping_due || self.pong_requested
     }
 
+    /// Whether a message is queued or partly sent (pings and pongs aside): a draining driver
+    /// is done once this is false and the last transmit was written and flushed.
+    pub fn has_messages(&self) -> bool {
+        self.has_data()
+    }
+
+    /// Payload bytes held by the send queues: every queued message plus the unsent rest of
+    /// the ones being split into packets. (Buffers shared with other connections count in
+    /// full.) At most `Σ (send_queue_capacity + 1) × recv_message_capacity` over the channels.
+    pub fn queued_bytes(&self) -> usize {
+        self.channels
+            .iter()
+            .map(|c| {
+                c.queue.iter().map(Bytes::len).sum::<usize>()
+                    + c.sending.as_ref().map_or(0, Bytes::len)
+            })
+            .sum()
+    }
+
     /// Messages waiting in `channel`'s queue (excluding one being split into packets), or
     /// `None` for an unknown channel.
     pub fn queued(&self, channel: u8) -> Option<usize> {
@@ -345,7 +528,30 @@ impl MConnSender {
         self.last_rtt
     }
 
+    /// Bytes [`poll_transmit`](Self::poll_transmit) produced that the driver has not yet
+    /// reported written ([`handle_written`](Self::handle_written)).
+    pub fn unwritten(&self) -> u64 {
+        self.produced - self.written
+    }
+
     // --- helpers ---
+
+    fn peer_has(&self, channel: u8) -> bool {
+        self.peer_channels
+            .is_none_or(|set| set[usize::from(channel / 64)] & (1 << (channel % 64)) != 0)
+    }
+
+    /// When output outstanding since the last progress fails the write-progress check.
+    fn write_deadline(&self) -> Option<Instant> {
+        self.write_progress_at.map(|at| at + self.write_timeout)
+    }
+
+    /// Stops the write-progress clock once nothing is outstanding.
+    fn settle_write_progress(&mut self) {
+        if self.written == self.produced && !self.flush_pending {
+            self.write_progress_at = None;
+        }
+    }
 
     fn has_data(&self) -> bool {
         self.channels.iter().any(SendChannel::has_data)
@@ -481,18 +687,193 @@ mod tests {
         out
     }
 
-    /// Drains the sender at `now` the way a driver does; returns the packets and the flushes.
+    /// Drains the sender at `now` the way a driver does, writing and flushing at once; returns
+    /// the packets and the flushes.
     fn drain(tx: &mut MConnSender, now: Instant) -> (Vec<Packet>, usize) {
         let mut out = Vec::new();
         let mut flushes = 0;
         loop {
             let t = tx.poll_transmit(now, &mut out);
+            tx.handle_written(now, t.bytes);
+            if t.flush {
+                tx.handle_flushed(now);
+            }
             flushes += usize::from(t.flush);
             if t.bytes == 0 {
                 break;
             }
         }
         (decode_all(&out), flushes)
+    }
+
+    // --- what the peer accepts ---
+
+    #[test]
+    fn a_message_over_the_channels_recv_message_capacity_is_refused_and_handed_back() {
+        let t0 = base();
+        let chans = [ChannelDescriptor::new(1)
+            .with_send_queue_capacity(4)
+            .with_recv_message_capacity(100)];
+        let mut tx = sender_with(unlimited(), &chans, t0);
+        assert_eq!(tx.max_message_size(1), Some(100));
+        let err = tx.try_send(1, Bytes::from(vec![0; 101])).unwrap_err();
+        assert!(matches!(
+            err,
+            TrySendError::TooLarge {
+                channel: 1,
+                len: 101,
+                max: 100,
+                ..
+            }
+        ));
+        assert_eq!(err.into_payload().len(), 101);
+        assert_eq!(tx.queued(1), Some(0));
+        tx.try_send(1, Bytes::from(vec![0; 100])).unwrap();
+        assert_eq!(tx.queued(1), Some(1));
+        assert_eq!(tx.queued_bytes(), 100);
+    }
+
+    #[test]
+    fn channels_the_peer_did_not_advertise_are_refused() {
+        let t0 = base();
+        let chans = [ChannelDescriptor::new(1), ChannelDescriptor::new(0x50)];
+        let mut tx = sender_with(unlimited(), &chans, t0);
+        assert_eq!(tx.channels(), [1, 0x50], "unrestricted until told");
+        tx.set_peer_channels(&[1, 0x40]);
+        assert_eq!(tx.channels(), [1]);
+        assert!(tx.has_channel(1) && !tx.has_channel(0x50) && !tx.has_channel(0x40));
+        assert!(!tx.can_send(0x50));
+        assert!(matches!(
+            tx.try_send(0x50, Bytes::from_static(b"x")),
+            Err(TrySendError::UnknownChannel { channel: 0x50, .. })
+        ));
+        // A channel added later that the peer advertised is usable; one it did not, is not.
+        tx.add_channel(ChannelDescriptor::new(0x40)).unwrap();
+        tx.add_channel(ChannelDescriptor::new(0x41)).unwrap();
+        assert_eq!(tx.channels(), [1, 0x40]);
+        tx.try_send(0x40, Bytes::from_static(b"x")).unwrap();
+        assert!(tx.try_send(0x41, Bytes::from_static(b"x")).is_err());
+        assert_eq!(tx.queued(0x40), Some(1));
+    }
+
+    // --- write progress ---
+
+    fn write_timeout_config() -> MConnConfig {
+        MConnConfig {
+            write_timeout: Duration::from_secs(5),
+            ..unlimited()
+        }
+    }
+
+    #[test]
+    fn output_the_transport_never_takes_fails_after_write_timeout() {
+        let t0 = base();
+        let mut tx = sender_with(write_timeout_config(), &[ChannelDescriptor::new(1)], t0);
+        assert_eq!(tx.deadline(), None, "nothing outstanding, no deadline");
+        tx.try_send(1, Bytes::from(vec![1; 3000])).unwrap();
+        let mut out = Vec::new();
+        let t = tx.poll_transmit(t0, &mut out);
+        assert!(t.bytes > 0);
+        let deadline = t0 + Duration::from_secs(5);
+        assert_eq!(tx.deadline(), Some(deadline));
+        assert!(tx.poll_timeout().unwrap() <= deadline);
+        tx.handle_timeout(deadline - MS).unwrap();
+        assert_eq!(
+            tx.handle_timeout(deadline),
+            Err(MConnectionError::WriteTimeout {
+                timeout: Duration::from_secs(5)
+            })
+        );
+    }
+
+    #[test]
+    fn each_partial_write_and_the_flush_restart_the_write_deadline() {
+        let t0 = base();
+        let mut tx = sender_with(write_timeout_config(), &[ChannelDescriptor::new(1)], t0);
+        tx.try_send(1, Bytes::from(vec![1; 3000])).unwrap();
+        let mut out = Vec::new();
+        let t = tx.poll_transmit(t0, &mut out);
+        assert!(t.flush, "queue drained");
+        // A byte every 4 s: never 5 s without progress.
+        let mut now = t0;
+        for _ in 0..t.bytes {
+            now += Duration::from_secs(4);
+            tx.handle_timeout(now).unwrap();
+            tx.handle_written(now, 1);
+        }
+        assert_eq!(tx.unwritten(), 0);
+        // Written, but the flush is still blocked: the deadline runs from the last write.
+        assert_eq!(tx.deadline(), Some(now + Duration::from_secs(5)));
+        now += Duration::from_secs(4);
+        tx.handle_flushed(now);
+        assert_eq!(tx.deadline(), None, "all flushed: nothing outstanding");
+        tx.handle_timeout(now + Duration::from_secs(50)).unwrap();
+    }
+
+    #[test]
+    fn written_output_without_a_requested_flush_has_no_deadline() {
+        let t0 = base();
+        let chans = [ChannelDescriptor::new(1).with_send_queue_capacity(4)];
+        let mut tx = sender_with(write_timeout_config(), &chans, t0);
+        tx.try_send(1, Bytes::from(vec![7; 200_000])).unwrap();
+        let mut out = Vec::new();
+        let t = tx.poll_transmit(t0, &mut out);
+        assert!(!t.flush);
+        tx.handle_written(t0, t.bytes);
+        assert_eq!(tx.deadline(), None);
+    }
+
+    // --- pongs ---
+
+    #[test]
+    fn a_pong_before_our_ping_was_flushed_is_ignored() {
+        let t0 = base();
+        let config = MConnConfig {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(4),
+            ..unlimited()
+        };
+        let mut tx = sender_with(config, &[ChannelDescriptor::new(1)], t0);
+        let ping_at = t0 + Duration::from_secs(10);
+        tx.handle_timeout(ping_at).unwrap();
+        let mut out = Vec::new();
+        let t = tx.poll_transmit(ping_at, &mut out);
+        assert_eq!(decode_all(&out), [Packet::Ping]);
+        // The ping sits in the driver's buffer (the peer stopped reading): a blind pong is
+        // not its answer.
+        tx.handle_pong(ping_at + MS);
+        assert_eq!(tx.last_rtt(), None);
+        // Written but not yet flushed: still not.
+        tx.handle_written(ping_at + 2 * MS, t.bytes);
+        tx.handle_pong(ping_at + 3 * MS);
+        let deadline = ping_at + Duration::from_secs(4);
+        assert_eq!(tx.deadline(), Some(deadline));
+        assert_eq!(
+            tx.handle_timeout(deadline),
+            Err(MConnectionError::PongTimeout)
+        );
+    }
+
+    #[test]
+    fn a_pong_after_our_ping_was_flushed_answers_it() {
+        let t0 = base();
+        let config = MConnConfig {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(4),
+            ..unlimited()
+        };
+        let mut tx = sender_with(config, &[ChannelDescriptor::new(1)], t0);
+        let ping_at = t0 + Duration::from_secs(10);
+        tx.handle_timeout(ping_at).unwrap();
+        let mut out = Vec::new();
+        let t = tx.poll_transmit(ping_at, &mut out);
+        tx.handle_pong(ping_at + MS); // early: ignored
+        tx.handle_written(ping_at + 2 * MS, t.bytes);
+        tx.handle_flushed(ping_at + 3 * MS);
+        tx.handle_pong(ping_at + 30 * MS);
+        assert_eq!(tx.last_rtt(), Some(30 * MS));
+        assert_eq!(tx.deadline(), None);
+        tx.handle_timeout(ping_at + Duration::from_secs(9)).unwrap();
     }
 
     #[test]
