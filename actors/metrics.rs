@@ -903,8 +903,9 @@ fn reject_label(reason: &RejectReason) -> &'static str {
 }
 
 /// Label values of `tm2p2p_peer_disconnects_total`.
-const DISCONNECT_REASONS: [&str; 10] = [
+const DISCONNECT_REASONS: [&str; 11] = [
     "remote_closed",
+    "undecodable_message",
     "io_error",
     "secret",
     "protocol",
@@ -925,6 +926,7 @@ fn disconnect_label(reason: &DisconnectReason) -> &'static str {
         DisconnectReason::PongTimeout => "pong_timeout",
         DisconnectReason::SlowReader(_) => "slow_reader",
         DisconnectReason::Misbehaved(_) => "misbehaved",
+        DisconnectReason::UndecodableMessage { .. } => "undecodable_message",
         DisconnectReason::Stopped(_) => "stopped",
         DisconnectReason::Shutdown => "shutdown",
         DisconnectReason::Internal(_) => "internal",

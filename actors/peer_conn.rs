@@ -91,7 +91,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::clock;
 use super::metrics::{ConnMetrics, DropReason, Metrics, QueueProbe};
-use super::reactor::{DisconnectReason, Receive};
+use super::reactor::{Delivery, DeliveryKind, DisconnectReason, Handled, Receive};
 use super::secret_stream::SecretStream;
 use crate::config::P2pConfig;
 use crate::mconn::{
@@ -189,7 +189,7 @@ impl PeerConn {
     pub fn start(
         stream: SecretStream,
         config: PeerConnConfig,
-        channels: Vec<(ChannelDescriptor, Recipient<Receive>)>,
+        channels: Vec<(ChannelDescriptor, Delivery)>,
         supervisor: Recipient<PeerStopped>,
         io: Option<Handle>,
     ) -> Result<(Addr<Self>, PeerHandle), MConnConfigError> {
@@ -213,7 +213,7 @@ impl PeerConn {
         writer: W,
         peer: PeerId,
         config: PeerConnConfig,
-        channels: Vec<(ChannelDescriptor, Recipient<Receive>)>,
+        channels: Vec<(ChannelDescriptor, Delivery)>,
         supervisor: Recipient<PeerStopped>,
         io: Option<Handle>,
     ) -> Result<(Addr<Self>, PeerHandle), MConnConfigError>
@@ -234,7 +234,7 @@ impl PeerConn {
             .collect();
         let links = channels
             .into_iter()
-            .map(|(d, reactor)| ReactorLink::new(d.id, reactor, &metrics))
+            .map(|(d, reactor)| ReactorLink::new(&d, reactor, &metrics))
             .collect();
         let shared = Arc::new(Shared {
             peer,
@@ -393,8 +393,8 @@ impl Handler<TrySendMessage> for PeerConn {
 pub struct AddChannel {
     /// The new channel.
     pub desc: ChannelDescriptor,
-    /// Where messages arriving on it go.
-    pub reactor: Recipient<Receive>,
+    /// Where messages arriving on it go (`recipient.into()` for a raw reactor).
+    pub reactor: Delivery,
 }
 
 impl Handler<AddChannel> for PeerConn {
@@ -510,6 +510,29 @@ impl PeerHandle {
             .offer_or_count(channel, payload, DropReason::BroadcastQueueFull)
     }
 
+    /// [`send`](Self::send) of `message` encoded for a typed channel (see
+    /// [`try_send_typed`](Self::try_send_typed)).
+    pub async fn send_typed<T: serde::Serialize + ?Sized>(
+        &self,
+        channel: u8,
+        message: &T,
+    ) -> Result<bool, crate::codec::EncodeError> {
+        Ok(self
+            .send(channel, crate::codec::encode(message)?.into())
+            .await)
+    }
+
+    /// [`try_send`](Self::try_send) of `message` encoded for a typed channel
+    /// ([`RegisterReactor::typed`](crate::RegisterReactor::typed)): bincode, standard
+    /// configuration, as the peer's connection decodes it.
+    pub fn try_send_typed<T: serde::Serialize + ?Sized>(
+        &self,
+        channel: u8,
+        message: &T,
+    ) -> Result<bool, crate::codec::EncodeError> {
+        Ok(self.try_send(channel, crate::codec::encode(message)?.into()))
+    }
+
     /// Queues `payload` on `channel`, waiting up to the configured `send_timeout` for room.
     /// False on timeout, and at once for whatever [`try_send`](Self::try_send) refuses
     /// besides a full queue (a channel the peer lacks, a message over the channel's limit, a
@@ -563,8 +586,9 @@ impl PeerHandle {
     pub fn add_channel(
         &self,
         desc: ChannelDescriptor,
-        reactor: Recipient<Receive>,
+        reactor: impl Into<Delivery>,
     ) -> Result<(), AddChannelError> {
+        let reactor = reactor.into();
         let mut state = self.shared.lock();
         if state.reason.is_some() {
             return Err(AddChannelError::Closed);
@@ -630,7 +654,7 @@ struct SendState {
     draining: Option<(DisconnectReason, Instant)>,
     /// Channels added to `sender` that the reader has not yet added to its receiver and
     /// reactor map, in the order they were added.
-    added: Vec<(ChannelDescriptor, Recipient<Receive>)>,
+    added: Vec<(ChannelDescriptor, Delivery)>,
     /// Every channel of `sender` with its counter of payload bytes queued (at most 16, so a
     /// linear search).
     sent: Vec<(u8, Counter)>,
@@ -990,15 +1014,17 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Allocated for each read that finds data, released while a read waits (an idle
     // connection holds no read buffer).
     let mut buf = Vec::new();
-    let reason = loop {
+    let reason = 'read: loop {
         while let Some(event) = rx.poll_event() {
             match event {
                 Event::Received { channel, payload } => {
                     if shared.closed.load(Ordering::Acquire) {
                         return;
                     }
-                    if let Some(link) = links.iter_mut().find(|l| l.channel == channel) {
-                        link.deliver(shared.peer, payload).await;
+                    if let Some(link) = links.iter_mut().find(|l| l.channel == channel)
+                        && let Err(reason) = link.deliver(shared.peer, payload).await
+                    {
+                        break 'read reason;
                     }
                 }
                 Event::PingReceived => {
@@ -1073,7 +1099,7 @@ fn apply_added_channels(
         rx.add_channel(desc).map_err(|e| {
             DisconnectReason::Internal(format!("receiver refused a channel the sender took: {e}"))
         })?;
-        links.push(ReactorLink::new(desc.id, reactor, &shared.metrics));
+        links.push(ReactorLink::new(&desc, reactor, &shared.metrics));
     }
     Ok(())
 }
@@ -1083,9 +1109,11 @@ struct ReactorLink {
     /// The channel id.
     channel: u8,
     /// The reactor.
-    reactor: Recipient<Receive>,
+    reactor: Delivery,
+    /// The channel's `recv_message_capacity`: a typed payload is decoded within it.
+    limit: usize,
     /// Answers of deliveries not yet awaited, oldest first; at most [`MAX_ACKS`].
-    acks: VecDeque<RecipientRequest<Receive>>,
+    acks: VecDeque<Ack>,
     /// Messages pushed since the last answered delivery.
     since_ack: usize,
     /// Payload bytes pushed since the last answered delivery.
@@ -1096,50 +1124,93 @@ struct ReactorLink {
     received_total: Counter,
 }
 
+/// The answer to an answered delivery.
+enum Ack {
+    /// To a raw reactor.
+    Raw(RecipientRequest<Receive>),
+    /// To a typed reactor.
+    Typed(Handled),
+}
+
+impl Ack {
+    /// Completes once the reactor handled the message (or is gone).
+    async fn wait(self) {
+        match self {
+            // A closed reactor answers at once with an error: nothing to wait for.
+            Self::Raw(answer) => {
+                let _ = answer.await;
+            }
+            Self::Typed(handled) => handled.await,
+        }
+    }
+}
+
 impl ReactorLink {
-    fn new(channel: u8, reactor: Recipient<Receive>, metrics: &ConnMetrics) -> Self {
+    fn new(desc: &ChannelDescriptor, reactor: Delivery, metrics: &ConnMetrics) -> Self {
         Self {
-            channel,
+            channel: desc.id,
             reactor,
+            limit: desc.recv_message_capacity,
             acks: VecDeque::with_capacity(MAX_ACKS),
             since_ack: 0,
             bytes_since_ack: 0,
-            received: metrics.received(channel),
+            received: metrics.received(desc.id),
             received_total: metrics.received_total.clone(),
         }
     }
 
     /// Pushes one message into the reactor's mailbox, in order; waits first if [`MAX_ACKS`]
-    /// answered deliveries are outstanding.
-    async fn deliver(&mut self, peer: PeerId, payload: Bytes) {
+    /// answered deliveries are outstanding. A typed channel's payload is decoded first; one
+    /// that does not decode ends the connection with the reason returned.
+    async fn deliver(&mut self, peer: PeerId, payload: Bytes) -> Result<(), DisconnectReason> {
         self.since_ack += 1;
         self.bytes_since_ack += payload.len();
         self.received.inc_by(payload.len() as u64);
         self.received_total.inc_by(payload.len() as u64);
-        let msg = Receive {
-            channel: self.channel,
-            peer,
-            payload,
-        };
-        if self.since_ack < ACK_EVERY_MESSAGES && self.bytes_since_ack < ACK_EVERY_BYTES {
-            // Bounded by the answered deliveries below, not by actix's mailbox capacity: at
-            // most ACK_EVERY_MESSAGES pushes separate two answered ones. (`try_send` would
-            // need a way to wait for room, which actix only offers through `send`.)
-            #[allow(clippy::disallowed_methods)]
-            self.reactor.do_send(msg);
-            return;
-        }
-        self.since_ack = 0;
-        self.bytes_since_ack = 0;
-        while self.acks.len() >= MAX_ACKS {
-            if let Some(oldest) = self.acks.pop_front() {
-                // A closed reactor answers at once with an error: nothing to wait for.
-                let _ = oldest.await;
+        let ack = self.since_ack >= ACK_EVERY_MESSAGES || self.bytes_since_ack >= ACK_EVERY_BYTES;
+        if ack {
+            self.since_ack = 0;
+            self.bytes_since_ack = 0;
+            while self.acks.len() >= MAX_ACKS {
+                if let Some(oldest) = self.acks.pop_front() {
+                    oldest.wait().await;
+                }
             }
         }
-        // `send` on a fresh clone: actix's `send` from a sender that an earlier push "parked"
-        // (mailbox at capacity) returns a future that is never woken; a new clone is never
-        // parked, so the message is pushed now, in order, and the answer wakes us.
-        self.acks.push_back(self.reactor.clone().send(msg));
+        match &self.reactor.0 {
+            DeliveryKind::Raw(reactor) => {
+                let msg = Receive {
+                    channel: self.channel,
+                    peer,
+                    payload,
+                };
+                if ack {
+                    // `send` on a fresh clone: actix's `send` from a sender that an earlier
+                    // push "parked" (mailbox at capacity) returns a future that is never
+                    // woken; a new clone is never parked, so the message is pushed now, in
+                    // order, and the answer wakes us.
+                    self.acks.push_back(Ack::Raw(reactor.clone().send(msg)));
+                } else {
+                    // Bounded by the answered deliveries, not by actix's mailbox capacity:
+                    // at most ACK_EVERY_MESSAGES pushes separate two answered ones.
+                    // (`try_send` would need a way to wait for room, which actix only offers
+                    // through `send`.)
+                    #[allow(clippy::disallowed_methods)]
+                    reactor.do_send(msg);
+                }
+            }
+            DeliveryKind::Typed(sink) => {
+                let handled = sink
+                    .push(peer, self.channel, &payload, self.limit, ack)
+                    .map_err(|e| DisconnectReason::UndecodableMessage {
+                        channel: self.channel,
+                        error: e.to_string(),
+                    })?;
+                if let Some(handled) = handled {
+                    self.acks.push_back(Ack::Typed(handled));
+                }
+            }
+        }
+        Ok(())
     }
 }

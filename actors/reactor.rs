@@ -8,11 +8,18 @@
 //! These are shared by the [`PeerConn`](super::peer_conn::PeerConn) actor, which produces
 //! them, and the Switch and reactors, which consume them.
 
+use std::future::Future;
 use std::io;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 
-use actix::Message;
+use actix::prelude::*;
 use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use crate::codec::{self, DecodeError};
 
 use crate::actors::peer_conn::PeerHandle;
 use crate::types::{Direction, NodeInfo};
@@ -36,6 +43,127 @@ pub struct Receive {
     pub peer: PeerId,
     /// The message. One owned buffer, never reused behind the reactor's back.
     pub payload: Bytes,
+}
+
+/// A whole message on a typed channel ([`RegisterReactor::typed`](crate::RegisterReactor::typed)),
+/// already decoded from the payload by the connection (bincode, standard configuration, at
+/// most the channel's `recv_message_capacity`, no trailing bytes; docs/PROTOCOL.md,
+/// "Payloads"). A payload that does not decode never reaches the reactor: the connection stops
+/// as [`DisconnectReason::UndecodableMessage`] instead. Same ordering and backpressure as
+/// [`Receive`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypedReceive<T> {
+    /// The channel the message arrived on.
+    pub channel: u8,
+    /// The peer that sent it.
+    pub peer: PeerId,
+    /// The decoded message.
+    pub message: T,
+}
+
+impl<T: 'static> Message for TypedReceive<T> {
+    type Result = ();
+}
+
+/// Where a channel's messages go: a reactor that takes [`Receive`] (raw bytes), or one that
+/// takes [`TypedReceive<T>`] (made by [`RegisterReactor::typed`](crate::RegisterReactor::typed)),
+/// whose payloads the connection decodes. `From<Recipient<Receive>>` makes the raw kind.
+#[derive(Clone)]
+pub struct Delivery(pub(crate) DeliveryKind);
+
+/// See [`Delivery`].
+#[derive(Clone)]
+pub(crate) enum DeliveryKind {
+    /// Raw bytes.
+    Raw(Recipient<Receive>),
+    /// Decoded values.
+    Typed(Arc<dyn TypedSink>),
+}
+
+impl From<Recipient<Receive>> for Delivery {
+    fn from(recipient: Recipient<Receive>) -> Self {
+        Self(DeliveryKind::Raw(recipient))
+    }
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            DeliveryKind::Raw(_) => "Delivery::Raw",
+            DeliveryKind::Typed(_) => "Delivery::Typed",
+        })
+    }
+}
+
+impl Delivery {
+    /// Typed delivery to `addr`: each payload decoded as `T`.
+    pub fn typed<T, A>(addr: &Addr<A>) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        A: Actor<Context = Context<A>> + Handler<TypedReceive<T>>,
+    {
+        Self(DeliveryKind::Typed(Arc::new(TypedAddr::<T, A> {
+            addr: addr.clone(),
+            _message: PhantomData,
+        })))
+    }
+}
+
+/// A future that completes once a reactor has handled a delivery (or is gone).
+pub(crate) type Handled = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Decodes a typed channel's payloads and pushes them to its reactor.
+pub(crate) trait TypedSink: Send + Sync {
+    /// Decodes `payload` (at most `limit` bytes) and pushes the value to the reactor; with
+    /// `ack`, returns a future that completes once the reactor has handled it.
+    fn push(
+        &self,
+        peer: PeerId,
+        channel: u8,
+        payload: &[u8],
+        limit: usize,
+        ack: bool,
+    ) -> Result<Option<Handled>, DecodeError>;
+}
+
+/// [`TypedSink`] for an actor that handles [`TypedReceive<T>`].
+struct TypedAddr<T, A: Actor> {
+    addr: Addr<A>,
+    _message: PhantomData<fn() -> T>,
+}
+
+impl<T, A> TypedSink for TypedAddr<T, A>
+where
+    T: DeserializeOwned + Send + 'static,
+    A: Actor<Context = Context<A>> + Handler<TypedReceive<T>>,
+{
+    fn push(
+        &self,
+        peer: PeerId,
+        channel: u8,
+        payload: &[u8],
+        limit: usize,
+        ack: bool,
+    ) -> Result<Option<Handled>, DecodeError> {
+        let message: T = codec::decode(payload, limit)?;
+        let msg = TypedReceive {
+            channel,
+            peer,
+            message,
+        };
+        if ack {
+            // A fresh clone, as for raw deliveries (see `ReactorLink::deliver`).
+            let answer = self.addr.clone().send(msg);
+            Ok(Some(Box::pin(async move {
+                let _ = answer.await;
+            })))
+        } else {
+            // Bounded by the answered deliveries, as raw ones.
+            #[allow(clippy::disallowed_methods)]
+            self.addr.do_send(msg);
+            Ok(None)
+        }
+    }
 }
 
 /// A peer joined: sent to every registered reactor before any [`Receive`] from that peer (and
@@ -109,6 +237,16 @@ pub enum DisconnectReason {
     /// queued for it.
     #[error("slow reader: no write progress for {0:?}")]
     SlowReader(std::time::Duration),
+    /// A message on a typed channel ([`RegisterReactor::typed`](crate::RegisterReactor::typed))
+    /// did not decode as the channel's type (bincode, within the channel's
+    /// `recv_message_capacity`, no trailing bytes).
+    #[error("undecodable message on channel {channel:#04x}: {error}")]
+    UndecodableMessage {
+        /// The channel.
+        channel: u8,
+        /// Why it did not decode.
+        error: String,
+    },
     /// A reactor or the Switch judged the peer's messages bad (`StopPeerForError`).
     #[error("peer misbehaved: {0}")]
     Misbehaved(String),
@@ -131,7 +269,7 @@ impl DisconnectReason {
         match self {
             Self::Secret(e) => e.is_peer_fault(),
             Self::Protocol(e) => e.is_peer_fault(),
-            Self::Misbehaved(_) => true,
+            Self::Misbehaved(_) | Self::UndecodableMessage { .. } => true,
             Self::RemoteClosed
             | Self::Io { .. }
             | Self::PongTimeout

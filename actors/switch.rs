@@ -49,7 +49,9 @@ use crate::actors::dialer::{QueueDials, StopDialing};
 use crate::actors::events::{DialError, EventBus, InboundRejection, SwitchEvent};
 use crate::actors::metrics::{DialOutcome, DropReason, Metrics};
 use crate::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped, Stop};
-use crate::actors::reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive};
+use crate::actors::reactor::{
+    Delivery, DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive, TypedReceive,
+};
 use crate::actors::redialer::{
     PersistentDialFailed, PersistentPeerConnected, PersistentPeerDisconnected, StopRedialing,
     WatchPersistentPeers,
@@ -57,12 +59,15 @@ use crate::actors::redialer::{
 use crate::actors::transport::{
     InboundConnection, InboundRejected, Stop as StopTransport, Transport, UpdateNodeInfo, Upgraded,
 };
+use crate::codec::{self, EncodeError};
 use crate::config::P2pConfig;
 use crate::dial::DialItem;
 use crate::mconn::{ChannelDescriptor, MAX_CHANNELS, MConnConfigError};
 use crate::peers::{Admission, PeerEntry, PeerLimits, PeerSet, RejectReason};
 use crate::throttle::LogThrottle;
 use crate::types::{Direction, NetAddress, NodeInfo, PeerId};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// Errors the Switch answers synchronously.
 #[derive(Debug, thiserror::Error)]
@@ -141,8 +146,8 @@ pub struct ReactorRecipients {
     added: Recipient<PeerAdded>,
     /// Gets [`PeerRemoved`].
     removed: Recipient<PeerRemoved>,
-    /// Gets [`Receive`] for the reactor's channels.
-    receive: Recipient<Receive>,
+    /// Gets [`Receive`] (or, for a typed reactor, decoded values) for the reactor's channels.
+    receive: Delivery,
 }
 
 /// The Switch's recipients of the [`Dialer`](crate::actors::dialer::Dialer) and the
@@ -263,7 +268,7 @@ impl Switch {
     }
 
     /// Every channel with the reactor it belongs to, in registration order.
-    fn channels(&self) -> Vec<(ChannelDescriptor, Recipient<Receive>)> {
+    fn channels(&self) -> Vec<(ChannelDescriptor, Delivery)> {
         self.reactors
             .iter()
             .flat_map(|r| {
@@ -520,7 +525,59 @@ impl RegisterReactor {
             recipients: ReactorRecipients {
                 added: addr.clone().recipient(),
                 removed: addr.clone().recipient(),
-                receive: addr.clone().recipient(),
+                receive: addr.clone().recipient::<Receive>().into(),
+            },
+        }
+    }
+
+    /// Registers actor `addr` for `channels`, each carrying values of `T`: the connection
+    /// decodes every payload on them as `T` (bincode, standard configuration, at most the
+    /// channel's `recv_message_capacity`, no trailing bytes) and the reactor gets
+    /// [`TypedReceive<T>`]; a payload that does not decode stops that peer as
+    /// [`DisconnectReason::UndecodableMessage`] (the peer's fault, counted as
+    /// `undecodable_message`), the reactor never sees it. Send them with
+    /// [`Broadcast::typed`], [`SendTo::typed`], [`TrySendTo::typed`] or
+    /// [`PeerHandle::try_send_typed`](crate::PeerHandle::try_send_typed).
+    ///
+    /// ```no_run
+    /// # use tm2_p2p::actix::prelude::*;
+    /// # use tm2_p2p::{ChannelDescriptor, PeerAdded, PeerRemoved, RegisterReactor, TypedReceive};
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// enum Chat { Hello { name: String }, Line(String) }
+    ///
+    /// struct ChatReactor;
+    /// impl Actor for ChatReactor { type Context = Context<Self>; }
+    /// impl Handler<TypedReceive<Chat>> for ChatReactor {
+    ///     type Result = ();
+    ///     fn handle(&mut self, msg: TypedReceive<Chat>, _: &mut Context<Self>) {
+    ///         if let Chat::Line(text) = msg.message { println!("{}: {text}", msg.peer); }
+    ///     }
+    /// }
+    /// # impl Handler<PeerAdded> for ChatReactor { type Result = (); fn handle(&mut self, _: PeerAdded, _: &mut Context<Self>) {} }
+    /// # impl Handler<PeerRemoved> for ChatReactor { type Result = (); fn handle(&mut self, _: PeerRemoved, _: &mut Context<Self>) {} }
+    /// # fn register(addr: Addr<ChatReactor>) -> RegisterReactor {
+    /// RegisterReactor::typed::<Chat, _>("chat", vec![ChannelDescriptor::new(0x40)], &addr)
+    /// # }
+    /// ```
+    pub fn typed<T, A>(
+        name: impl Into<String>,
+        channels: Vec<ChannelDescriptor>,
+        addr: &Addr<A>,
+    ) -> Self
+    where
+        T: DeserializeOwned + Send + 'static,
+        A: Actor<Context = Context<A>>
+            + Handler<PeerAdded>
+            + Handler<PeerRemoved>
+            + Handler<TypedReceive<T>>,
+    {
+        Self {
+            name: name.into(),
+            channels,
+            recipients: ReactorRecipients {
+                added: addr.clone().recipient(),
+                removed: addr.clone().recipient(),
+                receive: Delivery::typed::<T, A>(addr),
             },
         }
     }
@@ -768,6 +825,17 @@ pub struct Broadcast {
     pub payload: Bytes,
 }
 
+impl Broadcast {
+    /// A broadcast of `message` encoded for a typed channel ([`RegisterReactor::typed`]):
+    /// bincode, standard configuration, as the receiving connection decodes it.
+    pub fn typed<T: Serialize + ?Sized>(channel: u8, message: &T) -> Result<Self, EncodeError> {
+        Ok(Self {
+            channel,
+            payload: codec::encode(message)?.into(),
+        })
+    }
+}
+
 impl Handler<Broadcast> for Switch {
     type Result = ();
 
@@ -803,6 +871,21 @@ pub struct SendTo {
     pub payload: Bytes,
 }
 
+impl SendTo {
+    /// A send of `message` encoded for a typed channel (see [`Broadcast::typed`]).
+    pub fn typed<T: Serialize + ?Sized>(
+        peer: PeerId,
+        channel: u8,
+        message: &T,
+    ) -> Result<Self, EncodeError> {
+        Ok(Self {
+            peer,
+            channel,
+            payload: codec::encode(message)?.into(),
+        })
+    }
+}
+
 impl Handler<SendTo> for Switch {
     type Result = ResponseFuture<bool>;
 
@@ -830,6 +913,21 @@ pub struct TrySendTo {
     pub channel: u8,
     /// The message.
     pub payload: Bytes,
+}
+
+impl TrySendTo {
+    /// A send of `message` encoded for a typed channel (see [`Broadcast::typed`]).
+    pub fn typed<T: Serialize + ?Sized>(
+        peer: PeerId,
+        channel: u8,
+        message: &T,
+    ) -> Result<Self, EncodeError> {
+        Ok(Self {
+            peer,
+            channel,
+            payload: codec::encode(message)?.into(),
+        })
+    }
 }
 
 impl Handler<TrySendTo> for Switch {

@@ -140,12 +140,12 @@ async fn connect(io: Option<Handle>) -> Conn {
     let (addr_a, a) = PeerConn::start(
         sa,
         config.clone(),
-        vec![(chan, idle)],
+        vec![(chan, idle.into())],
         sink.clone(),
         io.clone(),
     )
     .unwrap();
-    let (addr_b, _) = PeerConn::start(sb, config, vec![(chan, counter)], sink, io).unwrap();
+    let (addr_b, _) = PeerConn::start(sb, config, vec![(chan, counter.into())], sink, io).unwrap();
     Conn {
         a,
         tally,

@@ -172,7 +172,7 @@ async fn idle_memory_per_end(hub: &Node, n: usize) -> (u64, usize) {
         let conn = PeerConn::start(
             up.stream,
             PeerConnConfig::default(),
-            vec![(ChannelDescriptor::new(CHANNEL), reactor.clone())],
+            vec![(ChannelDescriptor::new(CHANNEL), reactor.clone().into())],
             supervisor.clone(),
             None,
         )

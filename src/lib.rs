@@ -157,7 +157,9 @@ pub use actors::{
     metrics::{InvalidNamespace, Metrics},
     node::{Node, SwitchBuilder},
     peer_conn::PeerHandle,
-    reactor::{DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive},
+    reactor::{
+        Delivery, DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive, TypedReceive,
+    },
     secret_stream::SecretStreamError,
     switch::{
         AddPersistentPeers, Broadcast, DialPeers, DisconnectPeer, GetPeers, PeerSetSnapshot,

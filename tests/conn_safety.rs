@@ -422,7 +422,10 @@ async fn blind_pongs_do_not_answer_a_ping_the_peer_cannot_have_read() {
         FlushNeverCompletes,
         peer,
         config,
-        vec![(ChannelDescriptor::new(CHANNEL), Sink.start().recipient())],
+        vec![(
+            ChannelDescriptor::new(CHANNEL),
+            Sink.start().recipient().into(),
+        )],
         sup.recipient(),
         Some(io_runtime()),
     )

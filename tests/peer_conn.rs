@@ -243,7 +243,10 @@ async fn pair(
     let (sa, sb) = secret_pair().await;
     let side = |stream, config, chans: &[ChannelDescriptor], io| {
         let reactor = Reactor::start(true, None);
-        let channels = chans.iter().map(|d| (*d, reactor.recipient())).collect();
+        let channels = chans
+            .iter()
+            .map(|d| (*d, reactor.recipient().into()))
+            .collect();
         let (addr, handle) =
             PeerConn::start(stream, config, channels, sup.recipient(), io).unwrap();
         Side {
@@ -552,7 +555,7 @@ async fn the_remote_closing_its_socket_gives_exactly_one_peer_stopped() {
     let (addr, handle) = PeerConn::start(
         sa,
         unlimited(),
-        vec![(ChannelDescriptor::new(0x01), reactor.recipient())],
+        vec![(ChannelDescriptor::new(0x01), reactor.recipient().into())],
         sup.recipient(),
         Some(io_runtime()),
     )
@@ -579,7 +582,7 @@ async fn a_slow_reactor_makes_the_sender_fail_instead_of_buffering_without_bound
     let (a_addr, a_handle) = PeerConn::start(
         sa,
         unlimited(),
-        vec![(chans[0], Reactor::start(false, None).recipient())],
+        vec![(chans[0], Reactor::start(false, None).recipient().into())],
         sup.recipient(),
         Some(io_runtime()),
     )
@@ -588,7 +591,7 @@ async fn a_slow_reactor_makes_the_sender_fail_instead_of_buffering_without_bound
     let (_b_addr, b_handle) = PeerConn::start(
         sb,
         unlimited(),
-        vec![(chans[0], slow.recipient())],
+        vec![(chans[0], slow.recipient().into())],
         sup.recipient(),
         Some(io_runtime()),
     )
@@ -647,7 +650,7 @@ async fn a_peer_that_never_answers_pings_is_stopped_for_pong_timeout() {
         config,
         vec![(
             ChannelDescriptor::new(0x01),
-            Reactor::start(false, None).recipient(),
+            Reactor::start(false, None).recipient().into(),
         )],
         sup.recipient(),
         Some(io_runtime()),
@@ -703,7 +706,7 @@ async fn garbled_packets_over_any_stream_stop_the_peer_with_a_decode_reason() {
         unlimited(),
         vec![(
             ChannelDescriptor::new(0x01),
-            Reactor::start(false, None).recipient(),
+            Reactor::start(false, None).recipient().into(),
         )],
         sup.recipient(),
         None,
@@ -728,8 +731,8 @@ async fn an_invalid_channel_set_is_refused_before_anything_starts() {
     let (sa, _sb) = secret_pair().await;
     let reactor = Reactor::start(false, None);
     let dup = vec![
-        (ChannelDescriptor::new(0x01), reactor.recipient()),
-        (ChannelDescriptor::new(0x01), reactor.recipient()),
+        (ChannelDescriptor::new(0x01), reactor.recipient().into()),
+        (ChannelDescriptor::new(0x01), reactor.recipient().into()),
     ];
     let err = PeerConn::start(sa, unlimited(), dup, Sup::start().recipient(), None).unwrap_err();
     assert_eq!(
@@ -802,7 +805,7 @@ async fn a_channel_added_on_both_sides_carries_messages_both_ways_while_the_firs
     b.addr
         .send(AddChannel {
             desc,
-            reactor: new_b.recipient(),
+            reactor: new_b.recipient().into(),
         })
         .await
         .unwrap()
@@ -878,7 +881,7 @@ async fn adding_a_duplicate_or_a_seventeenth_channel_fails_and_the_connection_st
     }
     let seventeenth = AddChannel {
         desc: ChannelDescriptor::new(0x11),
-        reactor: extra.recipient(),
+        reactor: extra.recipient().into(),
     };
     assert_eq!(
         a.addr.send(seventeenth).await.unwrap(),

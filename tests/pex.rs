@@ -160,7 +160,7 @@ async fn client(node: &Node) -> Client {
     let (_, handle) = PeerConn::start(
         up.stream,
         PeerConnConfig::default(),
-        vec![(pex_channel(), Forward(tx).start().recipient())],
+        vec![(pex_channel(), Forward(tx).start().recipient().into())],
         Forward(stx).start().recipient(),
         None,
     )

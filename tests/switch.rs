@@ -12,8 +12,8 @@ use common::{TIMEOUT, TestNode, connect, connect_from, loopback_config, raw_dial
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DialError, DialPeers, DisconnectReason, GetPeers,
     InboundRejection, Incompatible, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId,
-    PeerRemoved, Receive, RegisterReactor, RejectReason, StopPeerForError, SwitchBuilder,
-    SwitchError, SwitchEvent,
+    PeerRemoved, Receive, RegisterReactor, RejectReason, SendTo, StopPeerForError, SwitchBuilder,
+    SwitchError, SwitchEvent, TypedReceive,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -746,4 +746,136 @@ async fn wait_for_peers_returns_once_enough_are_connected_and_none_after_shutdow
     hub.node.shutdown().await;
     let after = tokio::time::timeout(TIMEOUT, never).await.unwrap().unwrap();
     assert_eq!(after, None);
+}
+
+/// A typed channel's messages.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+enum Chat {
+    Hello { name: String },
+    Line(String),
+}
+
+/// A typed reactor: forwards every decoded message.
+struct ChatReactor {
+    tx: mpsc::Sender<(PeerId, Chat)>,
+}
+
+impl Actor for ChatReactor {
+    type Context = Context<Self>;
+}
+
+impl Handler<PeerAdded> for ChatReactor {
+    type Result = ();
+    fn handle(&mut self, _: PeerAdded, _: &mut Self::Context) {}
+}
+
+impl Handler<PeerRemoved> for ChatReactor {
+    type Result = ();
+    fn handle(&mut self, _: PeerRemoved, _: &mut Self::Context) {}
+}
+
+impl Handler<TypedReceive<Chat>> for ChatReactor {
+    type Result = ();
+    fn handle(&mut self, msg: TypedReceive<Chat>, _: &mut Self::Context) {
+        assert_eq!(msg.channel, 0x40);
+        self.tx.try_send((msg.peer, msg.message)).unwrap();
+    }
+}
+
+/// A node with a typed chat reactor on 0x40 (capacity 1 KiB); returns what it receives.
+async fn chat_node() -> (TestNode, mpsc::Receiver<(PeerId, Chat)>) {
+    let node = TestNode::spawn(loopback_config()).await;
+    let (tx, rx) = mpsc::channel(100);
+    let reactor = ChatReactor { tx }.start();
+    let mut desc = ChannelDescriptor::new(0x40);
+    desc.recv_message_capacity = 1024;
+    node.node
+        .switch()
+        .send(RegisterReactor::typed::<Chat, _>(
+            "chat",
+            vec![desc],
+            &reactor,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    (node, rx)
+}
+
+#[actix::test]
+async fn typed_messages_arrive_decoded_and_an_undecodable_payload_stops_its_sender() {
+    let (mut a, mut from_b) = chat_node().await;
+    let (mut b, mut from_a) = chat_node().await;
+    connect(&mut a, &mut b).await;
+
+    // Both ways, through SendTo and a PeerHandle.
+    let hello = Chat::Hello {
+        name: "alice".into(),
+    };
+    let sent = a
+        .node
+        .switch()
+        .send(SendTo::typed(b.id(), 0x40, &hello).unwrap())
+        .await
+        .unwrap();
+    assert!(sent);
+    assert_eq!(
+        recv_within("a's hello", from_a.recv()).await,
+        (a.id(), hello)
+    );
+    let peers = b.node.switch().send(GetPeers).await.unwrap();
+    let handle = &peers.peers[0].handle;
+    let line = Chat::Line("hi".into());
+    assert!(handle.try_send_typed(0x40, &line).unwrap());
+    assert_eq!(recv_within("b's line", from_b.recv()).await, (b.id(), line));
+
+    // Bytes that are not a Chat (an unknown variant; then a valid one with a trailing byte):
+    // B stops A as UndecodableMessage, its reactor sees nothing.
+    for bad in [vec![0x07, 0x00], {
+        let mut v = tm2_p2p::codec::encode(&Chat::Line("x".into())).unwrap();
+        v.push(0);
+        v
+    }] {
+        let sent = a
+            .node
+            .switch()
+            .send(SendTo {
+                peer: b.id(),
+                channel: 0x40,
+                payload: Bytes::from(bad),
+            })
+            .await
+            .unwrap();
+        assert!(sent);
+        let aid = a.id();
+        let e = b
+            .wait_for(
+                "A's disconnection",
+                |e| matches!(e, SwitchEvent::PeerDisconnected { peer, .. } if *peer == aid),
+            )
+            .await;
+        let SwitchEvent::PeerDisconnected { reason, .. } = e else {
+            unreachable!()
+        };
+        assert!(
+            matches!(
+                reason,
+                DisconnectReason::UndecodableMessage { channel: 0x40, .. }
+            ),
+            "{reason:?}"
+        );
+        assert!(reason.is_peer_fault());
+        assert!(
+            from_a.try_recv().is_err(),
+            "the reactor got an undecodable message"
+        );
+        // Connect again for the next case.
+        a.wait_for("B's disconnection", |e| {
+            matches!(e, SwitchEvent::PeerDisconnected { .. })
+        })
+        .await;
+        b.dial(a.address());
+        b.connected_to(a.id()).await;
+        a.connected_to(b.id()).await;
+    }
 }

@@ -285,7 +285,7 @@ pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<
                     let started = PeerConn::start(
                         up.stream,
                         peer_conn_config(),
-                        vec![(channel(), idle.clone())],
+                        vec![(channel(), idle.clone().into())],
                         supervisor.clone(),
                         Some(io.clone()),
                     );
@@ -336,7 +336,7 @@ pub(crate) fn memory(n: usize) -> anyhow::Result<Figure> {
             let conn = PeerConn::start(
                 up.stream,
                 peer_conn_config(),
-                vec![(idle_channel(), idle.clone())],
+                vec![(idle_channel(), idle.clone().into())],
                 supervisor.clone(),
                 Some(io_runtime()),
             )?;
