@@ -240,6 +240,7 @@ impl PeerConn {
             peer,
             send_timeout: config.send_timeout,
             drain_timeout: config.drain_timeout,
+            conn: std::sync::OnceLock::new(),
             state: Mutex::new(SendState {
                 sender,
                 reason: None,
@@ -267,6 +268,7 @@ impl PeerConn {
         let writer_task = io.spawn(write_loop(shared.clone(), Box::new(writer)));
         let handle = PeerHandle { shared };
         let addr = Self::create(|ctx| {
+            let _ = handle.shared.conn.set(ctx.address().downgrade());
             let tasks = [
                 AbortOnDrop(reader_task.abort_handle()),
                 AbortOnDrop(writer_task.abort_handle()),
@@ -465,6 +467,31 @@ impl PeerHandle {
         self.shared.peer
     }
 
+    /// Disconnects the peer for a reason of this node's (an operator command, a reactor that
+    /// is done with it), as [`DisconnectPeer`](crate::DisconnectPeer) does: what is queued
+    /// drains for up to `drain_timeout`, then the connection closes; every reactor gets
+    /// `PeerRemoved` with [`DisconnectReason::Stopped`]. No Switch address needed.
+    /// Idempotent; nothing happens once the connection has ended.
+    pub fn disconnect(&self, reason: impl Into<String>) {
+        self.stop(DisconnectReason::Stopped(reason.into()));
+    }
+
+    /// Stops the peer for misbehaving (a message a reactor judged bad), as
+    /// [`StopPeerForError`](crate::StopPeerForError) does: at once, nothing drained; reported
+    /// as [`DisconnectReason::Misbehaved`], the peer's fault (peer exchange bans its address
+    /// for a while).
+    pub fn stop_for_error(&self, reason: impl Into<String>) {
+        self.stop(DisconnectReason::Misbehaved(reason.into()));
+    }
+
+    fn stop(&self, reason: DisconnectReason) {
+        if let Some(conn) = self.shared.conn.get().and_then(actix::WeakAddr::upgrade) {
+            // A control message, at most one per call; the actor handles repeats.
+            #[allow(clippy::disallowed_methods)]
+            conn.do_send(Stop { reason });
+        }
+    }
+
     /// The channels this handle can send on: the connection's channels that the peer
     /// advertised (its NodeInfo), in the scheduler's tie-break order.
     pub fn channels(&self) -> Vec<u8> {
@@ -627,6 +654,9 @@ struct Shared {
     send_timeout: Duration,
     /// How long a graceful [`Stop`] may drain the queues.
     drain_timeout: Duration,
+    /// The connection's actor, for [`PeerHandle::disconnect`] and
+    /// [`PeerHandle::stop_for_error`]; weak, as the actor holds this state.
+    conn: std::sync::OnceLock<actix::WeakAddr<PeerConn>>,
     /// The send half and the end reason, under one short-held lock.
     state: Mutex<SendState>,
     /// Mirrors `state.reason.is_some()` for lock-free checks.

@@ -879,3 +879,40 @@ async fn typed_messages_arrive_decoded_and_an_undecodable_payload_stops_its_send
         a.connected_to(b.id()).await;
     }
 }
+
+#[actix::test]
+async fn a_reactor_stops_or_disconnects_a_peer_from_its_handle_alone() {
+    let (mut a, _ra) = node_with_r(loopback_config(), "net").await;
+    let (mut b, _rb) = node_with_r(loopback_config(), "net").await;
+    for (stop, want) in [
+        (true, DisconnectReason::Misbehaved("bad block".into())),
+        (false, DisconnectReason::Stopped("done with it".into())),
+    ] {
+        connect(&mut a, &mut b).await;
+        let peers = b.node.switch().send(GetPeers).await.unwrap();
+        let handle = peers.peers[0].handle.clone();
+        if stop {
+            handle.stop_for_error("bad block");
+            handle.stop_for_error("twice is harmless");
+        } else {
+            handle.disconnect("done with it");
+        }
+        let aid = a.id();
+        let e = b
+            .wait_for(
+                "A's disconnection",
+                |e| matches!(e, SwitchEvent::PeerDisconnected { peer, .. } if *peer == aid),
+            )
+            .await;
+        let SwitchEvent::PeerDisconnected { reason, .. } = e else {
+            unreachable!()
+        };
+        assert_eq!(format!("{reason:?}"), format!("{want:?}"));
+        a.wait_for("B's disconnection", |e| {
+            matches!(e, SwitchEvent::PeerDisconnected { .. })
+        })
+        .await;
+        // Once ended, the handle does nothing.
+        handle.disconnect("again");
+    }
+}
