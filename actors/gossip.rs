@@ -52,17 +52,18 @@
 //!
 //! - [`PeerAdded`] when a peer connects (and, to a reactor registered late, once for each peer
 //!   already connected). Its [`PeerInfo`] carries a [`PeerHandle`] that sends to that peer
-//!   directly, without a hop through the Switch: keep it. First check that the peer advertised
-//!   the channel (`peer.node_info.channels`): a peer that does not have it drops the
-//!   connection when something arrives on it. Gossip keeps such peers (a seed, a node running
+//!   directly, without a hop through the Switch: keep it. Whether the peer has the channel is
+//!   `peer.handle.has_channel(ch)` (a send on a channel it lacks is refused, never sent). Gossip keeps such peers (a seed, a node running
 //!   other reactors) out of its table.
 //! - [`Receive`] for each whole message a peer sent on the reactor's channels, in the order that
 //!   peer sent them, never before its `PeerAdded`. The bytes are hostile: the connection has
 //!   already refused a message above the channel's `recv_message_capacity` (a peer fault that
 //!   ends the connection), but the content is whatever the peer chose. Decode with limits,
 //!   never panic, and stop a peer that breaks the protocol with
-//!   [`StopPeerForError`](crate::actors::switch::StopPeerForError). Gossip has nothing to decode:
-//!   any bytes are a message. Handle `Receive` quickly: a reactor that falls behind makes reads
+//!   [`StopPeerForError`](crate::actors::switch::StopPeerForError) or
+//!   [`PeerHandle::stop_for_error`] (or register a typed channel, which decodes for you:
+//!   `RegisterReactor::typed`). Gossip has nothing to decode: any bytes are a message, relayed
+//!   unchanged (so it stays a raw channel). Handle `Receive` quickly: a reactor that falls behind makes reads
 //!   from that peer wait, so a slow reactor slows its peers down rather than buffering without
 //!   bound.
 //! - [`PeerRemoved`] exactly once per `PeerAdded`, after that peer's last `Receive`. Drop

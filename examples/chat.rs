@@ -19,9 +19,10 @@
 //! to every peer a node is connected to. `--home DIR` keeps the node key in `DIR/node_key.json`
 //! so the address stays the same between runs; without it every run has a fresh identity.
 //!
-//! What it shows: a reactor (`Chat`) on its own channel, `Broadcast` to send, `AddPersistentPeers`
-//! to connect (and reconnect when the other side restarts), `subscribe` for connect and
-//! disconnect events, and a graceful `shutdown`.
+//! What it shows: a typed reactor (`Chat`, which receives `ChatMessage` values: the connection
+//! decodes them and stops a peer whose bytes are not one) on its own channel,
+//! `Broadcast::typed` to send, `AddPersistentPeers` to connect (and reconnect when the other
+//! side restarts), `subscribe` for connect and disconnect events, and a graceful `shutdown`.
 
 use std::io::{BufRead, Read};
 use std::net::SocketAddr;
@@ -30,19 +31,27 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use anyhow::Context as _;
-use bytes::Bytes;
 use clap::Parser;
+use serde::{Deserialize, Serialize};
 use tm2_p2p::{
     AddPersistentPeers, Broadcast, ChannelDescriptor, GetPeers, NetAddress, NodeKey, P2pConfig,
-    PeerAdded, PeerId, PeerRemoved, Receive, RegisterReactor, SwitchBuilder, SwitchEvent,
+    PeerAdded, PeerId, PeerRemoved, RegisterReactor, SwitchBuilder, SwitchEvent, TypedReceive,
 };
 use tokio::sync::mpsc;
 
 /// The chat's channel.
 const CHAT_CHANNEL: u8 = 0x40;
-/// The longest line sent or accepted, in bytes. A peer sending a longer message is
-/// disconnected by the connection layer (`recv_message_capacity`).
+/// The longest line sent, in bytes. A peer sending a longer message is disconnected by the
+/// connection layer (`recv_message_capacity`, which adds room for the encoding's length).
 const MAX_LINE: usize = 1024;
+
+/// What travels on the chat channel (bincode-encoded by `Broadcast::typed`, decoded by the
+/// receiving connection before `Chat` sees it).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+enum ChatMessage {
+    /// A line typed by the sender.
+    Line(String),
+}
 /// Typed lines waiting to be sent; the stdin thread waits when it is full.
 const INPUT_QUEUE: usize = 16;
 
@@ -101,7 +110,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Register the reactor before dialing: a peer learns our channels in the handshake.
     let chat = Chat.start();
     node.switch()
-        .send(RegisterReactor::new("chat", vec![chat_channel()], &chat))
+        .send(RegisterReactor::typed::<ChatMessage, _>(
+            "chat",
+            vec![chat_channel()],
+            &chat,
+        ))
         .await??;
     let wanted: Vec<PeerId> = args.peer.iter().map(NetAddress::id).collect();
     if !args.peer.is_empty() {
@@ -135,8 +148,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         println!("(nobody is connected yet; not sent)");
                         continue;
                     }
-                    let payload = Bytes::from(line.into_bytes());
-                    node.switch().send(Broadcast { channel: CHAT_CHANNEL, payload }).await?;
+                    let message = ChatMessage::Line(line);
+                    node.switch().send(Broadcast::typed(CHAT_CHANNEL, &message)?).await?;
                 }
                 Some(Input::TooLong(len)) => {
                     println!("(line too long: {len} bytes, at most {MAX_LINE}; not sent)");
@@ -162,8 +175,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
 fn chat_channel() -> ChannelDescriptor {
     ChannelDescriptor::new(CHAT_CHANNEL)
         .with_send_queue_capacity(64)
-        .with_recv_buffer_capacity(MAX_LINE)
-        .with_recv_message_capacity(MAX_LINE)
+        .with_recv_buffer_capacity(MAX_LINE + 8)
+        .with_recv_message_capacity(MAX_LINE + 8)
 }
 
 /// The chat reactor: prints every line a peer sends. Joins and leaves are printed from the
@@ -184,10 +197,11 @@ impl Handler<PeerRemoved> for Chat {
     fn handle(&mut self, _: PeerRemoved, _: &mut Self::Context) {}
 }
 
-impl Handler<Receive> for Chat {
+impl Handler<TypedReceive<ChatMessage>> for Chat {
     type Result = ();
-    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
-        println!("{}: {}", short(&msg.peer), printable(&msg.payload));
+    fn handle(&mut self, msg: TypedReceive<ChatMessage>, _: &mut Self::Context) {
+        let ChatMessage::Line(line) = msg.message;
+        println!("{}: {}", short(&msg.peer), printable(&line));
     }
 }
 
@@ -222,11 +236,10 @@ fn short(id: &PeerId) -> String {
     id.to_string().chars().take(12).collect()
 }
 
-/// A peer's bytes as text that cannot mess up the terminal: invalid UTF-8 and control
-/// characters (escape sequences included) become U+FFFD.
-fn printable(payload: &[u8]) -> String {
-    String::from_utf8_lossy(payload)
-        .chars()
+/// A peer's text as text that cannot mess up the terminal: control characters (escape
+/// sequences included) become U+FFFD. (Invalid UTF-8 never gets here: it does not decode.)
+fn printable(line: &str) -> String {
+    line.chars()
         .map(|c| if c.is_control() { '\u{fffd}' } else { c })
         .collect()
 }

@@ -5,27 +5,38 @@
 //!
 //! A reactor is any actix actor that handles three messages from the Switch:
 //! - `PeerAdded`: a peer connected (it comes first, before any message from that peer);
-//! - `Receive`: a whole message from a peer on one of the reactor's channels;
-//! - `PeerRemoved`: the peer left (exactly once, after its last `Receive`).
+//! - `TypedReceive<T>`: a whole message from a peer on one of the reactor's channels, already
+//!   decoded as the reactor's message type `T` (any `serde` type; the connection decodes it
+//!   with bincode and stops a peer whose bytes are not a `T`);
+//! - `PeerRemoved`: the peer left (exactly once, after its last message).
 //!
-//! Register it with `RegisterReactor::new(name, channels, &addr)` and the Switch routes its
-//! channels to it. To send, use the `PeerHandle` in `PeerAdded` (one peer, no mailbox hop) or
-//! ask the Switch (`Broadcast`, `SendTo`, `TrySendTo`).
+//! Register it with `RegisterReactor::typed::<T, _>(name, channels, &addr)` and the Switch
+//! routes its channels to it. To send, use the `PeerHandle` in `PeerAdded` (`try_send_typed`:
+//! one peer, no mailbox hop) or ask the Switch (`Broadcast::typed`, `SendTo::typed`,
+//! `TrySendTo::typed`). A reactor that speaks an existing byte protocol registers with
+//! `RegisterReactor::new` and handles `Receive` (raw bytes) instead.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use actix::prelude::*;
-use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use tm2_p2p::{
     ChannelDescriptor, DialPeers, Node, NodeKey, P2pConfig, PeerAdded, PeerHandle, PeerId,
-    PeerRemoved, Receive, RegisterReactor, SwitchBuilder,
+    PeerRemoved, RegisterReactor, SwitchBuilder, TypedReceive,
 };
 use tokio::sync::mpsc;
 
 /// Our channel id. Every reactor owns its channels; ids are unique per node (0x50 is peer
 /// exchange).
 const PING_CHANNEL: u8 = 0x41;
+/// What the reactor's channel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+enum Message {
+    Ping,
+    Pong,
+}
+
 /// How long the whole exchange may take before the example gives up.
 const TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -52,39 +63,33 @@ impl Handler<PeerAdded> for PingPong {
             "{}: peer {} joined ({:?})",
             self.name, peer.id, peer.direction
         );
-        // try_send never waits: it answers false if the peer's queue is full or it is gone.
-        if !peer
-            .handle
-            .try_send(PING_CHANNEL, Bytes::from_static(b"ping"))
-        {
+        // try_send_typed never waits: Ok(false) if the peer's queue is full or it is gone.
+        if !matches!(
+            peer.handle.try_send_typed(PING_CHANNEL, &Message::Ping),
+            Ok(true)
+        ) {
             println!("{}: could not queue a ping to {}", self.name, peer.id);
         }
         self.peers.insert(peer.id, peer.handle);
     }
 }
 
-impl Handler<Receive> for PingPong {
+impl Handler<TypedReceive<Message>> for PingPong {
     type Result = ();
 
-    fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
-        // Bytes from a peer are hostile: match exact values, never trust lengths or encodings.
-        match &msg.payload[..] {
-            b"ping" => {
+    fn handle(&mut self, msg: TypedReceive<Message>, _: &mut Self::Context) {
+        // Already decoded: bytes that were not a `Message` stopped that peer before this.
+        match msg.message {
+            Message::Ping => {
                 println!("{}: ping from {}, answering pong", self.name, msg.peer);
                 if let Some(handle) = self.peers.get(&msg.peer) {
-                    handle.try_send(PING_CHANNEL, Bytes::from_static(b"pong"));
+                    let _ = handle.try_send_typed(PING_CHANNEL, &Message::Pong);
                 }
             }
-            b"pong" => {
+            Message::Pong => {
                 println!("{}: pong from {}", self.name, msg.peer);
                 let _ = self.pongs.try_send(msg.peer);
             }
-            other => println!(
-                "{}: {} unexpected bytes from {}",
-                self.name,
-                other.len(),
-                msg.peer
-            ),
         }
     }
 }
@@ -115,7 +120,7 @@ async fn start_node(name: &'static str, pongs: mpsc::Sender<PeerId>) -> anyhow::
     }
     .start();
     node.switch()
-        .send(RegisterReactor::new(
+        .send(RegisterReactor::typed::<Message, _>(
             name,
             vec![ChannelDescriptor::new(PING_CHANNEL)],
             &reactor,

@@ -916,3 +916,20 @@ async fn a_reactor_stops_or_disconnects_a_peer_from_its_handle_alone() {
         handle.disconnect("again");
     }
 }
+
+#[test]
+fn typed_payloads_are_the_bytes_protocol_md_shows() {
+    let encode = |c: &Chat| tm2_p2p::codec::encode(c).unwrap();
+    assert_eq!(encode(&Chat::Line("hi".into())), [0x01, 0x02, b'h', b'i']);
+    assert_eq!(
+        encode(&Chat::Hello { name: "al".into() }),
+        [0x00, 0x02, b'a', b'l']
+    );
+    let decode = |b: &[u8]| tm2_p2p::codec::decode::<Chat>(b, 1024);
+    assert!(decode(&[0x07, 0x00]).is_err());
+    assert!(decode(&[0x01, 0x02, b'h', b'i', 0x00]).is_err());
+    assert_eq!(
+        decode(&[0x01, 0x02, b'h', b'i']).unwrap(),
+        Chat::Line("hi".into())
+    );
+}
