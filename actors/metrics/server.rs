@@ -201,7 +201,7 @@ async fn serve_connection(
         .keep_alive(false)
         .serve_connection(TokioIo::new(stream), service);
     // The head within `io_timeout` (hyper's timer), the answer within as long again.
-    match tokio::time::timeout(limits.io_timeout * 2, connection).await {
+    match tokio::time::timeout(limits.io_timeout.saturating_mul(2), connection).await {
         Ok(result) => result,
         Err(_elapsed) => Ok(()), // Dropped: closed.
     }
