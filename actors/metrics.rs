@@ -903,8 +903,9 @@ fn reject_label(reason: &RejectReason) -> &'static str {
 }
 
 /// Label values of `tm2p2p_peer_disconnects_total`.
-const DISCONNECT_REASONS: [&str; 11] = [
+const DISCONNECT_REASONS: [&str; 12] = [
     "remote_closed",
+    "replaced",
     "undecodable_message",
     "io_error",
     "secret",
@@ -928,6 +929,7 @@ fn disconnect_label(reason: &DisconnectReason) -> &'static str {
         DisconnectReason::Misbehaved(_) => "misbehaved",
         DisconnectReason::UndecodableMessage { .. } => "undecodable_message",
         DisconnectReason::Stopped(_) => "stopped",
+        DisconnectReason::Replaced => "replaced",
         DisconnectReason::Shutdown => "shutdown",
         DisconnectReason::Internal(_) => "internal",
     }

@@ -257,6 +257,12 @@ pub enum DisconnectReason {
     /// The node is shutting down.
     #[error("node shutting down")]
     Shutdown,
+    /// A simultaneous connection with the same peer won the tie-break and takes this one's
+    /// place. Closed at once, without a drain: the peer has no link while the old connection
+    /// drains (the new one is admitted only after it ends), and right after start-up many links
+    /// are replaced at once (a drain there lost gossip in the local testnet).
+    #[error("replaced by a simultaneous connection")]
+    Replaced,
     /// A bug in this node (a connection task panicked).
     #[error("internal error: {0}")]
     Internal(String),
@@ -275,6 +281,7 @@ impl DisconnectReason {
             | Self::PongTimeout
             | Self::SlowReader(_)
             | Self::Stopped(_)
+            | Self::Replaced
             | Self::Shutdown
             | Self::Internal(_) => false,
         }

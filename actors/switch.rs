@@ -299,7 +299,7 @@ impl Switch {
                 // one once the old one has reported.
                 self.stop_peer(
                     id,
-                    DisconnectReason::Stopped("replaced by a simultaneous connection".into()),
+                    DisconnectReason::Replaced,
                 );
                 self.replacing.insert(id, (up, listen_addr));
                 Ok(())
