@@ -297,10 +297,7 @@ impl Switch {
             Admission::ReplaceExisting { .. } => {
                 // Both nodes keep the connection the tie-break picks: stop ours, start the new
                 // one once the old one has reported.
-                self.stop_peer(
-                    id,
-                    DisconnectReason::Replaced,
-                );
+                self.stop_peer(id, DisconnectReason::Replaced);
                 self.replacing.insert(id, (up, listen_addr));
                 Ok(())
             }
