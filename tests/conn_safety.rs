@@ -618,3 +618,173 @@ async fn slow_readers() {
     drop(stalled);
     drop(nodes);
 }
+
+/// See [`gossip_slow_readers_measurement`]; run in its own process so that its RSS is its own.
+#[test]
+fn three_non_readers_of_the_gossip_reactor_are_dropped_and_its_backlogs_stay_under_the_bound() {
+    let _heavy = heavy_lock();
+    run_isolated("gossip_slow_readers_measurement", "gossip-slow-readers");
+}
+
+/// The same shape as [`slow_readers_measurement`] with the Gossip reactor, whose per-peer
+/// backlog sits in front of each connection's send queue: node S publishes 60 KB messages,
+/// paced on the slower of 2 honest gossip nodes; 3 peers advertise the gossip channel and
+/// never read. The bound per peer adds `backlog_per_peer × max_message_size`.
+#[test]
+#[ignore = "run in its own process by three_non_readers_of_the_gossip_...; returns at once alone"]
+fn gossip_slow_readers_measurement() {
+    if child_role().as_deref() != Some("gossip-slow-readers") {
+        return;
+    }
+    actix::System::new().block_on(gossip_slow_readers());
+}
+
+async fn gossip_slow_readers() {
+    use tm2_p2p::actors::gossip::{
+        GetGossipStats, Gossip, GossipConfig, Publish, SEND_QUEUE_CAPACITY,
+    };
+    const LEN: usize = 60_000;
+    const NON_READERS: usize = 3;
+    let write_timeout = Duration::from_secs(3);
+    let gossip_config = GossipConfig {
+        max_message_size: 64 * 1024,
+        backlog_per_peer: 64,
+        ..GossipConfig::default()
+    };
+    let desc = gossip_config.channel();
+    let log = slog::Logger::root(slog::Discard, slog::o!());
+    let io = io_runtime();
+    let s_config = P2pConfig {
+        write_timeout,
+        ..config()
+    };
+    let mut s =
+        TestNode::spawn_with(s_config, NodeKey::generate().unwrap(), Some(io.clone())).await;
+    let s_gossip = Gossip::new(gossip_config, log.clone()).start();
+    s.node
+        .switch()
+        .send(RegisterReactor::new("gossip", vec![desc], &s_gossip))
+        .await
+        .unwrap()
+        .unwrap();
+    let mut disconnects = watch_disconnects(&s);
+    let mut honest = Vec::new();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let mut h =
+            TestNode::spawn_with(config(), NodeKey::generate().unwrap(), Some(io.clone())).await;
+        let g = Gossip::new(gossip_config, log.clone()).start();
+        h.node
+            .switch()
+            .send(RegisterReactor::new("gossip", vec![desc], &g))
+            .await
+            .unwrap()
+            .unwrap();
+        connect(&mut h, &mut s).await;
+        honest.push(g);
+        nodes.push(h);
+    }
+    let mut seq = 0u64;
+    let paced = async |seq: &mut u64| {
+        let next = *seq;
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let mut slowest = u64::MAX;
+            for g in &honest {
+                slowest = slowest.min(g.send(GetGossipStats).await.unwrap().delivered);
+            }
+            if next.saturating_sub(slowest) < 8 {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "honest peers stalled"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        s_gossip
+            .send(Publish(numbered(next, LEN)))
+            .await
+            .unwrap()
+            .unwrap();
+        *seq += 1;
+    };
+    for _ in 0..500 {
+        paced(&mut seq).await;
+    }
+    let (rss0, heap0) = (rss(), heap_in_use().unwrap_or(0));
+    let mut stalled = Vec::new();
+    for _ in 0..NON_READERS {
+        let (key, up) = raw_dial(&s.address(), common::NETWORK, vec![desc.id]).await;
+        s.connected_to(key.id()).await;
+        stalled.push((key.id(), up, clock::now()));
+    }
+    let (mut rss_max, mut heap_max) = (rss0, heap0);
+    let mut dropped = Vec::new();
+    while dropped.len() < NON_READERS {
+        paced(&mut seq).await;
+        rss_max = rss_max.max(rss());
+        heap_max = heap_max.max(heap_in_use().unwrap_or(0));
+        while let Ok(d) = disconnects.try_recv() {
+            dropped.push(d);
+        }
+    }
+    let all = seq;
+    for g in &honest {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while g.send(GetGossipStats).await.unwrap().delivered < all {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "an honest peer missed messages"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let stats = s_gossip.send(GetGossipStats).await.unwrap();
+    let max = gossip_config.max_message_size as u64;
+    let backlog = gossip_config.backlog_per_peer as u64 * max;
+    let bound = per_peer_bound(&desc) + backlog;
+    assert_eq!(desc.send_queue_capacity, SEND_QUEUE_CAPACITY);
+    println!(
+        "gossip: per-peer bound {:.2} MiB (send queue {:.2} MiB, backlog {:.2} MiB); \
+         {NON_READERS} non-readers: {:.2} MiB",
+        mib(bound),
+        mib((desc.send_queue_capacity as u64 + 1) * max),
+        mib(backlog),
+        mib(NON_READERS as u64 * bound)
+    );
+    println!(
+        "measured: heap +{:.2} MiB; RSS +{:.2} MiB ({:.1} -> {:.1} MiB); {all} messages; \
+         backlogged {}, dropped {}",
+        mib(heap_max.saturating_sub(heap0)),
+        mib(rss_max.saturating_sub(rss0)),
+        mib(rss0),
+        mib(rss_max),
+        stats.backlogged,
+        stats.dropped
+    );
+    for (peer, _, connected_at) in &stalled {
+        let (_, reason, at) = dropped
+            .iter()
+            .find(|(p, _, _)| p == peer)
+            .expect("every non-reader dropped");
+        println!(
+            "non-reader {peer} dropped {:.2?} after it connected: {reason}",
+            at.duration_since(*connected_at)
+        );
+        assert_eq!(*reason, DisconnectReason::SlowReader(write_timeout));
+    }
+    let stated = NON_READERS as u64 * bound;
+    let heap_growth = heap_max.saturating_sub(heap0);
+    assert!(
+        heap_growth < stated + 8 * 1024 * 1024,
+        "heap grew {heap_growth} bytes, bound {stated}"
+    );
+    let rss_growth = rss_max.saturating_sub(rss0);
+    assert!(
+        rss_growth < stated + 32 * 1024 * 1024,
+        "RSS grew {rss_growth} bytes, bound {stated}"
+    );
+    drop(stalled);
+    drop(nodes);
+}
