@@ -293,11 +293,7 @@ fn trace_logs_are_compiled_in_and_every_line_carries_a_dated_utc_timestamp() {
 #[test]
 fn an_operator_sees_an_unreachable_persistent_peer_and_a_refused_network_at_the_default_level() {
     // Nothing listens at the persistent peer's port.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let ghost = format!("{}@{closed}", tm2_p2p::NodeKey::generate().unwrap().id());
+    let ghost = common::closed_address().to_string();
     let (home_a, home_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = RunningNode::start(home_a.path(), "alice", &format!("\"{ghost}\""), &[]);
     let line = a.wait_log(&["WARN", "persistent peer unreachable", "next_retry_in: "]);

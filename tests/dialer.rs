@@ -9,7 +9,7 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{TestNode, counter, loopback_config, thread_cpu_time};
+use common::{TestNode, closed_address, counter, loopback_config, thread_cpu_time};
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::switch::AddPersistentPeers;
 use tm2_p2p::{
@@ -56,17 +56,6 @@ async fn restart(old: &TestNode, key: NodeKey) -> TestNode {
         key,
     )
     .await
-}
-
-/// A loopback address nobody listens on (a port bound then released), with a random id. Tests
-/// of this binary run in parallel, so another test's node may take the port meanwhile; dialing
-/// it then fails too (the id does not match).
-fn closed_address() -> NetAddress {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    NetAddress::from_socket_addr(NodeKey::generate().unwrap().id(), port).unwrap()
 }
 
 /// 100 dials of closed ports: each ends in one `DialFailed`, and the node does not spin while
@@ -262,11 +251,7 @@ async fn an_unreachable_persistent_peer_is_redialed_after_the_documented_base_de
     // `redial_backoff_base` is documented as the first redial delay; it used to be twice that
     // (the failure was counted before the delay was computed). Jitter is ±10 %: the second dial
     // comes 0.9-1.1 s after the first fails; the old code took 1.8-2.2 s.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let peer = NetAddress::from_socket_addr(NodeKey::generate().unwrap().id(), closed).unwrap();
+    let peer = closed_address();
     let mut config = loopback_config();
     config.redial_backoff_base = Duration::from_secs(1);
     config.persistent_peers = vec![peer];

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use bytes::Bytes;
-use common::{TIMEOUT, TestNode, connect, connect_from, loopback_config, raw_dial, recv_within};
+use common::{
+    TIMEOUT, TestNode, closed_address, connect, connect_from, loopback_config, raw_dial,
+    recv_within,
+};
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DialError, DialPeers, DisconnectReason, GetPeers,
     InboundRejection, Incompatible, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId,
@@ -245,11 +248,7 @@ async fn a_failed_dial_says_flatly_whether_it_was_unreachable_refused_by_the_pee
     };
 
     // Nothing listens.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    a.dial(NetAddress::from_socket_addr(id(), closed).unwrap());
+    a.dial(closed_address());
     let e = failure(a.dial_failed().await);
     assert!(
         e.is_unreachable() && !e.is_refused_by_peer() && !e.is_timeout(),
@@ -453,10 +452,7 @@ async fn a_filtered_subscriber_keeps_its_event_through_a_flood_of_others_and_str
 
     // 1,300 failing dials (a closed port; the dial queue refuses what it cannot hold), each a
     // DialFailed: more than a subscription holds.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = closed_address().socket_addr().unwrap();
     let addresses: Vec<NetAddress> = (0..1300u32)
         .map(|n| {
             let mut id = [0; 20];

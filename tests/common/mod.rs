@@ -110,6 +110,17 @@ fn cpu_time(stat: &str) -> Duration {
     Duration::from_millis(ticks * 10)
 }
 
+/// A loopback address nobody listens on (a port bound then released), with a random id. Tests
+/// run in parallel, so another test's node may take the port meanwhile; dialing
+/// it then fails too (the id does not match).
+pub(crate) fn closed_address() -> NetAddress {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    NetAddress::from_socket_addr(NodeKey::generate().unwrap().id(), port).unwrap()
+}
+
 /// A raw TCP connection to `to` from `source` (any port): for connections that never
 /// handshake, from an address of the test's choosing in 127.0.0.0/8.
 pub(crate) async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
