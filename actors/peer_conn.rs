@@ -1175,6 +1175,26 @@ impl Ack {
     }
 }
 
+impl Drop for ReactorLink {
+    /// The reader ended with answered deliveries outstanding: their messages are in the
+    /// reactor's mailbox, and actix skips a message whose answer nobody waits for any more.
+    /// So the answers are awaited by a task of their own, and the reactor handles every
+    /// message the connection pushed (before the `PeerRemoved` that follows them).
+    fn drop(&mut self) {
+        if self.acks.is_empty() {
+            return;
+        }
+        let acks = std::mem::take(&mut self.acks);
+        if let Ok(runtime) = Handle::try_current() {
+            drop(runtime.spawn(async move {
+                for ack in acks {
+                    ack.wait().await;
+                }
+            }));
+        }
+    }
+}
+
 impl ReactorLink {
     fn new(desc: &ChannelDescriptor, reactor: Delivery, metrics: &ConnMetrics) -> Self {
         Self {
