@@ -17,10 +17,13 @@
 //!   until the core's `poll_timeout`. Another `Notify` wakes senders waiting for room.
 //! - the **reader task** owns the read half and the [`MConnReceiver`]; it relays pings and
 //!   pongs to the sender under the same lock and delivers whole messages to the channel's
-//!   reactor as [`Receive`]. Delivery is bounded per channel: messages are pushed into the
-//!   reactor's mailbox and every [`ACK_EVERY_MESSAGES`] messages (or [`ACK_EVERY_BYTES`]
-//!   bytes) one of them is sent with an answer; with [`MAX_ACKS`] answers outstanding the
-//!   reader waits for the oldest, so a slow reactor makes reads from this peer wait.
+//!   reactor as [`Receive`] (or, for a batched reactor, as [`ReceiveBatch`]es: what it
+//!   decoded until the socket had nothing more, at most [`MAX_BATCH`] messages or
+//!   [`ACK_EVERY_BYTES`] bytes each). Single-packet messages are slices of the read's buffer.
+//!   Delivery is bounded per channel: messages are pushed into the reactor's mailbox and
+//!   every [`ACK_EVERY_MESSAGES`] messages (or [`ACK_EVERY_BYTES`] bytes) one push is sent
+//!   with an answer; with [`MAX_ACKS`] answers outstanding the reader waits for the oldest,
+//!   so a slow reactor makes reads from this peer wait.
 //!
 //! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
 //! supervisor's recipient.
@@ -75,7 +78,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -91,7 +94,9 @@ use tokio::task::{AbortHandle, JoinHandle};
 
 use super::clock;
 use super::metrics::{ConnMetrics, DropReason, Metrics, QueueProbe};
-use super::reactor::{Delivery, DeliveryKind, DisconnectReason, Handled, Receive};
+use super::reactor::{
+    Delivery, DeliveryKind, DisconnectReason, Handled, MAX_BATCH, Receive, ReceiveBatch,
+};
 use super::secret_stream::SecretStream;
 use crate::config::P2pConfig;
 use crate::mconn::{
@@ -109,8 +114,9 @@ pub const ACK_EVERY_BYTES: usize = 256 * 1024;
 
 /// Answered deliveries outstanding per channel before the reader waits for the oldest. A
 /// reactor's mailbox thus holds at most about `(MAX_ACKS + 1) ×` [`ACK_EVERY_MESSAGES`]
-/// messages, and `(MAX_ACKS + 1) × (`[`ACK_EVERY_BYTES`]` + recv_message_capacity)` bytes,
-/// per peer and channel. Two let the reactor work on one group while the next is delivered.
+/// messages (`(MAX_ACKS + 1) ×` [`MAX_BATCH`] for a batched reactor), and
+/// `(MAX_ACKS + 1) × (`[`ACK_EVERY_BYTES`]` + recv_message_capacity)` bytes, per peer and
+/// channel. Two let the reactor work on one group while the next is delivered.
 pub const MAX_ACKS: usize = 2;
 
 /// Bytes the reader asks for per `read` (the secret stream fills it with every whole frame it
@@ -252,6 +258,7 @@ impl PeerConn {
             channels_added: AtomicBool::new(false),
             writer_wake: Notify::new(),
             room: Notify::new(),
+            room_waiters: AtomicUsize::new(0),
             metrics,
         });
         let probe: Weak<dyn QueueProbe> = Arc::downgrade(&shared) as Weak<Shared>;
@@ -570,10 +577,23 @@ impl PeerHandle {
     }
 
     /// Like [`send`](Self::send) with an explicit timeout.
-    pub async fn send_timeout(&self, channel: u8, mut payload: Bytes, timeout: Duration) -> bool {
+    pub async fn send_timeout(&self, channel: u8, payload: Bytes, timeout: Duration) -> bool {
+        // The common case, a queue with room, costs one offer: no clock read, no waiter.
+        let mut payload = match self.shared.offer(channel, payload) {
+            Offer::Queued => return true,
+            Offer::Full(back) => back,
+            refused => {
+                self.shared
+                    .count_refusal(&refused, DropReason::SendQueueFull);
+                return false;
+            }
+        };
         let deadline = clock::now()
             .checked_add(timeout)
             .map(tokio::time::Instant::from_std);
+        // Counted while this sender may wait, so the writer signals room only when someone
+        // waits for it.
+        let _waiting = RoomWaiter::new(&self.shared);
         loop {
             // Registered before trying, so room made in between is not missed.
             let room = self.shared.room.notified();
@@ -668,6 +688,9 @@ struct Shared {
     /// Wakes senders waiting for room: the writer took messages out of the queues, or the
     /// connection closed.
     room: Notify,
+    /// Senders that may be waiting on `room` ([`RoomWaiter`]): the writer signals room only
+    /// when this is not zero (`Notify::notify_waiters` takes a lock even with no waiter).
+    room_waiters: AtomicUsize,
     /// Byte and drop counters; the per-peer series are removed when the actor reports.
     metrics: ConnMetrics,
 }
@@ -714,6 +737,22 @@ impl SendState {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+}
+
+/// Counts a sender in [`Shared::room_waiters`] while it lives.
+struct RoomWaiter<'a>(&'a Shared);
+
+impl<'a> RoomWaiter<'a> {
+    fn new(shared: &'a Shared) -> Self {
+        shared.room_waiters.fetch_add(1, Ordering::SeqCst);
+        Self(shared)
+    }
+}
+
+impl Drop for RoomWaiter<'_> {
+    fn drop(&mut self) {
+        self.0.room_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -915,8 +954,12 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
             buf = Vec::new();
         }
         if transmit.bytes > 0 {
-            // Messages left the queues: senders waiting for room may retry.
-            shared.room.notify_waiters();
+            // Messages left the queues: senders waiting for room may retry. A sender counts
+            // itself before it offers (under the lock this transmit took after it), so one
+            // that found the queue full is counted here.
+            if shared.room_waiters.load(Ordering::SeqCst) > 0 {
+                shared.room.notify_waiters();
+            }
             write_guarded(shared, io, &buf).await?;
             buf.clear();
         }
@@ -1065,13 +1108,29 @@ async fn read_loop<R: AsyncRead + Unpin>(
             }
         }
         if let Err(at) = rx.recv_ready(clock::now()) {
+            flush_links(&mut links, shared.peer).await;
             tokio::time::sleep_until(at.into()).await;
             continue;
         }
-        let n = match read_releasing(&mut *io, &mut buf).await {
-            Ok(0) => break DisconnectReason::RemoteClosed,
-            Ok(n) => n,
-            Err(e) => break e.into(),
+        // Batched reactors get their messages when the socket has nothing more for now (or a
+        // batch is full): a burst read in several chunks makes one batch, not one per chunk.
+        let read = match read_now(&mut *io, &mut buf).await {
+            Some(read) => read,
+            None => {
+                flush_links(&mut links, shared.peer).await;
+                read_releasing(&mut *io, &mut buf).await
+            }
+        };
+        let n = match read {
+            Ok(n) if n > 0 => n,
+            end => {
+                // What arrived before the end is delivered, as it would have been one by one.
+                flush_links(&mut links, shared.peer).await;
+                break match end {
+                    Err(e) => e.into(),
+                    Ok(_) => DisconnectReason::RemoteClosed,
+                };
+            }
         };
         // After the read, before decoding: a channel added while the read waited is known
         // to the receiver when this chunk's packets are matched (module docs, "Adding a
@@ -1081,11 +1140,43 @@ async fn read_loop<R: AsyncRead + Unpin>(
         {
             break reason;
         }
-        if let Err(e) = rx.handle_bytes(clock::now(), &buf[..n]) {
+        // The chunk's messages are slices of it: one allocation per read, not per message.
+        buf.truncate(n);
+        let chunk = Bytes::from(std::mem::take(&mut buf));
+        if let Err(e) = rx.handle_chunk(clock::now(), &chunk) {
+            // Messages of earlier chunks are delivered; none of this one (as before batches).
+            flush_links(&mut links, shared.peer).await;
             break e.into();
         }
     };
     shared.close(reason);
+}
+
+/// Pushes every batched reactor's collected messages.
+async fn flush_links(links: &mut [ReactorLink], peer: PeerId) {
+    for link in links {
+        link.flush(peer).await;
+    }
+}
+
+/// Reads into `buf` (sized to [`READ_CHUNK`] first if empty) if the transport has data now;
+/// `None` if the read would wait.
+async fn read_now<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut Vec<u8>,
+) -> Option<std::io::Result<usize>> {
+    std::future::poll_fn(|cx| {
+        if buf.is_empty() {
+            buf.resize(READ_CHUNK, 0);
+        }
+        let mut rb = tokio::io::ReadBuf::new(buf);
+        std::task::Poll::Ready(match std::pin::Pin::new(&mut *io).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => Some(Ok(rb.filled().len())),
+            std::task::Poll::Ready(Err(e)) => Some(Err(e)),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
 }
 
 /// Reads into `buf` (sized to [`READ_CHUNK`] first if it was released), and releases the buffer
@@ -1148,6 +1239,11 @@ struct ReactorLink {
     since_ack: usize,
     /// Payload bytes pushed since the last answered delivery.
     bytes_since_ack: usize,
+    /// A batched reactor's messages not yet pushed (at most [`MAX_BATCH`]); pushed by
+    /// [`flush`](Self::flush) once the reader has decoded all it read.
+    batch: Vec<Bytes>,
+    /// Payload bytes in `batch`.
+    batch_bytes: usize,
     /// Payload bytes received on this channel from this peer.
     received: Counter,
     /// Payload bytes received from any peer.
@@ -1160,6 +1256,8 @@ enum Ack {
     Raw(RecipientRequest<Receive>),
     /// To a typed reactor.
     Typed(Handled),
+    /// To a batched reactor.
+    Batch(RecipientRequest<ReceiveBatch>),
 }
 
 impl Ack {
@@ -1171,6 +1269,9 @@ impl Ack {
                 let _ = answer.await;
             }
             Self::Typed(handled) => handled.await,
+            Self::Batch(answer) => {
+                let _ = answer.await;
+            }
         }
     }
 }
@@ -1204,6 +1305,8 @@ impl ReactorLink {
             acks: VecDeque::with_capacity(MAX_ACKS),
             since_ack: 0,
             bytes_since_ack: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
             received: metrics.received(desc.id),
             received_total: metrics.received_total.clone(),
         }
@@ -1213,20 +1316,19 @@ impl ReactorLink {
     /// answered deliveries are outstanding. A typed channel's payload is decoded first; one
     /// that does not decode ends the connection with the reason returned.
     async fn deliver(&mut self, peer: PeerId, payload: Bytes) -> Result<(), DisconnectReason> {
-        self.since_ack += 1;
-        self.bytes_since_ack += payload.len();
         self.received.inc_by(payload.len() as u64);
         self.received_total.inc_by(payload.len() as u64);
-        let ack = self.since_ack >= ACK_EVERY_MESSAGES || self.bytes_since_ack >= ACK_EVERY_BYTES;
-        if ack {
-            self.since_ack = 0;
-            self.bytes_since_ack = 0;
-            while self.acks.len() >= MAX_ACKS {
-                if let Some(oldest) = self.acks.pop_front() {
-                    oldest.wait().await;
-                }
+        if matches!(self.reactor.0, DeliveryKind::Batched(_)) {
+            self.batch_bytes += payload.len();
+            self.batch.push(payload);
+            // A full batch goes at once, so a batch holds at most MAX_BATCH messages or
+            // ACK_EVERY_BYTES plus one message (the mailbox bound of the module docs).
+            if self.batch.len() >= MAX_BATCH || self.batch_bytes >= ACK_EVERY_BYTES {
+                self.flush(peer).await;
             }
+            return Ok(());
         }
+        let ack = self.count(1, payload.len()).await;
         match &self.reactor.0 {
             DeliveryKind::Raw(reactor) => {
                 let msg = Receive {
@@ -1260,7 +1362,54 @@ impl ReactorLink {
                     self.acks.push_back(Ack::Typed(handled));
                 }
             }
+            // Collected above, pushed by `flush`.
+            DeliveryKind::Batched(_) => {}
         }
         Ok(())
+    }
+
+    /// Pushes a batched reactor's collected messages as one [`ReceiveBatch`]; nothing to do
+    /// for the other kinds or an empty batch.
+    async fn flush(&mut self, peer: PeerId) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let bytes = std::mem::take(&mut self.batch_bytes);
+        let ack = self.count(self.batch.len(), bytes).await;
+        let DeliveryKind::Batched(reactor) = &self.reactor.0 else {
+            return;
+        };
+        let msg = ReceiveBatch {
+            channel: self.channel,
+            peer,
+            payloads: std::mem::take(&mut self.batch),
+        };
+        if ack {
+            // A fresh clone, as for `Receive` (see `deliver`).
+            self.acks.push_back(Ack::Batch(reactor.clone().send(msg)));
+        } else {
+            // Bounded by the answered deliveries, as `Receive`.
+            #[allow(clippy::disallowed_methods)]
+            reactor.do_send(msg);
+        }
+    }
+
+    /// Counts `messages` (of `bytes` payload bytes in all) about to be pushed; true when this
+    /// push must be answered ([`ACK_EVERY_MESSAGES`], [`ACK_EVERY_BYTES`]), after waiting for
+    /// the oldest answer if [`MAX_ACKS`] are outstanding.
+    async fn count(&mut self, messages: usize, bytes: usize) -> bool {
+        self.since_ack += messages;
+        self.bytes_since_ack += bytes;
+        let ack = self.since_ack >= ACK_EVERY_MESSAGES || self.bytes_since_ack >= ACK_EVERY_BYTES;
+        if ack {
+            self.since_ack = 0;
+            self.bytes_since_ack = 0;
+            while self.acks.len() >= MAX_ACKS {
+                if let Some(oldest) = self.acks.pop_front() {
+                    oldest.wait().await;
+                }
+            }
+        }
+        ack
     }
 }

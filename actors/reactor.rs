@@ -41,9 +41,33 @@ pub struct Receive {
     pub channel: u8,
     /// The peer that sent it (the id its key authenticated).
     pub peer: PeerId,
-    /// The message. One owned buffer, never reused behind the reactor's back.
+    /// The message, never changed behind the reactor's back. A message that arrived in one
+    /// packet is a slice of the buffer of the socket read that brought it (at most 4 KiB,
+    /// shared with the other messages of that read): a reactor that keeps many small messages
+    /// for long should keep copies (`Bytes::copy_from_slice`) to release those buffers.
     pub payload: Bytes,
 }
+
+/// Whole messages one peer sent on one channel, in the order it sent them: what a reactor
+/// registered with [`RegisterReactor::batched`](crate::RegisterReactor::batched) gets instead
+/// of one [`Receive`] per message. The connection hands over, in one mailbox envelope, the
+/// messages it decoded from one read of the socket (at most [`MAX_BATCH`] of them), so a
+/// reactor that takes many small messages pays one actor message, one wake-up and one
+/// allocation per batch instead of per message. Same ordering, guarantees and backpressure as
+/// [`Receive`] (the bound counts messages, not batches); never empty.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct ReceiveBatch {
+    /// The channel the messages arrived on.
+    pub channel: u8,
+    /// The peer that sent them.
+    pub peer: PeerId,
+    /// The messages, oldest first.
+    pub payloads: Vec<Bytes>,
+}
+
+/// The most messages one [`ReceiveBatch`] carries.
+pub const MAX_BATCH: usize = 256;
 
 /// A whole message on a typed channel ([`RegisterReactor::typed`](crate::RegisterReactor::typed)),
 /// already decoded from the payload by the connection (bincode, standard configuration, at
@@ -65,8 +89,10 @@ impl<T: 'static> Message for TypedReceive<T> {
     type Result = ();
 }
 
-/// Where a channel's messages go: a reactor that takes [`Receive`] (raw bytes), or one that
-/// takes [`TypedReceive<T>`] (made by [`RegisterReactor::typed`](crate::RegisterReactor::typed)),
+/// Where a channel's messages go: a reactor that takes [`Receive`] (raw bytes), one that takes
+/// [`ReceiveBatch`] (raw bytes, several per envelope; made by
+/// [`RegisterReactor::batched`](crate::RegisterReactor::batched)), or one that takes
+/// [`TypedReceive<T>`] (made by [`RegisterReactor::typed`](crate::RegisterReactor::typed)),
 /// whose payloads the connection decodes. `From<Recipient<Receive>>` makes the raw kind.
 #[derive(Clone)]
 pub struct Delivery(pub(crate) DeliveryKind);
@@ -78,6 +104,8 @@ pub(crate) enum DeliveryKind {
     Raw(Recipient<Receive>),
     /// Decoded values.
     Typed(Arc<dyn TypedSink>),
+    /// Raw bytes, several messages per envelope.
+    Batched(Recipient<ReceiveBatch>),
 }
 
 impl From<Recipient<Receive>> for Delivery {
@@ -91,11 +119,20 @@ impl std::fmt::Debug for Delivery {
         f.write_str(match self.0 {
             DeliveryKind::Raw(_) => "Delivery::Raw",
             DeliveryKind::Typed(_) => "Delivery::Typed",
+            DeliveryKind::Batched(_) => "Delivery::Batched",
         })
     }
 }
 
 impl Delivery {
+    /// Batched delivery to `addr`: [`ReceiveBatch`] instead of one [`Receive`] per message.
+    pub fn batched<A>(addr: &Addr<A>) -> Self
+    where
+        A: Actor<Context = Context<A>> + Handler<ReceiveBatch>,
+    {
+        Self(DeliveryKind::Batched(addr.clone().recipient()))
+    }
+
     /// Typed delivery to `addr`: each payload decoded as `T`.
     pub fn typed<T, A>(addr: &Addr<A>) -> Self
     where

@@ -158,7 +158,8 @@ pub use actors::{
     node::{Node, SwitchBuilder},
     peer_conn::PeerHandle,
     reactor::{
-        Delivery, DisconnectReason, PeerAdded, PeerInfo, PeerRemoved, Receive, TypedReceive,
+        Delivery, DisconnectReason, MAX_BATCH, PeerAdded, PeerInfo, PeerRemoved, Receive,
+        ReceiveBatch, TypedReceive,
     },
     secret_stream::SecretStreamError,
     switch::{

@@ -14,9 +14,9 @@ use common::{
 };
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DialError, DialPeers, DisconnectReason, GetPeers,
-    InboundRejection, Incompatible, NetAddress, Node, NodeKey, P2pConfig, PeerAdded, PeerId,
-    PeerRemoved, Receive, RegisterReactor, RejectReason, SendTo, StopPeerForError, SwitchBuilder,
-    SwitchError, SwitchEvent, TypedReceive,
+    InboundRejection, Incompatible, MAX_BATCH, NetAddress, Node, NodeKey, P2pConfig, PeerAdded,
+    PeerId, PeerRemoved, Receive, ReceiveBatch, RegisterReactor, RejectReason, SendTo,
+    StopPeerForError, SwitchBuilder, SwitchError, SwitchEvent, TypedReceive,
 };
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
@@ -928,6 +928,104 @@ fn typed_payloads_are_the_bytes_protocol_md_shows() {
         decode(&[0x01, 0x02, b'h', b'i']).unwrap(),
         Chat::Line("hi".into())
     );
+}
+
+/// What a batched reactor saw, in order.
+#[derive(Debug)]
+enum BatchSeen {
+    Batch(ReceiveBatch),
+    Removed(PeerId, DisconnectReason),
+}
+
+/// A batched reactor: forwards every batch and peer removal.
+struct BatchReactor {
+    tx: mpsc::Sender<BatchSeen>,
+}
+
+impl Actor for BatchReactor {
+    type Context = Context<Self>;
+}
+
+impl Handler<PeerAdded> for BatchReactor {
+    type Result = ();
+    fn handle(&mut self, _: PeerAdded, _: &mut Self::Context) {}
+}
+
+impl Handler<PeerRemoved> for BatchReactor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerRemoved, _: &mut Self::Context) {
+        self.tx
+            .try_send(BatchSeen::Removed(msg.peer, msg.reason))
+            .unwrap();
+    }
+}
+
+impl Handler<ReceiveBatch> for BatchReactor {
+    type Result = ();
+    fn handle(&mut self, msg: ReceiveBatch, _: &mut Self::Context) {
+        self.tx.try_send(BatchSeen::Batch(msg)).unwrap();
+    }
+}
+
+#[actix::test]
+async fn a_batched_reactor_gets_every_message_in_order_and_all_before_the_peer_is_removed() {
+    const CH: u8 = 0x41;
+    const FIRST: u64 = 5_000;
+    const LAST: u64 = 300;
+    // No rate limits: the graceful stop's drain must not run out of time (drain_timeout)
+    // with messages still in flight.
+    let mut a = TestNode::spawn(common::config()).await;
+    // A only sends, but both ends must have the channel.
+    let _unused = common::counter(&a.node, CH, 1000, false).await;
+    let mut b = TestNode::spawn(common::config()).await;
+    // Room for every batch even if each held one message.
+    let (tx, mut seen) = mpsc::channel((FIRST + LAST) as usize + 10);
+    let reactor = BatchReactor { tx }.start();
+    b.node
+        .switch()
+        .send(RegisterReactor::batched(
+            "batched",
+            vec![ChannelDescriptor::new(CH).with_send_queue_capacity(1000)],
+            &reactor,
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    connect(&mut a, &mut b).await;
+    let peers = a.node.switch().send(GetPeers).await.unwrap();
+    let handle = peers.peers[0].handle.clone();
+
+    // A burst, the last of it right before A ends the connection (a graceful stop, so all is
+    // written first): B's reader may meet the end of the stream with messages collected.
+    for seq in 0..FIRST + LAST {
+        assert!(handle.send(CH, numbered(seq, 200)).await);
+    }
+    handle.disconnect("done");
+
+    let mut next = 0;
+    let mut largest = 0;
+    loop {
+        match recv_within("B's reactor", seen.recv()).await {
+            BatchSeen::Batch(batch) => {
+                assert_eq!((batch.channel, batch.peer), (CH, a.id()));
+                assert!(!batch.payloads.is_empty());
+                assert!(batch.payloads.len() <= MAX_BATCH);
+                largest = largest.max(batch.payloads.len());
+                for payload in &batch.payloads {
+                    assert_eq!(payload.len(), 200);
+                    assert_eq!(seq_of(payload), Some(next), "lost or out of order");
+                    next += 1;
+                }
+            }
+            BatchSeen::Removed(peer, reason) => {
+                assert_eq!(peer, a.id());
+                assert_eq!(reason, DisconnectReason::RemoteClosed);
+                break;
+            }
+        }
+    }
+    assert_eq!(next, FIRST + LAST, "every message before the removal");
+    assert!(largest > 1, "a burst of small messages came one per batch");
 }
 
 /// Regression: the reader asks for an answer every 64 messages, and actix skips a message

@@ -120,16 +120,18 @@ enum Measure {
     Throughput,
     Msgs,
     MsgsBuffered,
+    MsgsBatch,
     Conns1,
     Conns16,
     Memory,
 }
 
 impl Measure {
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Throughput,
         Self::Msgs,
         Self::MsgsBuffered,
+        Self::MsgsBatch,
         Self::Conns1,
         Self::Conns16,
         Self::Memory,
@@ -141,6 +143,7 @@ impl Measure {
             Self::Throughput => "throughput",
             Self::Msgs => "msgs",
             Self::MsgsBuffered => "msgs-buffered",
+            Self::MsgsBatch => "msgs-batch",
             Self::Conns1 => "conns1",
             Self::Conns16 => "conns16",
             Self::Memory => "memory",
@@ -153,6 +156,7 @@ impl Measure {
             Self::Throughput => "throughput, 1 MiB messages (MB/s)",
             Self::Msgs => "256 B messages/s",
             Self::MsgsBuffered => "256 B messages/s, libp2p BufWriter",
+            Self::MsgsBatch => "256 B messages/s, tm2 ReceiveBatch, libp2p BufWriter",
             Self::Conns1 => "connections/s, 1 in flight",
             Self::Conns16 => "connections/s, 16 in flight",
             Self::Memory => "RSS per idle connection end (KiB)",
@@ -173,13 +177,15 @@ impl Measure {
         self == Self::Memory
     }
 
-    /// The goal on tm2-p2p / libp2p, from issue 9, if any.
+    /// The goal on tm2-p2p / libp2p, if any: throughput and small messages from issue 17,
+    /// connections and memory from issue 9.
     fn goal(self) -> Option<f64> {
         match self {
-            Self::Throughput => Some(2.0),
+            Self::Throughput => Some(1.4),
+            Self::MsgsBuffered | Self::MsgsBatch => Some(1.0),
             Self::Conns1 | Self::Conns16 => Some(3.0),
             Self::Memory => Some(0.5),
-            Self::Msgs | Self::MsgsBuffered => None,
+            Self::Msgs => None,
         }
     }
 
@@ -191,7 +197,7 @@ impl Measure {
             Self::Throughput | Self::Conns1 | Self::Conns16 => {
                 &[Stack::Tm2, Stack::Libp2p, Stack::FloorCpu, Stack::FloorTcp]
             }
-            Self::Msgs | Self::Memory => &[Stack::Tm2, Stack::Libp2p],
+            Self::Msgs | Self::MsgsBatch | Self::Memory => &[Stack::Tm2, Stack::Libp2p],
         }
     }
 
@@ -238,13 +244,18 @@ fn run_one(
 ) -> anyhow::Result<Figure> {
     match (stack, measure) {
         (Stack::Tm2, Measure::Throughput) => tm2::throughput(window, tm2_sender),
-        (Stack::Tm2, Measure::Msgs | Measure::MsgsBuffered) => tm2::messages(window, tm2_sender),
+        (Stack::Tm2, Measure::Msgs | Measure::MsgsBuffered) => {
+            tm2::messages(window, tm2_sender, tm2::Delivery::Each)
+        }
+        (Stack::Tm2, Measure::MsgsBatch) => tm2::messages(window, tm2_sender, tm2::Delivery::Batch),
         (Stack::Tm2, Measure::Conns1) => tm2::connections(window, 1),
         (Stack::Tm2, Measure::Conns16) => tm2::connections(window, 16),
         (Stack::Tm2, Measure::Memory) => tm2::memory(idle_conns),
         (Stack::Libp2p, Measure::Throughput) => lp2p::throughput(window),
         (Stack::Libp2p, Measure::Msgs) => lp2p::messages(window, lp2p::Writes::PerMessage),
-        (Stack::Libp2p, Measure::MsgsBuffered) => lp2p::messages(window, lp2p::Writes::Buffered),
+        (Stack::Libp2p, Measure::MsgsBuffered | Measure::MsgsBatch) => {
+            lp2p::messages(window, lp2p::Writes::Buffered)
+        }
         (Stack::Libp2p, Measure::Conns1) => lp2p::connections(window, 1),
         (Stack::Libp2p, Measure::Conns16) => lp2p::connections(window, 16),
         (Stack::Libp2p, Measure::Memory) => lp2p::memory(idle_conns),

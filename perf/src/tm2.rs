@@ -13,7 +13,7 @@ use tm2_p2p::actors::transport::dial;
 use tm2_p2p::mconn::MConnConfig;
 use tm2_p2p::{
     ChannelDescriptor, DialPeers, DisconnectReason, NetAddress, Node, NodeInfo, NodeKey, P2pConfig,
-    PeerAdded, PeerInfo, PeerRemoved, Receive, RegisterReactor, SwitchBuilder,
+    PeerAdded, PeerInfo, PeerRemoved, Receive, ReceiveBatch, RegisterReactor, SwitchBuilder,
 };
 use tokio::sync::mpsc;
 
@@ -28,6 +28,15 @@ const SEND_QUEUE: usize = 1000;
 
 /// Timeout of each dial and upgrade stage in these runs (never reached on loopback).
 const STAGE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the receiving reactor takes messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// One `Receive` per message (`RegisterReactor::new`).
+    Each,
+    /// `ReceiveBatch`es (`RegisterReactor::batched`).
+    Batch,
+}
 
 /// Where the streaming sender's loop runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -115,6 +124,17 @@ impl Handler<PeerRemoved> for Probe {
     fn handle(&mut self, _: PeerRemoved, _: &mut Self::Context) {}
 }
 
+impl Handler<ReceiveBatch> for Probe {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReceiveBatch, _: &mut Self::Context) {
+        self.received.add(match self.count {
+            Count::Bytes => msg.payloads.iter().map(|p| p.len() as u64).sum(),
+            Count::Messages => msg.payloads.len() as u64,
+        });
+    }
+}
+
 impl Handler<Receive> for Probe {
     type Result = ();
 
@@ -141,7 +161,11 @@ impl Handler<PeerStopped> for Unsupervised {
 
 /// Spawns a node with `probe` registered on `desc`; returns it with the probe's count of peers
 /// added.
-async fn node(probe: Probe, desc: ChannelDescriptor) -> anyhow::Result<(Node, Arc<AtomicU64>)> {
+async fn node(
+    probe: Probe,
+    desc: ChannelDescriptor,
+    delivery: Delivery,
+) -> anyhow::Result<(Node, Arc<AtomicU64>)> {
     let node = SwitchBuilder::new(config(), NodeKey::generate()?)
         .network("perf")
         .io_runtime(io_runtime())
@@ -149,9 +173,11 @@ async fn node(probe: Probe, desc: ChannelDescriptor) -> anyhow::Result<(Node, Ar
         .await?;
     let added = probe.added.clone();
     let probe = probe.start();
-    node.switch()
-        .send(RegisterReactor::new("perf", vec![desc], &probe))
-        .await??;
+    let register = match delivery {
+        Delivery::Each => RegisterReactor::new("perf", vec![desc], &probe),
+        Delivery::Batch => RegisterReactor::batched("perf", vec![desc], &probe),
+    };
+    node.switch().send(register).await??;
     Ok((node, added))
 }
 
@@ -179,18 +205,23 @@ fn peer_conn_config() -> PeerConnConfig {
 /// One connection between two nodes, A sending `size`-byte messages to B as fast as
 /// `PeerHandle::send` takes them; returns what B's reactor counts per second (bytes for
 /// `Count::Bytes`, messages otherwise).
-async fn stream(window: Window, size: usize, sender_on: SenderOn) -> anyhow::Result<Figure> {
+async fn stream(
+    window: Window,
+    size: usize,
+    sender_on: SenderOn,
+    delivery: Delivery,
+) -> anyhow::Result<Figure> {
     let count = if size >= 1024 {
         Count::Bytes
     } else {
         Count::Messages
     };
     let received = Arc::new(Tally::default());
-    let (b, _) = node(Probe::new(count, received.clone()), channel()).await?;
+    let (b, _) = node(Probe::new(count, received.clone()), channel(), delivery).await?;
     let (tx, mut rx) = mpsc::channel(4);
     let mut probe = Probe::new(count, Arc::new(Tally::default()));
     probe.peers = Some(tx);
-    let (a, _) = node(probe, channel()).await?;
+    let (a, _) = node(probe, channel(), Delivery::Each).await?;
     a.switch().send(DialPeers(vec![b.net_address()])).await?;
     let peer = tokio::time::timeout(Duration::from_secs(30), rx.recv())
         .await?
@@ -217,12 +248,16 @@ async fn stream(window: Window, size: usize, sender_on: SenderOn) -> anyhow::Res
 
 /// Single-connection throughput with 1 MiB messages, in bytes per second at the receiver.
 pub(crate) fn throughput(window: Window, sender_on: SenderOn) -> anyhow::Result<Figure> {
-    System::new().block_on(stream(window, 1 << 20, sender_on))
+    System::new().block_on(stream(window, 1 << 20, sender_on, Delivery::Each))
 }
 
 /// 256-byte messages per second on one connection.
-pub(crate) fn messages(window: Window, sender_on: SenderOn) -> anyhow::Result<Figure> {
-    System::new().block_on(stream(window, 256, sender_on))
+pub(crate) fn messages(
+    window: Window,
+    sender_on: SenderOn,
+    delivery: Delivery,
+) -> anyhow::Result<Figure> {
+    System::new().block_on(stream(window, 256, sender_on, delivery))
 }
 
 /// Connections per second into one node (the hub): `concurrency` clients each dial with a
@@ -245,6 +280,7 @@ pub(crate) fn connections(window: Window, concurrency: usize) -> anyhow::Result<
         let (hub, added) = node(
             Probe::new(Count::Messages, Arc::new(Tally::default())),
             channel(),
+            Delivery::Each,
         )
         .await?;
         let hub_addr = hub.net_address();
@@ -314,6 +350,7 @@ pub(crate) fn memory(n: usize) -> anyhow::Result<Figure> {
         let (hub, added) = node(
             Probe::new(Count::Messages, Arc::new(Tally::default())),
             idle_channel(),
+            Delivery::Each,
         )
         .await?;
         let supervisor = Unsupervised.start().recipient();

@@ -172,11 +172,30 @@ impl MConnReceiver {
     /// On error the connection is finished: events queued before the bad packet can still be
     /// polled, and every later call returns the same error.
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), MConnectionError> {
+        self.handle_input(now, bytes, None)
+    }
+
+    /// Like [`handle_bytes`](Self::handle_bytes), for bytes the driver hands over as one
+    /// shared buffer: a message that arrives in one packet of `chunk` is delivered as a slice
+    /// of it (no allocation or copy per message; the messages of one chunk share its
+    /// allocation). Messages reassembled from several packets, or from a packet split across
+    /// calls, get a buffer of their own as with `handle_bytes`.
+    pub fn handle_chunk(&mut self, now: Instant, chunk: &Bytes) -> Result<(), MConnectionError> {
+        self.handle_input(now, chunk, Some(chunk))
+    }
+
+    /// `bytes` is `source`'s contents when `source` is given.
+    fn handle_input(
+        &mut self,
+        now: Instant,
+        bytes: &[u8],
+        source: Option<&Bytes>,
+    ) -> Result<(), MConnectionError> {
         if let Some(err) = &self.failed {
             return Err(err.clone());
         }
         self.bucket.consume(now, bytes.len() as u64);
-        let result = self.process(bytes);
+        let result = self.process(bytes, source);
         if let Err(err) = &result {
             self.failed = Some(err.clone());
             self.partial = Vec::new();
@@ -231,7 +250,13 @@ impl MConnReceiver {
 
     // --- helpers ---
 
-    fn process(&mut self, mut input: &[u8]) -> Result<(), MConnectionError> {
+    /// `source`, when given, is the buffer `input` lies in: single-packet messages are sliced
+    /// from it.
+    fn process(
+        &mut self,
+        mut input: &[u8],
+        source: Option<&Bytes>,
+    ) -> Result<(), MConnectionError> {
         if !self.partial.is_empty() {
             input = self.complete_partial(input)?;
             if !self.partial.is_empty() {
@@ -242,7 +267,7 @@ impl MConnReceiver {
         while !input.is_empty() {
             match packet::decode_framed(input, self.max_packet_size)? {
                 Some((packet, used)) => {
-                    self.on_packet(packet)?;
+                    self.on_packet(packet, source)?;
                     input = &input[used..];
                 }
                 None => {
@@ -278,7 +303,7 @@ impl MConnReceiver {
         // Taken out so the packet can borrow it while `on_packet` borrows `self`.
         let partial = std::mem::take(&mut self.partial);
         let result = match packet::decode_framed(&partial, self.max_packet_size)? {
-            Some((packet, _)) => self.on_packet(packet),
+            Some((packet, _)) => self.on_packet(packet, None),
             None => Ok(()), // unreachable: `partial` holds exactly one whole packet
         };
         // Keep the allocation for the next split packet.
@@ -287,7 +312,12 @@ impl MConnReceiver {
         result.map(|()| input)
     }
 
-    fn on_packet(&mut self, packet: PacketRef<'_>) -> Result<(), MConnectionError> {
+    /// `source`, when given, holds the packet's bytes (see [`process`](Self::process)).
+    fn on_packet(
+        &mut self,
+        packet: PacketRef<'_>,
+        source: Option<&Bytes>,
+    ) -> Result<(), MConnectionError> {
         let (channel, eof, data) = match packet {
             PacketRef::Ping => {
                 self.inbox.push(Event::PingReceived);
@@ -314,11 +344,13 @@ impl MConnReceiver {
             });
         }
         if eof && ch.buf.is_empty() {
-            // Single-packet message: one exact allocation, no reassembly buffer.
-            events.push(Event::Received {
-                channel,
-                payload: Bytes::copy_from_slice(data),
-            });
+            // Single-packet message: a slice of the caller's buffer, or one exact allocation;
+            // no reassembly buffer either way.
+            let payload = match source {
+                Some(source) => slice_or_copy(source, data),
+                None => Bytes::copy_from_slice(data),
+            };
+            events.push(Event::Received { channel, payload });
             return Ok(());
         }
         if ch.buf.capacity() < len {
@@ -346,6 +378,17 @@ impl MConnReceiver {
         self.channels[self.index.get(channel).unwrap()]
             .buf
             .capacity()
+    }
+}
+
+/// `data` as a slice of `source` when it lies inside it (it always does: packets borrow the
+/// input), else a copy; never panics, unlike `Bytes::slice_ref`.
+fn slice_or_copy(source: &Bytes, data: &[u8]) -> Bytes {
+    let start = (data.as_ptr() as usize).wrapping_sub(source.as_ptr() as usize);
+    if start <= source.len() && data.len() <= source.len() - start {
+        source.slice(start..start + data.len())
+    } else {
+        Bytes::copy_from_slice(data)
     }
 }
 
@@ -511,6 +554,67 @@ mod tests {
     }
 
     #[test]
+    fn chunk_messages_are_slices_of_the_chunk_and_split_ones_get_their_own_buffer() {
+        let mut stream = msg(1, true, b"first");
+        stream.extend(msg(2, false, &[7; 30]));
+        stream.extend(msg(2, true, &[8; 10]));
+        stream.extend(msg(1, true, b"second"));
+        stream.extend(msg(1, true, &[9; 50]));
+        // The last packet is cut in two: its message is completed by the next chunk.
+        let cut = stream.len() - 20;
+        let first = Bytes::copy_from_slice(&stream[..cut]);
+        let second = Bytes::copy_from_slice(&stream[cut..]);
+        let (mut rx, t0) = receiver(&[ChannelDescriptor::new(1), ChannelDescriptor::new(2)]);
+        rx.handle_chunk(t0, &first).unwrap();
+        rx.handle_chunk(t0, &second).unwrap();
+        let got = events(&mut rx);
+        let mut reassembled = vec![7; 30];
+        reassembled.extend([8; 10]);
+        assert_eq!(
+            got,
+            [
+                received(1, b"first"),
+                received(2, &reassembled),
+                received(1, b"second"),
+                received(1, &[9; 50]),
+            ]
+        );
+        let inside = |payload: &Bytes, chunk: &Bytes| {
+            let (p, c) = (payload.as_ptr() as usize, chunk.as_ptr() as usize);
+            p >= c && p + payload.len() <= c + chunk.len()
+        };
+        let payloads: Vec<&Bytes> = got
+            .iter()
+            .map(|e| match e {
+                Event::Received { payload, .. } => payload,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert!(inside(payloads[0], &first));
+        assert!(inside(payloads[2], &first));
+        assert!(!inside(payloads[1], &first) && !inside(payloads[1], &second));
+        assert!(!inside(payloads[3], &first) && !inside(payloads[3], &second));
+    }
+
+    #[test]
+    fn slice_or_copy_copies_what_lies_outside_the_source() {
+        let source = Bytes::from_static(b"0123456789");
+        let inner = slice_or_copy(&source, &source[2..5]);
+        assert_eq!(
+            (&inner[..], inner.as_ptr()),
+            (&b"234"[..], source[2..].as_ptr())
+        );
+        let other = [1u8, 2, 3];
+        let copied = slice_or_copy(&source, &other);
+        assert_eq!(&copied[..], &other);
+        assert_ne!(copied.as_ptr(), other.as_ptr());
+        // Straddling the end: copied, never a panic.
+        let long = Bytes::from_static(b"0123456789abcdef");
+        let straddle = slice_or_copy(&long.slice(0..10), &long[8..12]);
+        assert_eq!(&straddle[..], b"89ab");
+    }
+
+    #[test]
     fn packets_split_at_every_point_are_reassembled() {
         let mut stream = msg(1, false, &[7; 600]);
         stream.extend(msg(2, true, b"x"));
@@ -631,8 +735,12 @@ mod tests {
                 stream.push(body.len() as u8);
                 stream.extend(body);
             }
-            let _ = rx.handle_bytes(t0, &stream);
-            while rx.poll_event().is_some() {}
+            // The same through both entries: the shared-chunk one must deliver the same events.
+            let (mut rx2, _) = receiver(&chans);
+            let by_bytes = rx.handle_bytes(t0, &stream);
+            let by_chunk = rx2.handle_chunk(t0, &Bytes::from(stream));
+            prop_assert_eq!(by_bytes, by_chunk);
+            prop_assert_eq!(events(&mut rx), events(&mut rx2));
         }
     }
 }
