@@ -1244,6 +1244,8 @@ struct ReactorLink {
     batch: Vec<Bytes>,
     /// Payload bytes in `batch`.
     batch_bytes: usize,
+    /// Messages in the last batch pushed: the next batch's first allocation.
+    last_batch: usize,
     /// Payload bytes received on this channel from this peer.
     received: Counter,
     /// Payload bytes received from any peer.
@@ -1307,6 +1309,7 @@ impl ReactorLink {
             bytes_since_ack: 0,
             batch: Vec::new(),
             batch_bytes: 0,
+            last_batch: 0,
             received: metrics.received(desc.id),
             received_total: metrics.received_total.clone(),
         }
@@ -1316,9 +1319,13 @@ impl ReactorLink {
     /// answered deliveries are outstanding. A typed channel's payload is decoded first; one
     /// that does not decode ends the connection with the reason returned.
     async fn deliver(&mut self, peer: PeerId, payload: Bytes) -> Result<(), DisconnectReason> {
-        self.received.inc_by(payload.len() as u64);
-        self.received_total.inc_by(payload.len() as u64);
         if matches!(self.reactor.0, DeliveryKind::Batched(_)) {
+            // Counted once per batch, by `flush`.
+            if self.batch.capacity() == 0 {
+                // Room for as many as the last batch had (the vector goes with the batch).
+                self.batch
+                    .reserve_exact(self.last_batch.clamp(1, MAX_BATCH));
+            }
             self.batch_bytes += payload.len();
             self.batch.push(payload);
             // A full batch goes at once, so a batch holds at most MAX_BATCH messages or
@@ -1328,6 +1335,8 @@ impl ReactorLink {
             }
             return Ok(());
         }
+        self.received.inc_by(payload.len() as u64);
+        self.received_total.inc_by(payload.len() as u64);
         let ack = self.count(1, payload.len()).await;
         match &self.reactor.0 {
             DeliveryKind::Raw(reactor) => {
@@ -1374,7 +1383,10 @@ impl ReactorLink {
         if self.batch.is_empty() {
             return;
         }
+        self.last_batch = self.batch.len();
         let bytes = std::mem::take(&mut self.batch_bytes);
+        self.received.inc_by(bytes as u64);
+        self.received_total.inc_by(bytes as u64);
         let ack = self.count(self.batch.len(), bytes).await;
         let DeliveryKind::Batched(reactor) = &self.reactor.0 else {
             return;
