@@ -31,7 +31,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput};
 use tm2_p2p::NodeKey;
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerHandle, PeerStopped};
-use tm2_p2p::actors::reactor::Receive;
+use tm2_p2p::actors::reactor::{Delivery, Receive, ReceiveBatch};
 use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::mconn::{ChannelDescriptor, MConnConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -64,22 +64,37 @@ impl Actor for Counter {
     type Context = Context<Self>;
 }
 
+impl Counter {
+    fn count(&self, payload: &[u8]) {
+        let t = &self.0;
+        if payload.first() == Some(&1) {
+            let base = *t.base.get().unwrap();
+            let sent = u64::from_le_bytes(payload[1..9].try_into().unwrap());
+            let latency = base.elapsed() - Duration::from_nanos(sent);
+            t.latencies.lock().unwrap().push(latency);
+        }
+        t.bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+        let n = t.count.fetch_add(1, Ordering::AcqRel) + 1;
+        if n == t.target.load(Ordering::Acquire) {
+            t.reached.notify_one();
+        }
+    }
+}
+
 impl Handler<Receive> for Counter {
     type Result = ();
 
     fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
-        let t = &self.0;
-        if msg.payload.first() == Some(&1) {
-            let base = *t.base.get().unwrap();
-            let sent = u64::from_le_bytes(msg.payload[1..9].try_into().unwrap());
-            let latency = base.elapsed() - Duration::from_nanos(sent);
-            t.latencies.lock().unwrap().push(latency);
-        }
-        t.bytes
-            .fetch_add(msg.payload.len() as u64, Ordering::Relaxed);
-        let n = t.count.fetch_add(1, Ordering::AcqRel) + 1;
-        if n == t.target.load(Ordering::Acquire) {
-            t.reached.notify_one();
+        self.count(&msg.payload);
+    }
+}
+
+impl Handler<ReceiveBatch> for Counter {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReceiveBatch, _: &mut Self::Context) {
+        for payload in &msg.payloads {
+            self.count(payload);
         }
     }
 }
@@ -107,7 +122,8 @@ struct Conn {
     _actors: (Addr<PeerConn>, Addr<PeerConn>),
 }
 
-async fn connect(io: Option<Handle>) -> Conn {
+/// `batched`: B's reactor takes `ReceiveBatch` (`Delivery::batched`) instead of `Receive`.
+async fn connect(io: Option<Handle>, batched: bool) -> Conn {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (ka, kb) = (NodeKey::generate().unwrap(), NodeKey::generate().unwrap());
@@ -133,10 +149,17 @@ async fn connect(io: Option<Handle>) -> Conn {
     let chan = ChannelDescriptor::new(CHANNEL).with_send_queue_capacity(1000);
     let tally = Arc::new(Tally::default());
     let _ = tally.base.set(Instant::now());
-    let counter = Counter(tally.clone()).start().recipient();
+    let counter = Counter(tally.clone()).start();
+    let counter = if batched {
+        Delivery::batched(&counter)
+    } else {
+        counter.recipient::<Receive>().into()
+    };
     let sink = Sink.start().recipient::<PeerStopped>();
     // A's own reactor never receives anything in these runs.
-    let idle = Counter(Arc::new(Tally::default())).start().recipient();
+    let idle = Counter(Arc::new(Tally::default()))
+        .start()
+        .recipient::<Receive>();
     let (addr_a, a) = PeerConn::start(
         sa,
         config.clone(),
@@ -145,7 +168,7 @@ async fn connect(io: Option<Handle>) -> Conn {
         io.clone(),
     )
     .unwrap();
-    let (addr_b, _) = PeerConn::start(sb, config, vec![(chan, counter.into())], sink, io).unwrap();
+    let (addr_b, _) = PeerConn::start(sb, config, vec![(chan, counter)], sink, io).unwrap();
     Conn {
         a,
         tally,
@@ -203,6 +226,19 @@ fn modes() -> [(&'static str, Option<Handle>); 2] {
     [("arbiter", None), ("io_runtime", Some(io_runtime()))]
 }
 
+/// The modes, each with per-message (`Receive`) and batched (`ReceiveBatch`) delivery.
+fn delivery_modes() -> Vec<(String, Option<Handle>, bool)> {
+    modes()
+        .into_iter()
+        .flat_map(|(mode, io)| {
+            [
+                (mode.to_string(), io.clone(), false),
+                (format!("{mode}/batch"), io, true),
+            ]
+        })
+        .collect()
+}
+
 fn benches(c: &mut Criterion, sys: &SystemRunner) {
     let small = Bytes::from(vec![0x5a; SMALL]);
     let large = Bytes::from(vec![0x5a; LARGE]);
@@ -212,12 +248,16 @@ fn benches(c: &mut Criterion, sys: &SystemRunner) {
         .measurement_time(Duration::from_secs(5));
     g.throughput(Throughput::Bytes(FRAME_PLAIN as u64));
     g.bench_function("seal_1028", |b| b.iter_custom(seal_frames));
-    for (mode, io) in modes() {
-        let conn = sys.block_on(connect(io));
+    for (mode, io, batched) in delivery_modes() {
+        let conn = sys.block_on(connect(io, batched));
         g.throughput(Throughput::Elements(1));
         g.bench_function(format!("msgs_256/{mode}"), |b| {
             b.iter_custom(|n| sys.block_on(conn.pump(&small, n)))
         });
+        if batched {
+            // Large messages are one per batch: nothing new to see.
+            continue;
+        }
         g.throughput(Throughput::Bytes(LARGE as u64));
         g.bench_function(format!("bytes_1mib/{mode}"), |b| {
             b.iter_custom(|n| sys.block_on(conn.pump(&large, n)))
@@ -240,7 +280,7 @@ fn ratios(sys: &SystemRunner) {
     };
     println!("\nside by side (median of 5 rounds; one loopback connection, rate limits off)");
     println!(
-        "{:<11} {:>12} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}",
+        "{:<17} {:>12} {:>8} {:>10} {:>10} {:>11} {:>9} {:>9}",
         "tasks on",
         "msgs/s 256B",
         "/500k",
@@ -250,8 +290,8 @@ fn ratios(sys: &SystemRunner) {
         "p50 us",
         "p99 us"
     );
-    for (mode, io) in modes() {
-        let conn = sys.block_on(connect(io));
+    for (mode, io, batched) in delivery_modes() {
+        let conn = sys.block_on(connect(io, batched));
         // Warm up both paths once.
         sys.block_on(conn.pump(&small, 50_000));
         sys.block_on(conn.pump(&large, 16));
@@ -269,7 +309,7 @@ fn ratios(sys: &SystemRunner) {
         let lat = sys.block_on(conn.latencies(10_000));
         let m = median(&mut msgs);
         println!(
-            "{mode:<11} {m:>12.0} {:>8.2} {:>10.0} {:>10.0} {:>11.2} {:>9.1} {:>9.1}",
+            "{mode:<17} {m:>12.0} {:>8.2} {:>10.0} {:>10.0} {:>11.2} {:>9.1} {:>9.1}",
             m / 500_000.0,
             median(&mut bytes) / 1e6,
             median(&mut seals) / 1e6,
