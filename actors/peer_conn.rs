@@ -1095,6 +1095,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         return;
                     }
                     if let Some(link) = links.iter_mut().find(|l| l.channel == channel)
+                        && let Some(payload) = link.deliver_now(shared.peer, payload)
                         && let Err(reason) = link.deliver(shared.peer, payload).await
                     {
                         break 'read reason;
@@ -1318,16 +1319,54 @@ impl ReactorLink {
     /// Pushes one message into the reactor's mailbox, in order; waits first if [`MAX_ACKS`]
     /// answered deliveries are outstanding. A typed channel's payload is decoded first; one
     /// that does not decode ends the connection with the reason returned.
+    /// The common case of [`deliver`](Self::deliver) without a future: a raw message that
+    /// needs no answer is pushed, a batched one that does not fill its batch is collected.
+    /// Hands the payload back when `deliver` must take it (an answer or a flush may wait, a
+    /// typed payload is decoded).
+    fn deliver_now(&mut self, peer: PeerId, payload: Bytes) -> Option<Bytes> {
+        let len = payload.len();
+        match &self.reactor.0 {
+            DeliveryKind::Raw(reactor)
+                if self.since_ack + 1 < ACK_EVERY_MESSAGES
+                    && self.bytes_since_ack + len < ACK_EVERY_BYTES =>
+            {
+                self.since_ack += 1;
+                self.bytes_since_ack += len;
+                self.received.inc_by(len as u64);
+                self.received_total.inc_by(len as u64);
+                // As in `deliver`: bounded by the answered deliveries.
+                #[allow(clippy::disallowed_methods)]
+                reactor.do_send(Receive {
+                    channel: self.channel,
+                    peer,
+                    payload,
+                });
+                None
+            }
+            DeliveryKind::Batched(_)
+                if self.batch.len() + 1 < MAX_BATCH && self.batch_bytes + len < ACK_EVERY_BYTES =>
+            {
+                self.collect(payload);
+                None
+            }
+            _ => Some(payload),
+        }
+    }
+
+    /// Adds `payload` to a batched reactor's batch (counted once per batch, by `flush`).
+    fn collect(&mut self, payload: Bytes) {
+        if self.batch.capacity() == 0 {
+            // Room for as many as the last batch had (the vector goes with the batch).
+            self.batch
+                .reserve_exact(self.last_batch.clamp(1, MAX_BATCH));
+        }
+        self.batch_bytes += payload.len();
+        self.batch.push(payload);
+    }
+
     async fn deliver(&mut self, peer: PeerId, payload: Bytes) -> Result<(), DisconnectReason> {
         if matches!(self.reactor.0, DeliveryKind::Batched(_)) {
-            // Counted once per batch, by `flush`.
-            if self.batch.capacity() == 0 {
-                // Room for as many as the last batch had (the vector goes with the batch).
-                self.batch
-                    .reserve_exact(self.last_batch.clamp(1, MAX_BATCH));
-            }
-            self.batch_bytes += payload.len();
-            self.batch.push(payload);
+            self.collect(payload);
             // A full batch goes at once, so a batch holds at most MAX_BATCH messages or
             // ACK_EVERY_BYTES plus one message (the mailbox bound of the module docs).
             if self.batch.len() >= MAX_BATCH || self.batch_bytes >= ACK_EVERY_BYTES {
