@@ -56,6 +56,20 @@ fn on_one_thread(
 }
 
 /// Seal and open of every 1024 data bytes, in memory, one thread: data bytes per second.
+/// A byte rate of TM2's secret layer as a rate of 256-byte messages: each is one mconn packet
+/// on TM2's wire (channel, eof and the payload in an amino `/p2p.Msg` Any, length-prefixed),
+/// and the secret layer's work is per byte. The frames' fixed cost is already in the byte rate
+/// (every frame carries 1024 data bytes, as when small packets fill frames back to back).
+pub(crate) fn per_packet(bytes: Figure) -> Figure {
+    let mut packet = Vec::new();
+    tm2_p2p::mconn::packet::encode_msg(0x30, true, &[0x5a; 256], &mut packet);
+    let len = packet.len() as f64;
+    Figure {
+        value: bytes.value / len,
+        per_cpu_second: bytes.per_cpu_second.map(|r| r / len),
+    }
+}
+
 pub(crate) fn seal_open(window: Window) -> anyhow::Result<Figure> {
     let key = [7u8; 32];
     let mut sealer = FrameSealer::from_raw_key(&key, 0)?;

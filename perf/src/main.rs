@@ -197,7 +197,8 @@ impl Measure {
             Self::Throughput | Self::Conns1 | Self::Conns16 => {
                 &[Stack::Tm2, Stack::Libp2p, Stack::FloorCpu, Stack::FloorTcp]
             }
-            Self::Msgs | Self::MsgsBatch | Self::Memory => &[Stack::Tm2, Stack::Libp2p],
+            Self::MsgsBatch => &[Stack::Tm2, Stack::Libp2p, Stack::FloorCpu, Stack::FloorTcp],
+            Self::Msgs | Self::Memory => &[Stack::Tm2, Stack::Libp2p],
         }
     }
 
@@ -206,6 +207,10 @@ impl Measure {
         match (self, stack) {
             (Self::Throughput, Stack::FloorCpu) => "seal + open of every 1024 B, in memory",
             (Self::Throughput, _) => "SecretStream alone over TCP, 1 MiB writes",
+            (Self::MsgsBatch, Stack::FloorCpu) => {
+                "seal + open of every 1024 B, in memory, per 256 B message's packet"
+            }
+            (Self::MsgsBatch, _) => "SecretStream alone over TCP, per 256 B message's packet",
             (_, Stack::FloorCpu) => "both sides' handshake, in memory",
             (Self::Conns1, _) => "TCP + upgrade alone, 1 in flight",
             (_, _) => "TCP + upgrade alone, 16 in flight",
@@ -260,6 +265,10 @@ fn run_one(
         (Stack::Libp2p, Measure::Conns16) => lp2p::connections(window, 16),
         (Stack::Libp2p, Measure::Memory) => lp2p::memory(idle_conns),
         (Stack::FloorCpu, Measure::Throughput) => floor::seal_open(window),
+        (Stack::FloorCpu, Measure::MsgsBatch) => floor::seal_open(window).map(floor::per_packet),
+        (Stack::FloorTcp, Measure::MsgsBatch) => {
+            floor::secret_stream(window).map(floor::per_packet)
+        }
         (Stack::FloorCpu, Measure::Conns1 | Measure::Conns16) => floor::handshakes(window),
         (Stack::FloorTcp, Measure::Throughput) => floor::secret_stream(window),
         (Stack::FloorTcp, Measure::Conns1) => floor::upgrades(window, 1),
