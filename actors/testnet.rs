@@ -28,11 +28,13 @@
 //! `a.b` = *i* + 1 ([`node_ip`]): each node in its own /24, so the address book's network
 //! groups and the handshake limits per IP and per subnet see one host per node, as on a real
 //! network. Linux routes all of 127.0.0.0/8 to `lo`, and a node on such an address dials its
-//! peers from it ([`TransportConfig::loopback_dial_from`](crate::actors::transport::TransportConfig::loopback_dial_from)). Where only 127.0.0.1
-//! can be bound (macOS, for one), the run says so ([`TestnetProgress::one_ip`]) and puts every
-//! node on 127.0.0.1, as does `spread_addresses = false`; the per-IP handshake bound is then
-//! raised to the overall one, and the book's per-group limit slows convergence past about
-//! 100 nodes (docs/ARCHITECTURE.md, the address book).
+//! peers from it ([`TransportConfig::loopback_dial_from`]). Where only 127.0.0.1 can be bound
+//! (macOS, for one), the run says so ([`TestnetProgress::one_ip`]) and puts every node on
+//! 127.0.0.1, as does `spread_addresses = false`; the per-IP handshake bound is then raised to
+//! the overall one, and the book's per-group limit slows convergence past about 100 nodes
+//! (docs/ARCHITECTURE.md, the address book).
+//!
+//! [`TransportConfig::loopback_dial_from`]: crate::actors::transport::TransportConfig::loopback_dial_from
 //!
 //! # Limits
 //!
@@ -103,9 +105,9 @@ pub const RECHECK_EVERY: Duration = Duration::from_millis(100);
 pub const MAX_DELIVERIES: u64 = 10_000_000;
 
 /// The most nodes a run may start: the largest run measured (1,000 nodes converge in 10-15 s on
-/// 2 shared cores and deliver everything, docs/PERFORMANCE.md). All run on one thread and every connection costs
-/// two sockets of this process ([`open_files_needed`]), so larger runs are slower to converge
-/// and need a raised open-file limit.
+/// 2 shared cores and deliver everything, docs/PERFORMANCE.md). All run on one thread and every
+/// connection costs two sockets of this process ([`open_files_needed`]), so larger runs are
+/// slower to converge and need a raised open-file limit.
 pub const MAX_NODES: usize = 1000;
 
 /// Descriptors set aside besides the nodes' listeners and connections: the runtime's own,
