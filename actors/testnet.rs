@@ -1,15 +1,16 @@
-//! The local testnet: a seed and N nodes in one process on 127.0.0.1 that discover each other
-//! and gossip M messages; what `tm2p2p testnet` (and `cargo run --release`) runs.
+//! The local testnet: a seed and N nodes in one process on loopback addresses that discover
+//! each other and gossip M messages; what `tm2p2p testnet` (and `cargo run --release`) runs.
 //!
 //! [`run`] does, in order:
 //!
-//! 1. **Start.** A seed, then `nodes` nodes, each on 127.0.0.1 port 0 with a fresh
-//!    [`NodeKey`], peer exchange on with a short `pex_interval`, no persistent peers, and
-//!    `seeds` = the seed's address. Each node registers a [`Gossip`] reactor as it is built
-//!    ([`SwitchBuilder::reactor`]), so every connection knows it gossips. The seed runs in `seed_mode`: it hands out addresses and
-//!    disconnects every peer shortly after serving it, so it is no part of the gossip network;
-//!    it does not gossip and is not counted among the nodes. All nodes share one IP, so the
-//!    per-IP bound on inbound handshakes is raised to the overall one.
+//! 1. **Start.** Raise the soft open-file limit to the hard one and check that the run fits
+//!    (below, "Limits"). A seed, then `nodes` nodes, each on a loopback address (below) port 0
+//!    with a fresh [`NodeKey`], peer exchange on with a short `pex_interval`, no persistent
+//!    peers, and `seeds` = the seed's address. Each node registers a [`Gossip`] reactor as it
+//!    is built ([`SwitchBuilder::reactor`]), so every connection knows it gossips. The seed
+//!    runs in `seed_mode`: it hands out addresses and disconnects every peer shortly after
+//!    serving it, so it is no part of the gossip network; it does not gossip and is not
+//!    counted among the nodes.
 //! 2. **Converge.** Wait until the network has converged (below), at most
 //!    `converge_timeout`; otherwise [`TestnetError::NotConverged`].
 //! 3. **Gossip.** Publish `messages` messages of `message_size` bytes, each from a node chosen
@@ -20,6 +21,29 @@
 //!    what the network carries and no backlog overflows. Wait until every node has delivered
 //!    every message, giving up when no delivery arrived for `delivery_timeout`.
 //! 4. **Stop.** Shut every node down gracefully (also after an error), then report.
+//!
+//! # Addresses
+//!
+//! The seed listens on 127.0.0.1 and node *i* on its own loopback IP, `127.a.b.1` with
+//! `a.b` = *i* + 1 ([`node_ip`]): each node in its own /24, so the address book's network
+//! groups and the handshake limits per IP and per subnet see one host per node, as on a real
+//! network. Linux routes all of 127.0.0.0/8 to `lo`, and a node on such an address dials its
+//! peers from it ([`TransportConfig::loopback_dial_from`]). Where only 127.0.0.1 can be bound
+//! (macOS, for one), the run says so ([`TestnetProgress::one_ip`]) and puts every node on
+//! 127.0.0.1, as does `spread_addresses = false`; the per-IP handshake bound is then raised to
+//! the overall one, and the book's per-group limit slows convergence past about 100 nodes
+//! (docs/ARCHITECTURE.md, the address book).
+//!
+//! [`TransportConfig::loopback_dial_from`]: crate::actors::transport::TransportConfig::loopback_dial_from
+//!
+//! # Limits
+//!
+//! Every connection is two sockets of this process. A node keeps at most `max_outbound`
+//! outbound peers (TM2's 10 by default), so a run needs about [`open_files_needed`]
+//! descriptors. When the open-file limit is lower, each node's outbound target is lowered to
+//! the most that fits (not below the peers convergence requires; the report says so), and
+//! when even that does not fit the run fails at once ([`TestnetError::OpenFiles`]).
+//! [`MAX_NODES`] is the largest run measured (docs/PERFORMANCE.md).
 //!
 //! # Convergence
 //!
@@ -48,6 +72,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::time::{Duration, Instant};
@@ -79,8 +104,19 @@ pub const RECHECK_EVERY: Duration = Duration::from_millis(100);
 /// kept (4 bytes) for the percentiles.
 pub const MAX_DELIVERIES: u64 = 10_000_000;
 
-/// The most nodes a run may start: each connection costs two sockets in this process.
-pub const MAX_NODES: usize = 500;
+/// The most nodes a run may start: the largest run measured (1,000 nodes converge in 10-15 s on
+/// 2 shared cores and deliver everything, docs/PERFORMANCE.md). All run on one thread and every
+/// connection costs two sockets of this process ([`open_files_needed`]), so larger runs are
+/// slower to converge and need a raised open-file limit.
+pub const MAX_NODES: usize = 1000;
+
+/// Descriptors set aside besides the nodes' listeners and connections: the runtime's own,
+/// standard streams, and connections that exist only briefly (refused inbound ones).
+pub const RESERVED_OPEN_FILES: u64 = 256;
+
+/// TM2's `max_num_outbound_peers`, each node's outbound target unless the open-file limit
+/// lowers it.
+pub const DEFAULT_MAX_OUTBOUND: usize = 10;
 
 /// The network (chain id) of the testnet's nodes.
 pub const TESTNET_NETWORK: &str = "tm2p2p-testnet";
@@ -113,6 +149,13 @@ pub struct TestnetConfig {
     /// Whether nodes run peer exchange. Without it they never learn of each other, so the run
     /// cannot converge: this exists to exercise that failure. Default true.
     pub discovery: bool,
+    /// Each node's outbound peer target (`max_num_outbound_peers`), lowered at run time when
+    /// the open-file limit cannot hold it (module docs, "Limits"). Default
+    /// [`DEFAULT_MAX_OUTBOUND`].
+    pub max_outbound: usize,
+    /// Whether each node gets its own loopback IP (module docs, "Addresses"); false puts
+    /// every node on 127.0.0.1. Default true.
+    pub spread_addresses: bool,
 }
 
 impl Default for TestnetConfig {
@@ -128,6 +171,8 @@ impl Default for TestnetConfig {
             converge_timeout: Duration::from_secs(30),
             delivery_timeout: Duration::from_secs(30),
             discovery: true,
+            max_outbound: DEFAULT_MAX_OUTBOUND,
+            spread_addresses: true,
         }
     }
 }
@@ -141,6 +186,21 @@ impl TestnetConfig {
     /// Deliveries a complete run makes: `messages × (nodes − 1)`.
     pub fn expected_deliveries(&self) -> u64 {
         (self.messages as u64).saturating_mul(self.nodes.saturating_sub(1) as u64)
+    }
+
+    /// The outbound target a run uses under an open-file limit of `limit`: the largest, at
+    /// most `max_outbound` and at least the peers convergence requires, whose run fits
+    /// ([`open_files_needed`]); [`TestnetError::OpenFiles`] when none does.
+    pub fn max_outbound_within(&self, limit: u64) -> Result<usize, TestnetError> {
+        let least = self.required_peers().clamp(1, self.max_outbound.max(1));
+        (least..=self.max_outbound.max(least))
+            .rev()
+            .find(|&o| open_files_needed(self.nodes, o) <= limit)
+            .ok_or(TestnetError::OpenFiles {
+                nodes: self.nodes,
+                needed: open_files_needed(self.nodes, least),
+                limit,
+            })
     }
 
     /// Checks the numbers, naming the bad field.
@@ -158,6 +218,9 @@ impl TestnetConfig {
                 "messages",
                 format!("messages × (nodes − 1) must be at most {MAX_DELIVERIES}"),
             );
+        }
+        if self.max_outbound == 0 {
+            return bad("max_outbound", "must be positive".into());
         }
         if self.max_in_flight == 0 {
             return bad("max_in_flight", "must be positive".into());
@@ -180,6 +243,20 @@ pub enum TestnetError {
         field: &'static str,
         /// What is wrong.
         reason: String,
+    },
+    /// The open-file limit cannot hold the run, even with each node's outbound target lowered
+    /// to the peers convergence requires.
+    #[error(
+        "{nodes} nodes need about {needed} open files, more than the limit of {limit}: \
+         raise it (ulimit -n) or run fewer nodes"
+    )]
+    OpenFiles {
+        /// Nodes asked for.
+        nodes: usize,
+        /// Descriptors needed with the smallest outbound target ([`open_files_needed`]).
+        needed: u64,
+        /// The open-file limit after raising the soft limit to the hard one.
+        limit: u64,
     },
     /// A node key could not be generated.
     #[error("cannot generate a node key: {0}")]
@@ -226,6 +303,9 @@ pub enum TestnetError {
 /// Told how a run progresses, to show it (every method does nothing by default; `()` shows
 /// nothing).
 pub trait TestnetProgress {
+    /// Each node could not get its own loopback IP (binding `_tried` failed with `_error`), so
+    /// every node runs on 127.0.0.1 (module docs, "Addresses").
+    fn one_ip(&mut self, _tried: Ipv4Addr, _error: &io::Error) {}
     /// The seed and every node are listening and discovering each other.
     fn started(&mut self, _nodes: usize) {}
     /// After each convergence check: `ready` of `nodes` nodes have the required peers.
@@ -257,6 +337,14 @@ pub struct TestnetReport {
     pub max_in_flight: usize,
     /// Peers each node needed for convergence.
     pub required_peers: usize,
+    /// Each node's outbound peer target, as the run used it.
+    pub max_outbound: usize,
+    /// The target asked for, when the open-file limit lowered it (module docs, "Limits").
+    pub max_outbound_asked: Option<usize>,
+    /// The open-file limit of the run, where known.
+    pub open_file_limit: Option<u64>,
+    /// Whether each node had its own loopback IP (else all were on 127.0.0.1).
+    pub spread_addresses: bool,
     /// From the seed's start to convergence.
     pub converge_time: Duration,
     /// Peers per node after the gossip phase.
@@ -277,6 +365,9 @@ pub struct TestnetReport {
     pub duplicates: u64,
     /// Messages delivered twice at one node, or unknown: always 0 unless something is broken.
     pub anomalies: u64,
+    /// This process's peak resident memory at the end of the run (Linux's `VmHWM`), where
+    /// known.
+    pub peak_rss: Option<u64>,
 }
 
 impl TestnetReport {
@@ -294,7 +385,29 @@ impl TestnetReport {
 impl fmt::Display for TestnetReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let rows = [
-            ("nodes", format!("{} (+1 seed), on 127.0.0.1", self.nodes)),
+            (
+                "nodes",
+                if self.spread_addresses {
+                    format!(
+                        "{} (+1 seed), on 127.0.0.1 (seed) and {} to {}, one IP each",
+                        self.nodes,
+                        node_ip(0),
+                        node_ip(self.nodes.saturating_sub(1))
+                    )
+                } else {
+                    format!("{} (+1 seed), on 127.0.0.1", self.nodes)
+                },
+            ),
+            (
+                "outbound peers",
+                match (self.max_outbound_asked, self.open_file_limit) {
+                    (Some(asked), Some(limit)) => format!(
+                        "at most {} a node ({asked} would exceed the open-file limit {limit})",
+                        self.max_outbound
+                    ),
+                    _ => format!("at most {} a node", self.max_outbound),
+                },
+            ),
             (
                 "messages",
                 format!(
@@ -340,6 +453,11 @@ impl fmt::Display for TestnetReport {
                 ),
             ),
             ("lost", self.lost().to_string()),
+            (
+                "peak memory",
+                self.peak_rss
+                    .map_or_else(|| "unknown".into(), |b| format!("{} resident", bytes(b))),
+            ),
         ];
         writeln!(f, "{:<20}  result", "testnet")?;
         writeln!(f, "{:<20}  {}", "-".repeat(20), "-".repeat(50))?;
@@ -467,13 +585,30 @@ pub async fn run(
     mut progress: impl TestnetProgress,
 ) -> Result<TestnetReport, TestnetError> {
     config.validate()?;
+    let open_file_limit = raise_open_file_limit();
+    let max_outbound = match open_file_limit {
+        Some(limit) => config.max_outbound_within(limit)?,
+        None => config.max_outbound,
+    };
+    let spread_addresses = config.spread_addresses
+        && match std::net::TcpListener::bind((node_ip(0), 0)) {
+            Ok(_) => true,
+            Err(e) => {
+                progress.one_ip(node_ip(0), &e);
+                false
+            }
+        };
+    let layout = Layout {
+        max_outbound,
+        spread_addresses,
+    };
     let started = clock::now();
     let mut net = Testnet {
         seed: None,
         nodes: Vec::new(),
     };
     let result = async {
-        net.start(&config).await?;
+        net.start(&config, layout).await?;
         progress.started(config.nodes);
         let converge_time = net.converge(&config, started, &mut progress).await?;
         progress.converged(converge_time);
@@ -487,6 +622,10 @@ pub async fn run(
             rng_seed: config.rng_seed,
             max_in_flight: config.max_in_flight,
             required_peers: config.required_peers(),
+            max_outbound,
+            max_outbound_asked: (max_outbound < config.max_outbound).then_some(config.max_outbound),
+            open_file_limit,
+            spread_addresses,
             converge_time,
             peers: PeerCounts::of(&peers),
             delivered: gossip.delivered,
@@ -497,11 +636,81 @@ pub async fn run(
             dropped: gossip.dropped,
             duplicates: gossip.duplicates,
             anomalies: gossip.anomalies,
+            peak_rss: peak_rss(),
         })
     }
     .await;
     net.shutdown().await;
     result
+}
+
+/// The loopback IP of node `index` (from 0): `127.a.b.1` with `a.b` = `index + 1`, so every
+/// node of a run of up to 65,535 has its own /24 (module docs, "Addresses").
+pub fn node_ip(index: usize) -> Ipv4Addr {
+    let n = (index + 1).min(usize::from(u16::MAX));
+    Ipv4Addr::new(127, (n >> 8) as u8, n as u8, 1)
+}
+
+/// Descriptors a run of `nodes` nodes with outbound target `max_outbound` needs, about: each
+/// node's listener and both ends of `max_outbound + 1` connections (its outbound peers, and a
+/// connection to the seed or a dial in flight), the seed's listener and
+/// [`RESERVED_OPEN_FILES`]. Inbound peers are the other ends of outbound ones.
+pub fn open_files_needed(nodes: usize, max_outbound: usize) -> u64 {
+    let per_node = 1 + 2 * (max_outbound as u64 + 1);
+    (nodes as u64) * per_node + 1 + RESERVED_OPEN_FILES
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit then in force, or `None`
+/// where it cannot be read.
+#[cfg(unix)]
+fn raise_open_file_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit are given a valid pointer to an rlimit that lives across
+    // the calls; neither keeps it.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    // RLIM_INFINITY and other huge values are "no limit" for a run of at most MAX_NODES.
+    // `rlim_t` is u64 on Linux, not on every unix.
+    #[allow(clippy::useless_conversion)]
+    Some(u64::try_from(lim.rlim_cur).unwrap_or(u64::MAX))
+}
+
+/// Where the open-file limit is unknown, the run is not checked against it.
+#[cfg(not(unix))]
+fn raise_open_file_limit() -> Option<u64> {
+    None
+}
+
+/// This process's peak resident set size (`VmHWM` of `/proc/self/status`), where there is one.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// How a run places its nodes, decided before they start.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    /// Each node's outbound target.
+    max_outbound: usize,
+    /// Each node on its own loopback IP ([`node_ip`]), else all on 127.0.0.1.
+    spread_addresses: bool,
 }
 
 /// The running nodes.
@@ -545,13 +754,17 @@ struct Flight {
 
 impl Testnet {
     /// Starts the seed and the nodes, each node with its gossip reactor.
-    async fn start(&mut self, config: &TestnetConfig) -> Result<(), TestnetError> {
+    async fn start(&mut self, config: &TestnetConfig, layout: Layout) -> Result<(), TestnetError> {
         let log = Logger::root(slog::Discard, o!());
         let seed_config = P2pConfig {
             moniker: "seed".into(),
             seed_mode: true,
             pex: true,
-            ..base_config(config)
+            // Every node learns its first addresses here, and the seed holds each connection
+            // for SEED_DISCONNECT_AFTER (2 s): with TM2's 40 inbound slots it served about 20
+            // nodes a second, so 256 nodes took 14 s to converge. Room for all of them at once.
+            max_num_inbound_peers: config.nodes.max(P2pConfig::default().max_num_inbound_peers),
+            ..base_config(config, layout, Ipv4Addr::LOCALHOST)
         };
         let seed = SwitchBuilder::new(seed_config, NodeKey::generate()?)
             .network(TESTNET_NETWORK)
@@ -578,7 +791,15 @@ impl Testnet {
                 moniker: format!("node-{i}"),
                 seeds: vec![seed_address.clone()],
                 pex: config.discovery,
-                ..base_config(config)
+                ..base_config(
+                    config,
+                    layout,
+                    if layout.spread_addresses {
+                        node_ip(i)
+                    } else {
+                        Ipv4Addr::LOCALHOST
+                    },
+                )
             };
             let gossip = Gossip::new(gossip_config, log.clone()).start();
             let node = SwitchBuilder::new(node_config, NodeKey::generate()?)
@@ -798,15 +1019,22 @@ impl Testnet {
     }
 }
 
-/// What every testnet node shares: loopback, port 0, discovery on loopback addresses.
-fn base_config(config: &TestnetConfig) -> P2pConfig {
+/// What every testnet node shares: port 0 on `ip`, discovery on loopback addresses, the
+/// layout's outbound target.
+fn base_config(config: &TestnetConfig, layout: Layout, ip: Ipv4Addr) -> P2pConfig {
     let defaults = P2pConfig::default();
+    let max_handshakes_per_ip = if layout.spread_addresses {
+        defaults.max_handshakes_per_ip
+    } else {
+        // Every node has the same IP: the per-IP bound would refuse peers meant to connect.
+        defaults.max_handshakes_in_progress
+    };
     P2pConfig {
-        laddr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        laddr: SocketAddr::from((ip, 0)),
         allow_non_routable: true,
         pex_interval: config.pex_interval,
-        // Every node has the same IP: the per-IP bound would refuse peers meant to connect.
-        max_handshakes_per_ip: defaults.max_handshakes_in_progress,
+        max_num_outbound_peers: layout.max_outbound,
+        max_handshakes_per_ip,
         ..defaults
     }
 }
@@ -971,6 +1199,10 @@ mod tests {
             rng_seed: 1,
             max_in_flight: 64,
             required_peers: 3,
+            max_outbound: 10,
+            max_outbound_asked: None,
+            open_file_limit: Some(1024),
+            spread_addresses: true,
             converge_time: Duration::from_millis(812),
             peers: PeerCounts::of(&[3, 3, 3, 3]),
             delivered: 150,
@@ -981,6 +1213,7 @@ mod tests {
             dropped: 0,
             duplicates: 300,
             anomalies: 0,
+            peak_rss: Some(30 * 1024 * 1024),
         };
         let table = report.to_string();
         for row in [
@@ -991,6 +1224,9 @@ mod tests {
             "latency",
             "bytes sent            3.00 MiB",
             "lost                  0",
+            "nodes                 4 (+1 seed), on 127.0.0.1 (seed) and 127.0.1.1 to 127.0.4.1",
+            "outbound peers        at most 10 a node\n",
+            "peak memory           30.00 MiB resident",
         ] {
             assert!(table.contains(row), "{row:?} missing from\n{table}");
         }

@@ -42,14 +42,14 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 use slog::{Logger, debug, warn};
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::actors::clock;
 use crate::actors::metrics::Metrics;
@@ -80,6 +80,15 @@ pub struct TransportConfig {
     pub max_handshakes_per_ip: usize,
     /// Inbound handshakes in progress from one subnet (/24, /64) at most. Default 16.
     pub max_handshakes_per_subnet: usize,
+    /// The local IP that dials to loopback addresses are made from, if not the kernel's choice.
+    /// Linux routes all of 127.0.0.0/8 to `lo` but sends from 127.0.0.1 whatever the
+    /// destination, so a node listening on 127.0.5.1 would reach its peers as 127.0.0.1, and
+    /// every node of a one-machine testnet would share one IP in their address books and
+    /// handshake limits. [`From<&P2pConfig>`](crate::P2pConfig) sets it to the listen IP when
+    /// that is a loopback address other than 127.0.0.1 and `::1` (where binding would change
+    /// nothing but the port allocation); dials to non-loopback addresses never use it.
+    /// Default: none.
+    pub loopback_dial_from: Option<IpAddr>,
 }
 
 impl Default for TransportConfig {
@@ -98,6 +107,11 @@ impl From<&crate::P2pConfig> for TransportConfig {
             max_handshakes_in_progress: c.max_handshakes_in_progress,
             max_handshakes_per_ip: c.max_handshakes_per_ip,
             max_handshakes_per_subnet: c.max_handshakes_per_subnet,
+            loopback_dial_from: Some(c.laddr.ip()).filter(|ip| {
+                ip.is_loopback()
+                    && *ip != IpAddr::V4(Ipv4Addr::LOCALHOST)
+                    && *ip != IpAddr::V6(Ipv6Addr::LOCALHOST)
+            }),
         }
     }
 }
@@ -313,7 +327,8 @@ impl Handler<Dial> for Transport {
         Box::pin(async move {
             // As `dial`, with a host name resolved and each of its addresses tried, and upgrade
             // failures counted (a failed connect is no handshake).
-            let tcp = connect_resolving(&msg.addr, config.dial_timeout).await?;
+            let tcp = connect_resolving(&msg.addr, config.dial_timeout, config.loopback_dial_from)
+                .await?;
             upgrade(
                 tcp,
                 &key,
@@ -616,9 +631,10 @@ async fn connect(addr: &NetAddress, timeout: Duration) -> Result<TcpStream, Tran
 async fn connect_resolving(
     addr: &NetAddress,
     timeout: Duration,
+    loopback_from: Option<IpAddr>,
 ) -> Result<TcpStream, TransportError> {
     if let Some(socket) = addr.socket_addr() {
-        return connect_any(&[socket], timeout).await;
+        return connect_any_from(&[socket], timeout, loopback_from).await;
     }
     let start = clock::now();
     let timed_out = || TransportError::Timeout {
@@ -634,7 +650,7 @@ async fn connect_resolving(
     if left.is_zero() {
         return Err(timed_out());
     }
-    connect_any(&addrs, left).await
+    connect_any_from(&addrs, left, loopback_from).await
 }
 
 /// Connects to the first of `addrs` that accepts, trying them in turn ([`ConnectAttempts`]:
@@ -646,11 +662,22 @@ pub async fn connect_any(
     addrs: &[SocketAddr],
     timeout: Duration,
 ) -> Result<TcpStream, TransportError> {
+    connect_any_from(addrs, timeout, None).await
+}
+
+/// As [`connect_any`], a connection to a loopback address made from `loopback_from` when that
+/// is given and of the same family ([`TransportConfig::loopback_dial_from`]).
+pub async fn connect_any_from(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    loopback_from: Option<IpAddr>,
+) -> Result<TcpStream, TransportError> {
     let mut attempts = ConnectAttempts::new(addrs.iter().copied(), clock::now() + timeout);
     let mut last = None;
     while let Some(attempt) = attempts.next_attempt(clock::now()) {
         let share = attempt.deadline.saturating_duration_since(clock::now());
-        match tokio::time::timeout(share, TcpStream::connect(attempt.addr)).await {
+        let connect = connect_from(attempt.addr, loopback_from);
+        match tokio::time::timeout(share, connect).await {
             Ok(Ok(tcp)) => return Ok(tcp),
             Ok(Err(e)) => last = Some(TransportError::Io(e)),
             Err(_) => {
@@ -667,6 +694,25 @@ pub async fn connect_any(
             "name has no address",
         ))
     }))
+}
+
+/// Connects to `addr`, from `loopback_from` (any port) when `addr` is a loopback address and
+/// `loopback_from` one of the same family; otherwise from the kernel's choice.
+async fn connect_from(addr: SocketAddr, loopback_from: Option<IpAddr>) -> io::Result<TcpStream> {
+    let socket = match loopback_from {
+        Some(from @ IpAddr::V4(_)) if addr.ip().is_loopback() && addr.is_ipv4() => {
+            let socket = TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket
+        }
+        Some(from @ IpAddr::V6(_)) if addr.ip().is_loopback() && addr.is_ipv6() => {
+            let socket = TcpSocket::new_v6()?;
+            socket.bind(SocketAddr::new(from, 0))?;
+            socket
+        }
+        _ => return TcpStream::connect(addr).await,
+    };
+    socket.connect(addr).await
 }
 
 /// Reads the peer's framed NodeInfo (ours went out with the handshake). Reads exactly the

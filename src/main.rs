@@ -3,6 +3,8 @@
 //! Thin by design: parse the command line, load or create what the command needs, call the
 //! library, report. Errors are boxed (`anyhow`) only here, at the binary's edge.
 
+use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -80,9 +82,10 @@ enum Command {
     },
     /// Run a local testnet in this process (the default command).
     ///
-    /// A seed and N nodes on 127.0.0.1 discover each other by peer exchange, gossip M messages
-    /// from random nodes, and a table reports how it went. Exits non-zero if the network did
-    /// not converge or a message was lost.
+    /// A seed and N nodes, each on its own loopback IP (127.a.b.1; all on 127.0.0.1 where other
+    /// loopback IPs cannot be bound, or with --one-ip), discover each other by peer exchange,
+    /// gossip M messages from random nodes, and a table reports how it went. Exits non-zero if
+    /// the network did not converge or a message was lost.
     Testnet(TestnetArgs),
 }
 
@@ -104,6 +107,10 @@ struct TestnetArgs {
     /// At most this many messages published and not yet delivered everywhere.
     #[arg(long, default_value_t = TestnetConfig::default().max_in_flight)]
     in_flight: usize,
+    /// Put every node on 127.0.0.1 instead of one loopback IP each (the address book and the
+    /// handshake limits then see one host, which slows convergence past about 100 nodes).
+    #[arg(long)]
+    one_ip: bool,
     /// Turn peer exchange off, so the nodes cannot find each other (tests the failure path).
     #[arg(long, hide = true)]
     no_discovery: bool,
@@ -120,6 +127,7 @@ impl TestnetArgs {
             delivery_timeout: timeout,
             discovery: !self.no_discovery,
             max_in_flight: self.in_flight,
+            spread_addresses: !self.one_ip,
             ..TestnetConfig::default()
         }
     }
@@ -389,8 +397,14 @@ async fn log_deliveries(mut deliveries: Deliveries, log: slog::Logger) {
 /// or lost a message.
 fn run_testnet(config: TestnetConfig) -> anyhow::Result<()> {
     println!(
-        "local testnet: a seed and {} nodes on 127.0.0.1, then {} gossip messages",
-        config.nodes, config.messages
+        "local testnet: a seed and {} nodes on {}, then {} gossip messages",
+        config.nodes,
+        if config.spread_addresses {
+            "loopback, one IP each"
+        } else {
+            "127.0.0.1"
+        },
+        config.messages
     );
     let report = actix::System::new().block_on(testnet::run(config, Bars::default()))?;
     println!();
@@ -428,6 +442,10 @@ impl Bars {
 }
 
 impl TestnetProgress for Bars {
+    fn one_ip(&mut self, tried: Ipv4Addr, error: &io::Error) {
+        eprintln!("cannot bind {tried} ({error}): every node runs on 127.0.0.1");
+    }
+
     fn started(&mut self, nodes: usize) {
         self.discovery = Some(Self::bar(nodes as u64, "discovering peers", "nodes"));
     }

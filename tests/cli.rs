@@ -90,6 +90,8 @@ fn a_small_testnet_converges_delivers_everything_and_prints_the_table() {
     // 50 messages, each delivered at the 3 nodes that did not publish it.
     for row in [
         "nodes                 4 (+1 seed)",
+        "outbound peers        at most 10 a node",
+        "peak memory",
         "time to converge",
         "peers per node        min ",
         "messages delivered    150 of 150",

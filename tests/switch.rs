@@ -1076,3 +1076,33 @@ async fn a_reactor_handles_every_message_read_before_the_connection_ended() {
     }
     assert_eq!(next, N);
 }
+
+#[actix::test]
+async fn a_node_on_a_loopback_ip_dials_its_loopback_peers_from_that_ip() {
+    // Linux routes all of 127.0.0.0/8 to lo but sends from 127.0.0.1 whatever the destination:
+    // without binding, every node of a one-machine testnet would look like one host.
+    let on = |ip: &str| P2pConfig {
+        laddr: format!("{ip}:0").parse().unwrap(),
+        ..loopback_config()
+    };
+    if std::net::TcpListener::bind("127.0.9.1:0").is_err() {
+        eprintln!("skipped: only 127.0.0.1 can be bound here");
+        return;
+    }
+    let mut a = TestNode::spawn(on("127.0.9.1")).await;
+    let mut b = TestNode::spawn(on("127.0.10.1")).await;
+    let mut c = TestNode::spawn(on("127.0.0.1")).await;
+    connect(&mut a, &mut b).await;
+    connect(&mut c, &mut b).await;
+    let seen_by_b = b.node.switch().send(GetPeers).await.unwrap();
+    let ip_of = |id: PeerId| {
+        seen_by_b
+            .peers
+            .iter()
+            .find(|p| p.id == id)
+            .map(|p| p.socket_addr.ip().to_string())
+            .unwrap()
+    };
+    assert_eq!(ip_of(a.id()), "127.0.9.1");
+    assert_eq!(ip_of(c.id()), "127.0.0.1");
+}
