@@ -33,7 +33,7 @@
 //! let gossip = Gossip::new(GossipConfig::default(), log).start();
 //! let node = SwitchBuilder::new(P2pConfig::default(), NodeKey::generate()?)
 //!     .network("my-chain")
-//!     .reactor(RegisterReactor::new("gossip", vec![gossip_channel()], &gossip))
+//!     .reactor(RegisterReactor::batched("gossip", vec![gossip_channel()], &gossip))
 //!     .spawn()
 //!     .await?;
 //! let mut delivered = gossip.send(SubscribeDelivered { capacity: 1024 }).await?;
@@ -56,7 +56,8 @@
 //!   `peer.handle.has_channel(ch)` (a send on a channel it lacks is refused, never sent). Gossip keeps such peers (a seed, a node running
 //!   other reactors) out of its table.
 //! - [`Receive`] for each whole message a peer sent on the reactor's channels, in the order that
-//!   peer sent them, never before its `PeerAdded`. The bytes are hostile: the connection has
+//!   peer sent them, never before its `PeerAdded` (registered with `RegisterReactor::batched`,
+//!   as above, [`ReceiveBatch`]es of them: one mailbox message per socket read). The bytes are hostile: the connection has
 //!   already refused a message above the channel's `recv_message_capacity` (a peer fault that
 //!   ends the connection), but the content is whatever the peer chose. Decode with limits,
 //!   never panic, and stop a peer that breaks the protocol with
@@ -123,7 +124,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::actors::peer_conn::PeerHandle;
-use crate::actors::reactor::{PeerAdded, PeerInfo, PeerRemoved, Receive};
+use crate::actors::reactor::{PeerAdded, PeerInfo, PeerRemoved, Receive, ReceiveBatch};
 use crate::actors::switch::{RegisterReactor, Switch, SwitchError};
 use crate::mconn::ChannelDescriptor;
 use crate::types::PeerId;
@@ -444,14 +445,14 @@ impl Gossip {
 
     /// Starts the reactor on the current arbiter and registers it with a running node's
     /// `switch` for its channel; shorthand for `start()` then
-    /// `switch.send(RegisterReactor::new("gossip", vec![config.channel()], &addr))`. Prefer
+    /// `switch.send(RegisterReactor::batched("gossip", vec![config.channel()], &addr))`. Prefer
     /// [`SwitchBuilder::reactor`](crate::actors::node::SwitchBuilder::reactor) (module docs):
     /// peers connected before this call never send gossip to this node.
     pub async fn register(self, switch: &Addr<Switch>) -> Result<Addr<Self>, SwitchError> {
         let channel = self.config.channel();
         let addr = self.start();
         switch
-            .send(RegisterReactor::new("gossip", vec![channel], &addr))
+            .send(RegisterReactor::batched("gossip", vec![channel], &addr))
             .await
             .map_err(|_| SwitchError::ShuttingDown)??;
         Ok(addr)
@@ -516,11 +517,25 @@ impl Handler<Receive> for Gossip {
     type Result = ();
 
     fn handle(&mut self, msg: Receive, _: &mut Self::Context) {
-        let Receive {
-            channel,
-            peer,
-            payload,
-        } = msg;
+        self.on_message(msg.channel, msg.peer, msg.payload);
+    }
+}
+
+/// Registered with [`RegisterReactor::batched`] (as the binary and the testnet do), Gossip gets
+/// a peer's messages a socket read at a time: one mailbox message per batch.
+impl Handler<ReceiveBatch> for Gossip {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReceiveBatch, _: &mut Self::Context) {
+        for payload in msg.payloads {
+            self.on_message(msg.channel, msg.peer, payload);
+        }
+    }
+}
+
+impl Gossip {
+    /// A message from `peer`: checked, then accepted if new.
+    fn on_message(&mut self, channel: u8, peer: PeerId, payload: Bytes) {
         if channel != GOSSIP_CHANNEL || payload.len() > self.config.max_message_size {
             // The connection enforces the channel's limits; this only happens if the reactor
             // was registered with another descriptor than `config.channel()`.

@@ -804,7 +804,7 @@ impl Testnet {
             let gossip = Gossip::new(gossip_config, log.clone()).start();
             let node = SwitchBuilder::new(node_config, NodeKey::generate()?)
                 .network(TESTNET_NETWORK)
-                .reactor(RegisterReactor::new(
+                .reactor(RegisterReactor::batched(
                     "gossip",
                     vec![gossip_config.channel()],
                     &gossip,

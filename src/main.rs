@@ -293,7 +293,7 @@ async fn run_node(
         None => {
             let gossip = Gossip::new(GossipConfig::default(), log.clone()).start();
             let node = builder
-                .reactor(RegisterReactor::new(
+                .reactor(RegisterReactor::batched(
                     "gossip",
                     vec![gossip_channel()],
                     &gossip,
