@@ -1316,9 +1316,6 @@ impl ReactorLink {
         }
     }
 
-    /// Pushes one message into the reactor's mailbox, in order; waits first if [`MAX_ACKS`]
-    /// answered deliveries are outstanding. A typed channel's payload is decoded first; one
-    /// that does not decode ends the connection with the reason returned.
     /// The common case of [`deliver`](Self::deliver) without a future: a raw message that
     /// needs no answer is pushed, a batched one that does not fill its batch is collected.
     /// Hands the payload back when `deliver` must take it (an answer or a flush may wait, a
@@ -1364,6 +1361,10 @@ impl ReactorLink {
         self.batch.push(payload);
     }
 
+    /// Pushes one message into the reactor's mailbox, in order (a batched reactor's into its
+    /// batch); waits first if [`MAX_ACKS`] answered deliveries are outstanding. A typed
+    /// channel's payload is decoded first; one that does not decode ends the connection with
+    /// the reason returned.
     async fn deliver(&mut self, peer: PeerId, payload: Bytes) -> Result<(), DisconnectReason> {
         if matches!(self.reactor.0, DeliveryKind::Batched(_)) {
             self.collect(payload);
