@@ -1181,7 +1181,9 @@ impl ReactorLink {
             channel: desc.id,
             reactor,
             limit: desc.recv_message_capacity,
-            acks: VecDeque::with_capacity(MAX_ACKS),
+            // Allocated by the first answered delivery: an idle link holds none (an `Ack` is
+            // 200 bytes, so two of them up front were 400 bytes per channel and connection).
+            acks: VecDeque::new(),
             since_ack: 0,
             bytes_since_ack: 0,
             received: metrics.received(desc.id),
