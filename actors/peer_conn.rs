@@ -1204,8 +1204,12 @@ impl ReactorLink {
             self.since_ack = 0;
             self.bytes_since_ack = 0;
             while self.acks.len() >= MAX_ACKS {
-                if let Some(oldest) = self.acks.pop_front() {
-                    oldest.wait().await;
+                // Boxed, and the `Ack` moved in without a local: inline, this wait (two
+                // `Ack`s' worth of state) would set the size of the reader task's future,
+                // which every idle connection holds. One allocation per wait, at most one per
+                // ACK_EVERY_MESSAGES messages.
+                if let Some(oldest) = self.acks.pop_front().map(|a| Box::pin(a.wait())) {
+                    oldest.await;
                 }
             }
         }
