@@ -114,7 +114,9 @@ impl SendChannel {
             priority: d.priority,
             max_message: d.recv_message_capacity,
             capacity: d.send_queue_capacity,
-            queue: VecDeque::with_capacity(d.send_queue_capacity.min(64)),
+            // Grows on the first messages: an idle channel holds no slots (up to 64 slots of
+            // 32 bytes each were allocated per channel and connection end before).
+            queue: VecDeque::new(),
             sending: None,
             recently_sent: 0,
         }
