@@ -239,7 +239,7 @@ impl MConnSender {
     /// The peer's receiver must have the channel before our packets on it reach it, or it
     /// closes the connection with `UnknownChannel`.
     pub fn add_channel(&mut self, desc: ChannelDescriptor) -> Result<(), MConnConfigError> {
-        self.index.insert(&desc, self.channels.len())?;
+        self.index.insert(&desc)?;
         self.channels.push(SendChannel::new(&desc));
         Ok(())
     }
