@@ -896,18 +896,24 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
     let mut buf = Vec::new();
     loop {
         let now = clock::now();
-        let (transmit, next, idle, drain) = {
+        // While draining: the drain's end, and its reason once the queues are written. Two
+        // values, so the reason is held only when needed: this keeps the writer task's future
+        // at 536 bytes, the most that fits a 640-byte tokio task cell (768 above it).
+        let (transmit, next, idle, drain_until, drained) = {
             let mut state = shared.lock();
             state.check(now)?;
             let t = state.sender.poll_transmit(now, &mut buf);
             let next = (t.bytes == 0)
                 .then(|| state.sender.poll_timeout())
                 .flatten();
-            let drain = state.draining.as_ref().map(|(reason, until)| {
-                let done = t.bytes == 0 && !state.sender.has_messages();
-                (reason.clone(), *until, done)
-            });
-            (t, next, t.bytes == 0 && !state.sender.has_pending(), drain)
+            let drain_until = state.draining.as_ref().map(|(_, until)| *until);
+            let drained = state
+                .draining
+                .as_ref()
+                .filter(|_| t.bytes == 0 && !state.sender.has_messages())
+                .map(|(reason, _)| reason.clone());
+            let idle = t.bytes == 0 && !state.sender.has_pending();
+            (t, next, idle, drain_until, drained)
         };
         if idle && buf.capacity() > IDLE_WRITE_BUFFER {
             // Nothing queued: a burst is over. Waiting on the rate limit is not idle (the next
@@ -923,7 +929,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
         if transmit.flush {
             flush_guarded(shared, io).await?;
         }
-        if let Some((reason, until, true)) = drain {
+        if let (Some(reason), Some(until)) = (drained, drain_until) {
             return Err(finish_drain(shared, io, reason, until).await);
         }
         if transmit.bytes > 0 {
@@ -931,7 +937,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
         }
         let wake = shared.writer_wake.notified();
         // While draining, the drain's end is a deadline too.
-        let at = match (next, drain.map(|(_, until, _)| until)) {
+        let at = match (next, drain_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -977,9 +983,8 @@ async fn write_guarded<W: AsyncWrite + Unpin>(
 ) -> Result<(), DisconnectReason> {
     let mut written = 0;
     while written < buf.len() {
-        let deadline = shared.lock().deadline();
         // `write` is cancel-safe: when it is dropped unfinished, nothing was written.
-        let result = guarded(shared, deadline, io.write(&buf[written..])).await;
+        let result = guarded(shared, io.write(&buf[written..])).await;
         match result {
             Some(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Some(Ok(n)) => {
@@ -1000,9 +1005,8 @@ async fn flush_guarded<W: AsyncWrite + Unpin>(
     io: &mut W,
 ) -> Result<(), DisconnectReason> {
     loop {
-        let deadline = shared.lock().deadline();
         // A flush dropped unfinished keeps its progress: the unsent bytes stay in the writer.
-        match guarded(shared, deadline, io.flush()).await {
+        match guarded(shared, io.flush()).await {
             Some(Ok(())) => {
                 shared.lock().sender.handle_flushed(clock::now());
                 return Ok(());
@@ -1013,12 +1017,10 @@ async fn flush_guarded<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Runs `op` until it completes (`Some`), `deadline` passes or the writer is woken (`None`).
-async fn guarded<T>(
-    shared: &Shared,
-    deadline: Option<Instant>,
-    op: impl std::future::Future<Output = T>,
-) -> Option<T> {
+/// Runs `op` until it completes (`Some`), the send state's deadline (read here, not passed
+/// in: the writer's future would hold it twice) passes or the writer is woken (`None`).
+async fn guarded<T>(shared: &Shared, op: impl std::future::Future<Output = T>) -> Option<T> {
+    let deadline = shared.lock().deadline();
     let wake = shared.writer_wake.notified();
     match deadline {
         Some(at) => tokio::select! {
