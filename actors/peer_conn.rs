@@ -680,8 +680,9 @@ struct SendState {
     reason: Option<DisconnectReason>,
     /// Set by a graceful [`Stop`]: its reason (which the connection ends with, whoever ends
     /// it) and the instant the drain must end. While set, sends are refused and the writer
-    /// ends once the queues are written.
-    draining: Option<(DisconnectReason, Instant)>,
+    /// ends once the queues are written. Boxed: set at most once, and unboxed it would add 48
+    /// bytes to every connection's shared state.
+    draining: Option<Box<(DisconnectReason, Instant)>>,
     /// Channels added to `sender` that the reader has not yet added to its receiver and
     /// reactor map, in the order they were added.
     added: Vec<(ChannelDescriptor, Delivery)>,
@@ -697,7 +698,7 @@ impl SendState {
         if let Some(reason) = &self.reason {
             return Err(reason.clone());
         }
-        if let Some((reason, until)) = &self.draining
+        if let Some((reason, until)) = self.draining.as_deref()
             && now >= *until
         {
             return Err(reason.clone());
@@ -709,7 +710,7 @@ impl SendState {
     /// When a blocked write or flush must wake to [`check`](Self::check): the core's
     /// deadline or the drain's end.
     fn deadline(&self) -> Option<Instant> {
-        let drain = self.draining.as_ref().map(|(_, until)| *until);
+        let drain = self.draining.as_deref().map(|(_, until)| *until);
         match (self.sender.deadline(), drain) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -793,7 +794,7 @@ impl Shared {
                 return;
             }
             let reason = match state.draining.take() {
-                Some((drain_reason, _)) => drain_reason,
+                Some(drain) => drain.0,
                 None => reason,
             };
             state.reason = Some(reason);
@@ -822,7 +823,7 @@ impl Shared {
             let Some(until) = clock::now().checked_add(self.drain_timeout) else {
                 return false;
             };
-            state.draining = Some((reason.clone(), until));
+            state.draining = Some(Box::new((reason.clone(), until)));
         }
         // Senders waiting for room give up (they would be refused), and the writer, idle or
         // blocked, sees the drain and its deadline.
@@ -906,10 +907,10 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
             let next = (t.bytes == 0)
                 .then(|| state.sender.poll_timeout())
                 .flatten();
-            let drain_until = state.draining.as_ref().map(|(_, until)| *until);
+            let drain_until = state.draining.as_deref().map(|(_, until)| *until);
             let drained = state
                 .draining
-                .as_ref()
+                .as_deref()
                 .filter(|_| t.bytes == 0 && !state.sender.has_messages())
                 .map(|(reason, _)| reason.clone());
             let idle = t.bytes == 0 && !state.sender.has_pending();
