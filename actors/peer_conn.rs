@@ -703,8 +703,9 @@ struct SendState {
     reason: Option<DisconnectReason>,
     /// Set by a graceful [`Stop`]: its reason (which the connection ends with, whoever ends
     /// it) and the instant the drain must end. While set, sends are refused and the writer
-    /// ends once the queues are written.
-    draining: Option<(DisconnectReason, Instant)>,
+    /// ends once the queues are written. Boxed: set at most once, and unboxed it would add 48
+    /// bytes to every connection's shared state.
+    draining: Option<Box<(DisconnectReason, Instant)>>,
     /// Channels added to `sender` that the reader has not yet added to its receiver and
     /// reactor map, in the order they were added.
     added: Vec<(ChannelDescriptor, Delivery)>,
@@ -720,7 +721,7 @@ impl SendState {
         if let Some(reason) = &self.reason {
             return Err(reason.clone());
         }
-        if let Some((reason, until)) = &self.draining
+        if let Some((reason, until)) = self.draining.as_deref()
             && now >= *until
         {
             return Err(reason.clone());
@@ -732,7 +733,7 @@ impl SendState {
     /// When a blocked write or flush must wake to [`check`](Self::check): the core's
     /// deadline or the drain's end.
     fn deadline(&self) -> Option<Instant> {
-        let drain = self.draining.as_ref().map(|(_, until)| *until);
+        let drain = self.draining.as_deref().map(|(_, until)| *until);
         match (self.sender.deadline(), drain) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -832,7 +833,7 @@ impl Shared {
                 return;
             }
             let reason = match state.draining.take() {
-                Some((drain_reason, _)) => drain_reason,
+                Some(drain) => drain.0,
                 None => reason,
             };
             state.reason = Some(reason);
@@ -861,7 +862,7 @@ impl Shared {
             let Some(until) = clock::now().checked_add(self.drain_timeout) else {
                 return false;
             };
-            state.draining = Some((reason.clone(), until));
+            state.draining = Some(Box::new((reason.clone(), until)));
         }
         // Senders waiting for room give up (they would be refused), and the writer, idle or
         // blocked, sees the drain and its deadline.
@@ -935,18 +936,24 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
     let mut buf = Vec::new();
     loop {
         let now = clock::now();
-        let (transmit, next, idle, drain) = {
+        // While draining: the drain's end, and its reason once the queues are written. Two
+        // values, so the reason is held only when needed: this keeps the writer task's future
+        // at 536 bytes, the most that fits a 640-byte tokio task cell (768 above it).
+        let (transmit, next, idle, drain_until, drained) = {
             let mut state = shared.lock();
             state.check(now)?;
             let t = state.sender.poll_transmit(now, &mut buf);
             let next = (t.bytes == 0)
                 .then(|| state.sender.poll_timeout())
                 .flatten();
-            let drain = state.draining.as_ref().map(|(reason, until)| {
-                let done = t.bytes == 0 && !state.sender.has_messages();
-                (reason.clone(), *until, done)
-            });
-            (t, next, t.bytes == 0 && !state.sender.has_pending(), drain)
+            let drain_until = state.draining.as_deref().map(|(_, until)| *until);
+            let drained = state
+                .draining
+                .as_deref()
+                .filter(|_| t.bytes == 0 && !state.sender.has_messages())
+                .map(|(reason, _)| reason.clone());
+            let idle = t.bytes == 0 && !state.sender.has_pending();
+            (t, next, idle, drain_until, drained)
         };
         if idle && buf.capacity() > IDLE_WRITE_BUFFER {
             // Nothing queued: a burst is over. Waiting on the rate limit is not idle (the next
@@ -966,7 +973,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
         if transmit.flush {
             flush_guarded(shared, io).await?;
         }
-        if let Some((reason, until, true)) = drain {
+        if let (Some(reason), Some(until)) = (drained, drain_until) {
             return Err(finish_drain(shared, io, reason, until).await);
         }
         if transmit.bytes > 0 {
@@ -974,7 +981,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
         }
         let wake = shared.writer_wake.notified();
         // While draining, the drain's end is a deadline too.
-        let at = match (next, drain.map(|(_, until, _)| until)) {
+        let at = match (next, drain_until) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -1020,9 +1027,8 @@ async fn write_guarded<W: AsyncWrite + Unpin>(
 ) -> Result<(), DisconnectReason> {
     let mut written = 0;
     while written < buf.len() {
-        let deadline = shared.lock().deadline();
         // `write` is cancel-safe: when it is dropped unfinished, nothing was written.
-        let result = guarded(shared, deadline, io.write(&buf[written..])).await;
+        let result = guarded(shared, io.write(&buf[written..])).await;
         match result {
             Some(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Some(Ok(n)) => {
@@ -1043,9 +1049,8 @@ async fn flush_guarded<W: AsyncWrite + Unpin>(
     io: &mut W,
 ) -> Result<(), DisconnectReason> {
     loop {
-        let deadline = shared.lock().deadline();
         // A flush dropped unfinished keeps its progress: the unsent bytes stay in the writer.
-        match guarded(shared, deadline, io.flush()).await {
+        match guarded(shared, io.flush()).await {
             Some(Ok(())) => {
                 shared.lock().sender.handle_flushed(clock::now());
                 return Ok(());
@@ -1056,12 +1061,10 @@ async fn flush_guarded<W: AsyncWrite + Unpin>(
     }
 }
 
-/// Runs `op` until it completes (`Some`), `deadline` passes or the writer is woken (`None`).
-async fn guarded<T>(
-    shared: &Shared,
-    deadline: Option<Instant>,
-    op: impl std::future::Future<Output = T>,
-) -> Option<T> {
+/// Runs `op` until it completes (`Some`), the send state's deadline (read here, not passed
+/// in: the writer's future would hold it twice) passes or the writer is woken (`None`).
+async fn guarded<T>(shared: &Shared, op: impl std::future::Future<Output = T>) -> Option<T> {
+    let deadline = shared.lock().deadline();
     let wake = shared.writer_wake.notified();
     match deadline {
         Some(at) => tokio::select! {
@@ -1153,11 +1156,20 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shared.close(reason);
 }
 
-/// Pushes every batched reactor's collected messages.
+/// Pushes every batched reactor's collected messages. The pushing (which may wait for an
+/// answer) is boxed: inline, its state would grow the reader task of every connection, idle
+/// ones included; boxed, it costs one allocation per batch, never one for a connection
+/// without batched reactors.
 async fn flush_links(links: &mut [ReactorLink], peer: PeerId) {
-    for link in links {
-        link.flush(peer).await;
+    if links.iter().all(|link| link.batch.is_empty()) {
+        return;
     }
+    Box::pin(async move {
+        for link in links {
+            link.flush(peer).await;
+        }
+    })
+    .await;
 }
 
 /// Reads into `buf` (sized to [`READ_CHUNK`] first if empty) if the transport has data now;
@@ -1305,7 +1317,9 @@ impl ReactorLink {
             channel: desc.id,
             reactor,
             limit: desc.recv_message_capacity,
-            acks: VecDeque::with_capacity(MAX_ACKS),
+            // Allocated by the first answered delivery: an idle link holds none (an `Ack` is
+            // 200 bytes, so two of them up front were 400 bytes per channel and connection).
+            acks: VecDeque::new(),
             since_ack: 0,
             bytes_since_ack: 0,
             batch: Vec::new(),
@@ -1371,7 +1385,8 @@ impl ReactorLink {
             // A full batch goes at once, so a batch holds at most MAX_BATCH messages or
             // ACK_EVERY_BYTES plus one message (the mailbox bound of the module docs).
             if self.batch.len() >= MAX_BATCH || self.batch_bytes >= ACK_EVERY_BYTES {
-                self.flush(peer).await;
+                // Boxed for the reader task's size, as in `flush_links`.
+                Box::pin(self.flush(peer)).await;
             }
             return Ok(());
         }
@@ -1457,8 +1472,12 @@ impl ReactorLink {
             self.since_ack = 0;
             self.bytes_since_ack = 0;
             while self.acks.len() >= MAX_ACKS {
-                if let Some(oldest) = self.acks.pop_front() {
-                    oldest.wait().await;
+                // Boxed, and the `Ack` moved in without a local: inline, this wait (two
+                // `Ack`s' worth of state) would set the size of the reader task's future,
+                // which every idle connection holds. One allocation per wait, at most one per
+                // ACK_EVERY_MESSAGES messages.
+                if let Some(oldest) = self.acks.pop_front().map(|a| Box::pin(a.wait())) {
+                    oldest.await;
                 }
             }
         }

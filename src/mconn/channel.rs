@@ -106,13 +106,18 @@ impl ChannelDescriptor {
     }
 }
 
-/// Maps channel ids to positions in the connection's channel list in O(1).
+/// Maps channel ids to positions in the connection's channel list: the ids in position order.
+/// A lookup scans at most [`MAX_CHANNELS`] (16) bytes; a table indexed by id would take 256
+/// bytes in both the sender and the receiver of every connection.
 #[derive(Debug, Clone)]
-pub(crate) struct ChannelIndex([u8; 256]);
+pub(crate) struct ChannelIndex {
+    /// `ids[pos]` is the id of the channel at `pos`, for `pos < len`.
+    ids: [u8; MAX_CHANNELS],
+    /// How many channels are indexed.
+    len: u8,
+}
 
 impl ChannelIndex {
-    const NONE: u8 = u8::MAX;
-
     /// Validates every descriptor and the set (at most [`MAX_CHANNELS`], unique ids) and
     /// builds the index; positions follow the order of `channels` (the scheduler's tie-break).
     pub(crate) fn new(channels: &[ChannelDescriptor]) -> Result<Self, MConnConfigError> {
@@ -122,49 +127,42 @@ impl ChannelIndex {
                 max: MAX_CHANNELS,
             });
         }
-        let mut index = [Self::NONE; 256];
-        for (pos, desc) in channels.iter().enumerate() {
-            desc.validate()?;
-            let slot = &mut index[usize::from(desc.id)];
-            if *slot != Self::NONE {
-                return Err(MConnConfigError::DuplicateChannel(desc.id));
-            }
-            // pos < MAX_CHANNELS (16) < NONE, checked above.
-            *slot = pos as u8;
+        let mut index = Self {
+            ids: [0; MAX_CHANNELS],
+            len: 0,
+        };
+        for desc in channels {
+            index.insert(desc)?;
         }
-        Ok(Self(index))
+        Ok(index)
     }
 
-    /// Validates `desc` against a connection that has `len` channels (indexed here) and
-    /// records it at position `len`, i.e. last in the scheduler's tie-break order. The same
-    /// checks as [`new`](Self::new): the descriptor itself, a unique id, at most
-    /// [`MAX_CHANNELS`]. On error nothing changes.
-    pub(crate) fn insert(
-        &mut self,
-        desc: &ChannelDescriptor,
-        len: usize,
-    ) -> Result<(), MConnConfigError> {
+    /// Validates `desc` and records it at the next position, i.e. last in the scheduler's
+    /// tie-break order. The same checks as [`new`](Self::new): the descriptor itself, a unique
+    /// id, at most [`MAX_CHANNELS`]. On error nothing changes.
+    pub(crate) fn insert(&mut self, desc: &ChannelDescriptor) -> Result<(), MConnConfigError> {
         desc.validate()?;
         if self.get(desc.id).is_some() {
             return Err(MConnConfigError::DuplicateChannel(desc.id));
         }
+        let len = usize::from(self.len);
         if len >= MAX_CHANNELS {
             return Err(MConnConfigError::TooManyChannels {
                 count: len + 1,
                 max: MAX_CHANNELS,
             });
         }
-        // len < MAX_CHANNELS (16) < NONE, checked above.
-        self.0[usize::from(desc.id)] = len as u8;
+        self.ids[len] = desc.id;
+        // len < MAX_CHANNELS (16), checked above.
+        self.len += 1;
         Ok(())
     }
 
     /// The position of channel `id`, if the connection has it.
     pub(crate) fn get(&self, id: u8) -> Option<usize> {
-        match self.0[usize::from(id)] {
-            Self::NONE => None,
-            pos => Some(usize::from(pos)),
-        }
+        self.ids[..usize::from(self.len)]
+            .iter()
+            .position(|&c| c == id)
     }
 }
 
@@ -220,21 +218,22 @@ mod tests {
     fn insert_checks_like_new_and_appends_last() {
         let mut idx = ChannelIndex::new(&[ChannelDescriptor::new(5)]).unwrap();
         assert_eq!(
-            idx.insert(&ChannelDescriptor::new(5), 1),
+            idx.insert(&ChannelDescriptor::new(5)),
             Err(MConnConfigError::DuplicateChannel(5))
         );
         assert_eq!(
-            idx.insert(&ChannelDescriptor::new(6).with_priority(0), 1),
+            idx.insert(&ChannelDescriptor::new(6).with_priority(0)),
             Err(MConnConfigError::ZeroPriority(6))
         );
         assert_eq!(idx.get(6), None, "a refused descriptor leaves no trace");
-        idx.insert(&ChannelDescriptor::new(6), 1).unwrap();
+        idx.insert(&ChannelDescriptor::new(6)).unwrap();
         assert_eq!(idx.get(6), Some(1));
-        for (len, id) in (2..16).zip(7u8..) {
-            idx.insert(&ChannelDescriptor::new(id), len).unwrap();
+        for (pos, id) in (2..16).zip(7u8..) {
+            idx.insert(&ChannelDescriptor::new(id)).unwrap();
+            assert_eq!(idx.get(id), Some(pos));
         }
         assert_eq!(
-            idx.insert(&ChannelDescriptor::new(0xee), 16),
+            idx.insert(&ChannelDescriptor::new(0xee)),
             Err(MConnConfigError::TooManyChannels { count: 17, max: 16 })
         );
         assert_eq!(idx.get(0xee), None);

@@ -160,7 +160,7 @@ impl MConnReceiver {
     /// completed before this call was `UnknownChannel`, which ended the connection. Messages
     /// being reassembled on other channels are untouched.
     pub fn add_channel(&mut self, desc: ChannelDescriptor) -> Result<(), MConnConfigError> {
-        self.index.insert(&desc, self.channels.len())?;
+        self.index.insert(&desc)?;
         self.channels.push(RecvChannel::new(&desc));
         Ok(())
     }

@@ -114,7 +114,9 @@ impl SendChannel {
             priority: d.priority,
             max_message: d.recv_message_capacity,
             capacity: d.send_queue_capacity,
-            queue: VecDeque::with_capacity(d.send_queue_capacity.min(64)),
+            // Grows on the first messages: an idle channel holds no slots (up to 64 slots of
+            // 32 bytes each were allocated per channel and connection end before).
+            queue: VecDeque::new(),
             sending: None,
             recently_sent: 0,
         }
@@ -237,7 +239,7 @@ impl MConnSender {
     /// The peer's receiver must have the channel before our packets on it reach it, or it
     /// closes the connection with `UnknownChannel`.
     pub fn add_channel(&mut self, desc: ChannelDescriptor) -> Result<(), MConnConfigError> {
-        self.index.insert(&desc, self.channels.len())?;
+        self.index.insert(&desc)?;
         self.channels.push(SendChannel::new(&desc));
         Ok(())
     }
