@@ -62,9 +62,13 @@ struct Cli {
     /// Idle connections opened by the memory measurement.
     #[arg(long, default_value_t = 500)]
     idle_conns: usize,
-    /// Where tm2-p2p's streaming sender runs (the arbiter, where reactors send from, was the
-    /// faster for small messages and equal for large ones).
-    #[arg(long, value_enum, default_value_t = tm2::SenderOn::Arbiter)]
+    /// Where tm2-p2p's streaming sender runs. `io` (the default since issue 17) is where
+    /// libp2p's sender runs: a task on the same 2-worker runtime. `arbiter` is where a
+    /// reactor sends from, but here both nodes share one process and so one actix thread: the
+    /// sending loop then competes with the receiving reactor, which a real deployment (sender
+    /// and receiver in different processes) never does; batched delivery made that the
+    /// bottleneck (docs/PERFORMANCE.md).
+    #[arg(long, value_enum, default_value_t = tm2::SenderOn::Io)]
     tm2_sender: tm2::SenderOn,
     /// Skip the floors: TM2's wire alone (crypto in memory; the secret layer over TCP), which
     /// turn the goals into ceilings this machine allows.
@@ -327,9 +331,13 @@ fn compare(cli: &Cli, window: Window) -> anyhow::Result<()> {
     }
     let header = format!(
         "tm2-p2p vs rust-libp2p {LIBP2P_VERSION} (TCP + noise + yamux), 127.0.0.1, both ends in one \
-         process per measurement, {IO_WORKERS} runtime workers; median of {} runs ({} s warm-up + \
-         {} s window; {} idle connections); took {:.0} s; load average before {load_before}, \
-         after {}",
+         process per measurement, {IO_WORKERS} runtime workers, tm2-p2p's sender on {}; median \
+         of {} runs ({} s warm-up + {} s window; {} idle connections); took {:.0} s; load \
+         average before {load_before}, after {}",
+        match cli.tm2_sender {
+            tm2::SenderOn::Io => "the runtime",
+            tm2::SenderOn::Arbiter => "the actix arbiter",
+        },
         cli.runs,
         cli.warmup,
         cli.duration,
