@@ -601,7 +601,12 @@ mod actor {
                 let (held, stop) = (held.clone(), stop.clone());
                 flood.push(tokio::spawn(async move {
                     while !stop.load(Ordering::Acquire) {
-                        let tcp = connect_from(ip, target).await;
+                        // A socket refused at once is reset; the reset can reach the
+                        // connect itself, which is one more refusal, not a failure.
+                        let Ok(tcp) = try_connect_from(ip, target).await else {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        };
                         let mut first = [0u8; 1];
                         // Holding a slot: the node started its handshake (sent its key).
                         if matches!(tcp.peek(&mut first).await, Ok(n) if n > 0) {
@@ -683,11 +688,13 @@ mod actor {
     }
 
     async fn connect_from(source: [u8; 4], to: SocketAddr) -> TcpStream {
-        let socket = TcpSocket::new_v4().unwrap();
-        socket
-            .bind(SocketAddr::new(IpAddr::from(source), 0))
-            .unwrap();
-        socket.connect(to).await.unwrap()
+        try_connect_from(source, to).await.unwrap()
+    }
+
+    async fn try_connect_from(source: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(IpAddr::from(source), 0))?;
+        socket.connect(to).await
     }
 
     /// Waits for the server to close `tcp` (EOF or reset), within `within`.
