@@ -21,7 +21,7 @@ use tm2_p2p::actors::peer_conn::{
     AddChannel, AddChannelError, PeerConn, PeerConnConfig, PeerHandle, PeerStopped, SendMessage,
     Stop, TrySendMessage,
 };
-use tm2_p2p::actors::reactor::{DisconnectReason, Receive};
+use tm2_p2p::actors::reactor::{Delivery, DisconnectReason, MAX_BATCH, Receive, ReceiveBatch};
 use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::mconn::{ChannelDescriptor, MConnConfig, MConnConfigError, MConnectionError};
 use tm2_p2p::types::PeerId;
@@ -89,6 +89,43 @@ impl Handler<Receive> for Collector {
         self.progress.send_modify(|p| {
             p.count += 1;
             p.bytes += len;
+        });
+        if let Some(gate) = &self.gate
+            && !*gate.borrow()
+        {
+            let mut gate = gate.clone();
+            ctx.wait(
+                async move {
+                    let _ = gate.wait_for(|open| *open).await;
+                }
+                .into_actor(self),
+            );
+        }
+    }
+}
+
+/// A batched reactor's view: the same records, a batch at a time (stalling after the first
+/// batch when gated). `progress.count` counts messages; `batches` counts batches.
+impl Handler<ReceiveBatch> for Collector {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReceiveBatch, ctx: &mut Self::Context) {
+        assert!(!msg.payloads.is_empty() && msg.payloads.len() <= MAX_BATCH);
+        let (n, bytes) = (
+            msg.payloads.len(),
+            msg.payloads.iter().map(|p| p.len() as u64).sum::<u64>(),
+        );
+        if self.keep {
+            self.got
+                .extend(msg.payloads.into_iter().map(|payload| Receive {
+                    channel: msg.channel,
+                    peer: msg.peer,
+                    payload,
+                }));
+        }
+        self.progress.send_modify(|p| {
+            p.count += n;
+            p.bytes += bytes;
         });
         if let Some(gate) = &self.gate
             && !*gate.borrow()
@@ -627,6 +664,70 @@ async fn a_slow_reactor_makes_the_sender_fail_instead_of_buffering_without_bound
     }
     assert!(a_handle.send(0x01, pattern(MSG, 0)).await);
     slow.wait_for("one more", |p| p.count == accepted + 1).await;
+    assert_eq!(*sup.count.borrow(), 0);
+    assert!(!b_handle.is_closed());
+    drop(a_addr);
+}
+
+#[actix::test]
+async fn a_slow_batched_reactor_makes_the_sender_fail_instead_of_buffering_without_bound() {
+    // Small messages, many per batch: the reactor handles one batch, then stalls. What the
+    // receiving connection may hold for it is (MAX_ACKS + 1) batches; the rest must stay in
+    // socket buffers (a few MB on loopback) and then in the sender's queue, which fills.
+    const MSG: usize = 1024;
+    const BOUND: usize = 64 * 1024; // 64 MiB of messages
+    let chans = [ChannelDescriptor::new(0x01).with_send_queue_capacity(64)];
+    let sup = Sup::start();
+    let (gate_tx, gate) = watch::channel(false);
+    let (sa, sb) = secret_pair().await;
+    let (a_addr, a_handle) = PeerConn::start(
+        sa,
+        unlimited(),
+        vec![(chans[0], Reactor::start(false, None).recipient().into())],
+        sup.recipient(),
+        Some(io_runtime()),
+    )
+    .unwrap();
+    let mut slow = Reactor::start(true, Some(gate));
+    let (_b_addr, b_handle) = PeerConn::start(
+        sb,
+        unlimited(),
+        vec![(chans[0], Delivery::batched(&slow.addr))],
+        sup.recipient(),
+        Some(io_runtime()),
+    )
+    .unwrap();
+    let mut accepted = 0;
+    loop {
+        let msg = pattern(MSG, accepted as u8);
+        if !a_handle
+            .send_timeout(0x01, msg, Duration::from_millis(500))
+            .await
+        {
+            break;
+        }
+        accepted += 1;
+        assert!(accepted < BOUND, "the sender never saw a full queue");
+    }
+    assert!(
+        slow.progress.borrow().count <= MAX_BATCH,
+        "the reactor is stalled after one batch"
+    );
+    println!(
+        "accepted {accepted} messages of {MSG} B before the queue stayed full ({} KiB); the \
+         stalled reactor handled {}",
+        accepted * MSG / 1024,
+        slow.progress.borrow().count
+    );
+    // Once the reactor catches up, everything accepted arrives, in order.
+    gate_tx.send(true).unwrap();
+    slow.wait_for("every accepted message", |p| p.count == accepted)
+        .await;
+    let got = slow.addr.send(Take).await.unwrap();
+    assert_eq!(got.len(), accepted);
+    for (i, r) in got.iter().enumerate() {
+        assert!(r.payload == pattern(MSG, i as u8), "message {i} differs");
+    }
     assert_eq!(*sup.count.borrow(), 0);
     assert!(!b_handle.is_closed());
     drop(a_addr);
