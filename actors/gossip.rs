@@ -522,7 +522,8 @@ impl Handler<Receive> for Gossip {
 }
 
 /// Registered with [`RegisterReactor::batched`] (as the binary and the testnet do), Gossip gets
-/// a peer's messages a socket read at a time: one mailbox message per batch.
+/// a peer's messages a batch at a time (what arrived until the socket had nothing more): one
+/// mailbox message per batch.
 impl Handler<ReceiveBatch> for Gossip {
     type Result = ();
 

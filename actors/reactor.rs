@@ -51,7 +51,8 @@ pub struct Receive {
 /// Whole messages one peer sent on one channel, in the order it sent them: what a reactor
 /// registered with [`RegisterReactor::batched`](crate::RegisterReactor::batched) gets instead
 /// of one [`Receive`] per message. The connection hands over, in one mailbox envelope, the
-/// messages it decoded from one read of the socket (at most [`MAX_BATCH`] of them), so a
+/// messages it decoded until its socket had nothing more to read (at most [`MAX_BATCH`] of
+/// them, or 256 KiB and one message), so a
 /// reactor that takes many small messages pays one actor message, one wake-up and one
 /// allocation per batch instead of per message. Same ordering, guarantees and backpressure as
 /// [`Receive`] (the bound counts messages, not batches); never empty.

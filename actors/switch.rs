@@ -529,7 +529,7 @@ impl RegisterReactor {
     }
 
     /// Like [`new`](Self::new), but the reactor gets the messages of each channel in
-    /// [`ReceiveBatch`]es (all a connection decoded from one read of its socket, in order)
+    /// [`ReceiveBatch`]es (what a connection decoded until its socket had nothing more, in order)
     /// instead of one [`Receive`] each: the faster shape for a reactor that takes many small
     /// messages (transactions, votes), as it pays one actor message per batch.
     pub fn batched<A>(
