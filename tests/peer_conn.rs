@@ -606,13 +606,20 @@ async fn the_remote_closing_its_socket_gives_exactly_one_peer_stopped() {
     sup.assert_reported_once(handle.id(), &addr).await;
 }
 
-#[actix::test]
-async fn a_slow_reactor_makes_the_sender_fail_instead_of_buffering_without_bound() {
-    const MSG: usize = 64 * 1024;
-    // Loopback socket buffers hold a few MB, the receiving PeerConn a few hundred KB per
-    // channel: anything near this bound means something buffers without limit.
-    const BOUND: usize = 1024; // 64 MiB of messages
-    let chans = [ChannelDescriptor::new(0x01).with_send_queue_capacity(4)];
+/// A connection whose receiving reactor handles its first delivery, then stalls: the sender
+/// streams `msg`-byte messages until its queue (of `queue` messages) stays full, which must
+/// happen before `bound` messages (anything near it means something buffers without limit:
+/// loopback socket buffers hold a few MB, the receiving PeerConn a few hundred KB per
+/// channel). Then the reactor resumes and everything accepted must arrive, in order, and
+/// sending must work again. Returns how many messages were accepted and how many the stalled
+/// reactor had handled.
+async fn stall_then_resume(
+    batched: bool,
+    msg: usize,
+    queue: usize,
+    bound: usize,
+) -> (usize, usize) {
+    let chans = [ChannelDescriptor::new(0x01).with_send_queue_capacity(queue)];
     let sup = Sup::start();
     let (gate_tx, gate) = watch::channel(false);
     let (sa, sb) = secret_pair().await;
@@ -625,112 +632,75 @@ async fn a_slow_reactor_makes_the_sender_fail_instead_of_buffering_without_bound
     )
     .unwrap();
     let mut slow = Reactor::start(true, Some(gate));
+    let delivery = if batched {
+        Delivery::batched(&slow.addr)
+    } else {
+        slow.recipient().into()
+    };
     let (_b_addr, b_handle) = PeerConn::start(
         sb,
         unlimited(),
-        vec![(chans[0], slow.recipient().into())],
+        vec![(chans[0], delivery)],
         sup.recipient(),
         Some(io_runtime()),
     )
     .unwrap();
     let mut accepted = 0;
     loop {
-        let msg = pattern(MSG, accepted as u8);
+        let payload = pattern(msg, accepted as u8);
         if !a_handle
-            .send_timeout(0x01, msg, Duration::from_millis(500))
+            .send_timeout(0x01, payload, Duration::from_millis(500))
             .await
         {
             break;
         }
         accepted += 1;
-        assert!(accepted < BOUND, "the sender never saw a full queue");
+        assert!(accepted < bound, "the sender never saw a full queue");
     }
     assert!(
-        !a_handle.try_send(0x01, pattern(MSG, 0)),
+        !a_handle.try_send(0x01, pattern(msg, 0)),
         "the queue stays full"
     );
-    assert!(slow.progress.borrow().count <= 1, "the reactor is stalled");
+    let stalled_at = slow.progress.borrow().count;
     println!(
-        "accepted {accepted} messages of {MSG} B before the queue stayed full ({} KiB)",
-        accepted * MSG / 1024
+        "accepted {accepted} messages of {msg} B before the queue stayed full ({} KiB); the \
+         stalled reactor had handled {stalled_at}",
+        accepted * msg / 1024
     );
     // Once the reactor catches up, everything accepted arrives, in order, and sending works.
     gate_tx.send(true).unwrap();
     slow.wait_for("every accepted message", |p| p.count == accepted)
         .await;
     let got = slow.addr.send(Take).await.unwrap();
+    assert_eq!(got.len(), accepted);
     for (i, r) in got.iter().enumerate() {
-        assert!(r.payload == pattern(MSG, i as u8), "message {i} differs");
+        assert!(r.payload == pattern(msg, i as u8), "message {i} differs");
     }
-    assert!(a_handle.send(0x01, pattern(MSG, 0)).await);
+    assert!(a_handle.send(0x01, pattern(msg, 0)).await);
     slow.wait_for("one more", |p| p.count == accepted + 1).await;
     assert_eq!(*sup.count.borrow(), 0);
     assert!(!b_handle.is_closed());
     drop(a_addr);
+    (accepted, stalled_at)
+}
+
+#[actix::test]
+async fn a_slow_reactor_makes_the_sender_fail_instead_of_buffering_without_bound() {
+    // 64 KiB messages, queue of 4, bound 64 MiB of messages; stalled after one message.
+    let (_, stalled_at) = stall_then_resume(false, 64 * 1024, 4, 1024).await;
+    assert!(stalled_at <= 1, "the reactor is stalled");
 }
 
 #[actix::test]
 async fn a_slow_batched_reactor_makes_the_sender_fail_instead_of_buffering_without_bound() {
     // Small messages, many per batch: the reactor handles one batch, then stalls. What the
     // receiving connection may hold for it is (MAX_ACKS + 1) batches; the rest must stay in
-    // socket buffers (a few MB on loopback) and then in the sender's queue, which fills.
-    const MSG: usize = 1024;
-    const BOUND: usize = 64 * 1024; // 64 MiB of messages
-    let chans = [ChannelDescriptor::new(0x01).with_send_queue_capacity(64)];
-    let sup = Sup::start();
-    let (gate_tx, gate) = watch::channel(false);
-    let (sa, sb) = secret_pair().await;
-    let (a_addr, a_handle) = PeerConn::start(
-        sa,
-        unlimited(),
-        vec![(chans[0], Reactor::start(false, None).recipient().into())],
-        sup.recipient(),
-        Some(io_runtime()),
-    )
-    .unwrap();
-    let mut slow = Reactor::start(true, Some(gate));
-    let (_b_addr, b_handle) = PeerConn::start(
-        sb,
-        unlimited(),
-        vec![(chans[0], Delivery::batched(&slow.addr))],
-        sup.recipient(),
-        Some(io_runtime()),
-    )
-    .unwrap();
-    let mut accepted = 0;
-    loop {
-        let msg = pattern(MSG, accepted as u8);
-        if !a_handle
-            .send_timeout(0x01, msg, Duration::from_millis(500))
-            .await
-        {
-            break;
-        }
-        accepted += 1;
-        assert!(accepted < BOUND, "the sender never saw a full queue");
-    }
+    // socket buffers and then in the sender's queue, which fills. Bound: 64 MiB of messages.
+    let (_, stalled_at) = stall_then_resume(true, 1024, 64, 64 * 1024).await;
     assert!(
-        slow.progress.borrow().count <= MAX_BATCH,
+        stalled_at <= MAX_BATCH,
         "the reactor is stalled after one batch"
     );
-    println!(
-        "accepted {accepted} messages of {MSG} B before the queue stayed full ({} KiB); the \
-         stalled reactor handled {}",
-        accepted * MSG / 1024,
-        slow.progress.borrow().count
-    );
-    // Once the reactor catches up, everything accepted arrives, in order.
-    gate_tx.send(true).unwrap();
-    slow.wait_for("every accepted message", |p| p.count == accepted)
-        .await;
-    let got = slow.addr.send(Take).await.unwrap();
-    assert_eq!(got.len(), accepted);
-    for (i, r) in got.iter().enumerate() {
-        assert!(r.payload == pattern(MSG, i as u8), "message {i} differs");
-    }
-    assert_eq!(*sup.count.borrow(), 0);
-    assert!(!b_handle.is_closed());
-    drop(a_addr);
 }
 
 #[actix::test]

@@ -26,6 +26,8 @@ use tokio::sync::mpsc;
 enum Seen {
     Added(PeerId),
     Received(PeerId, u8, Bytes),
+    /// What a reactor registered with `RegisterReactor::batched` gets.
+    Batch(ReceiveBatch),
     Removed(PeerId, DisconnectReason),
 }
 
@@ -60,6 +62,13 @@ impl Handler<Receive> for Recorder {
         self.tx
             .try_send(Seen::Received(msg.peer, msg.channel, msg.payload))
             .unwrap();
+    }
+}
+
+impl Handler<ReceiveBatch> for Recorder {
+    type Result = ();
+    fn handle(&mut self, msg: ReceiveBatch, _: &mut Self::Context) {
+        self.tx.try_send(Seen::Batch(msg)).unwrap();
     }
 }
 
@@ -930,101 +939,74 @@ fn typed_payloads_are_the_bytes_protocol_md_shows() {
     );
 }
 
-/// What a batched reactor saw, in order.
-#[derive(Debug)]
-enum BatchSeen {
-    Batch(ReceiveBatch),
-    Removed(PeerId, DisconnectReason),
-}
-
-/// A batched reactor: forwards every batch and peer removal.
-struct BatchReactor {
-    tx: mpsc::Sender<BatchSeen>,
-}
-
-impl Actor for BatchReactor {
-    type Context = Context<Self>;
-}
-
-impl Handler<PeerAdded> for BatchReactor {
-    type Result = ();
-    fn handle(&mut self, _: PeerAdded, _: &mut Self::Context) {}
-}
-
-impl Handler<PeerRemoved> for BatchReactor {
-    type Result = ();
-    fn handle(&mut self, msg: PeerRemoved, _: &mut Self::Context) {
-        self.tx
-            .try_send(BatchSeen::Removed(msg.peer, msg.reason))
-            .unwrap();
-    }
-}
-
-impl Handler<ReceiveBatch> for BatchReactor {
-    type Result = ();
-    fn handle(&mut self, msg: ReceiveBatch, _: &mut Self::Context) {
-        self.tx.try_send(BatchSeen::Batch(msg)).unwrap();
-    }
-}
-
-#[actix::test]
-async fn a_batched_reactor_gets_every_message_in_order_and_all_before_the_peer_is_removed() {
+/// A sends 5,300 numbered 200-byte messages on 0x41 to B and ends the connection right after
+/// the last (a graceful stop: all is written first, and B's reader may meet the end of the
+/// stream with messages collected). B's reactor, batched or not, must get every one, in order,
+/// before `PeerRemoved`. Returns the largest batch B's reactor got (1 if not batched).
+async fn every_message_arrives_before_the_removal(batched: bool) -> usize {
     const CH: u8 = 0x41;
-    const FIRST: u64 = 5_000;
-    const LAST: u64 = 300;
+    const N: u64 = 5_300;
     // No rate limits: the graceful stop's drain must not run out of time (drain_timeout)
     // with messages still in flight.
     let mut a = TestNode::spawn(common::config()).await;
     // A only sends, but both ends must have the channel.
     let _unused = common::counter(&a.node, CH, 1000, false).await;
     let mut b = TestNode::spawn(common::config()).await;
-    // Room for every batch even if each held one message.
-    let (tx, mut seen) = mpsc::channel((FIRST + LAST) as usize + 10);
-    let reactor = BatchReactor { tx }.start();
-    b.node
-        .switch()
-        .send(RegisterReactor::batched(
-            "batched",
-            vec![ChannelDescriptor::new(CH).with_send_queue_capacity(1000)],
-            &reactor,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    // Room for every message even if each came alone.
+    let (tx, mut seen) = mpsc::channel(N as usize + 10);
+    let recorder = Recorder { tx }.start();
+    let desc = vec![ChannelDescriptor::new(CH).with_send_queue_capacity(1000)];
+    let register = if batched {
+        RegisterReactor::batched("batched", desc, &recorder)
+    } else {
+        RegisterReactor::new("each", desc, &recorder)
+    };
+    b.node.switch().send(register).await.unwrap().unwrap();
     connect(&mut a, &mut b).await;
     let peers = a.node.switch().send(GetPeers).await.unwrap();
     let handle = peers.peers[0].handle.clone();
-
-    // A burst, the last of it right before A ends the connection (a graceful stop, so all is
-    // written first): B's reader may meet the end of the stream with messages collected.
-    for seq in 0..FIRST + LAST {
+    for seq in 0..N {
         assert!(handle.send(CH, numbered(seq, 200)).await);
     }
     handle.disconnect("done");
 
     let mut next = 0;
     let mut largest = 0;
+    let mut check = |peer: PeerId, channel: u8, payload: &Bytes| {
+        assert_eq!((peer, channel, payload.len()), (a.id(), CH, 200));
+        assert_eq!(seq_of(payload), Some(next), "lost or out of order");
+        next += 1;
+    };
     loop {
         match recv_within("B's reactor", seen.recv()).await {
-            BatchSeen::Batch(batch) => {
-                assert_eq!((batch.channel, batch.peer), (CH, a.id()));
-                assert!(!batch.payloads.is_empty());
-                assert!(batch.payloads.len() <= MAX_BATCH);
+            Seen::Added(peer) => assert_eq!(peer, a.id()),
+            Seen::Received(peer, channel, payload) => {
+                assert!(!batched);
+                largest = 1;
+                check(peer, channel, &payload);
+            }
+            Seen::Batch(batch) => {
+                assert!(batched);
+                assert!(!batch.payloads.is_empty() && batch.payloads.len() <= MAX_BATCH);
                 largest = largest.max(batch.payloads.len());
                 for payload in &batch.payloads {
-                    assert_eq!(payload.len(), 200);
-                    assert_eq!(seq_of(payload), Some(next), "lost or out of order");
-                    next += 1;
+                    check(batch.peer, batch.channel, payload);
                 }
             }
-            BatchSeen::Removed(peer, reason) => {
+            Seen::Removed(peer, reason) => {
                 assert_eq!(peer, a.id());
                 assert_eq!(reason, DisconnectReason::RemoteClosed);
                 break;
             }
         }
     }
-    assert_eq!(next, FIRST + LAST, "every message before the removal");
+    assert_eq!(next, N, "every message before the removal");
+    largest
+}
+
+#[actix::test]
+async fn a_batched_reactor_gets_every_message_in_order_and_all_before_the_peer_is_removed() {
+    let largest = every_message_arrives_before_the_removal(true).await;
     assert!(largest > 1, "a burst of small messages came one per batch");
 }
 
@@ -1034,47 +1016,7 @@ async fn a_batched_reactor_gets_every_message_in_order_and_all_before_the_peer_i
 /// were never handled (5,298 of 5,300 here).
 #[actix::test]
 async fn a_reactor_handles_every_message_read_before_the_connection_ended() {
-    const CH: u8 = 0x41;
-    const N: u64 = 5_300;
-    let mut a = TestNode::spawn(common::config()).await;
-    let _unused = common::counter(&a.node, CH, 1000, false).await;
-    let mut b = TestNode::spawn(common::config()).await;
-    let (tx, mut seen) = mpsc::channel(N as usize + 10);
-    let recorder = Recorder { tx }.start();
-    b.node
-        .switch()
-        .send(RegisterReactor::new(
-            "each",
-            vec![ChannelDescriptor::new(CH).with_send_queue_capacity(1000)],
-            &recorder,
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    connect(&mut a, &mut b).await;
-    let peers = a.node.switch().send(GetPeers).await.unwrap();
-    let handle = peers.peers[0].handle.clone();
-    for seq in 0..N {
-        assert!(handle.send(CH, numbered(seq, 200)).await);
-    }
-    handle.disconnect("done");
-    let mut next = 0;
-    loop {
-        match recv_within("B's reactor", seen.recv()).await {
-            Seen::Received(peer, CH, payload) => {
-                assert_eq!(peer, a.id());
-                assert_eq!(seq_of(&payload), Some(next), "lost or out of order");
-                next += 1;
-            }
-            Seen::Removed(_, reason) => {
-                assert_eq!(reason, DisconnectReason::RemoteClosed);
-                break;
-            }
-            Seen::Added(peer) => assert_eq!(peer, a.id()),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    assert_eq!(next, N);
+    every_message_arrives_before_the_removal(false).await;
 }
 
 #[actix::test]
