@@ -517,13 +517,31 @@ impl RegisterReactor {
             + Handler<PeerRemoved>
             + Handler<Receive>,
     {
+        Self::with(
+            name,
+            channels,
+            addr,
+            addr.clone().recipient::<Receive>().into(),
+        )
+    }
+
+    /// `addr` gets peer arrivals and departures; its messages go to `receive`.
+    fn with<A>(
+        name: impl Into<String>,
+        channels: Vec<ChannelDescriptor>,
+        addr: &Addr<A>,
+        receive: Delivery,
+    ) -> Self
+    where
+        A: Actor<Context = Context<A>> + Handler<PeerAdded> + Handler<PeerRemoved>,
+    {
         Self {
             name: name.into(),
             channels,
             recipients: ReactorRecipients {
                 added: addr.clone().recipient(),
                 removed: addr.clone().recipient(),
-                receive: addr.clone().recipient::<Receive>().into(),
+                receive,
             },
         }
     }
@@ -543,15 +561,7 @@ impl RegisterReactor {
             + Handler<PeerRemoved>
             + Handler<ReceiveBatch>,
     {
-        Self {
-            name: name.into(),
-            channels,
-            recipients: ReactorRecipients {
-                added: addr.clone().recipient(),
-                removed: addr.clone().recipient(),
-                receive: Delivery::batched(addr),
-            },
-        }
+        Self::with(name, channels, addr, Delivery::batched(addr))
     }
 
     /// Registers actor `addr` for `channels`, each carrying values of `T`: the connection
@@ -595,15 +605,7 @@ impl RegisterReactor {
             + Handler<PeerRemoved>
             + Handler<TypedReceive<T>>,
     {
-        Self {
-            name: name.into(),
-            channels,
-            recipients: ReactorRecipients {
-                added: addr.clone().recipient(),
-                removed: addr.clone().recipient(),
-                receive: Delivery::typed::<T, A>(addr),
-            },
-        }
+        Self::with(name, channels, addr, Delivery::typed::<T, A>(addr))
     }
 }
 

@@ -78,17 +78,12 @@ impl Actor for Collector {
     type Context = Context<Self>;
 }
 
-impl Handler<Receive> for Collector {
-    type Result = ();
-
-    fn handle(&mut self, msg: Receive, ctx: &mut Self::Context) {
-        let len = msg.payload.len() as u64;
-        if self.keep {
-            self.got.push(msg);
-        }
+impl Collector {
+    /// Counts `n` messages of `bytes` in all; with a closed gate, stops handling until it opens.
+    fn handled(&mut self, n: usize, bytes: u64, ctx: &mut Context<Self>) {
         self.progress.send_modify(|p| {
-            p.count += 1;
-            p.bytes += len;
+            p.count += n;
+            p.bytes += bytes;
         });
         if let Some(gate) = &self.gate
             && !*gate.borrow()
@@ -104,8 +99,20 @@ impl Handler<Receive> for Collector {
     }
 }
 
+impl Handler<Receive> for Collector {
+    type Result = ();
+
+    fn handle(&mut self, msg: Receive, ctx: &mut Self::Context) {
+        let len = msg.payload.len() as u64;
+        if self.keep {
+            self.got.push(msg);
+        }
+        self.handled(1, len, ctx);
+    }
+}
+
 /// A batched reactor's view: the same records, a batch at a time (stalling after the first
-/// batch when gated). `progress.count` counts messages; `batches` counts batches.
+/// batch when gated); `progress.count` counts messages.
 impl Handler<ReceiveBatch> for Collector {
     type Result = ();
 
@@ -123,21 +130,7 @@ impl Handler<ReceiveBatch> for Collector {
                     payload,
                 }));
         }
-        self.progress.send_modify(|p| {
-            p.count += n;
-            p.bytes += bytes;
-        });
-        if let Some(gate) = &self.gate
-            && !*gate.borrow()
-        {
-            let mut gate = gate.clone();
-            ctx.wait(
-                async move {
-                    let _ = gate.wait_for(|open| *open).await;
-                }
-                .into_actor(self),
-            );
-        }
+        self.handled(n, bytes, ctx);
     }
 }
 
