@@ -29,7 +29,7 @@ use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerStopped};
 use tm2_p2p::mconn::{MConnConfig, Packet};
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DisconnectPeer, DisconnectReason, GetPeers, NodeKey, P2pConfig,
-    PeerHandle, PeerId, RegisterReactor, SendTo, StopPeerForError, SwitchEvent, TrySendTo,
+    PeerHandle, PeerId, RegisterReactor, SendTo, StopPeerForError, Switch, SwitchEvent, TrySendTo,
 };
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
@@ -193,67 +193,65 @@ async fn shutdown_writes_the_queued_messages_before_closing() {
     assert_eq!(b_tally.messages(), QUEUED, "every queued message arrived");
 }
 
+/// Ends A's connection to B with `stop` (sent to A's Switch, then `meanwhile` runs), checks A
+/// reports `reason` and waits for B to see the end; returns how many messages B got.
+async fn stop_and_count<M>(
+    (a, b, b_tally): (&mut TestNode, &mut TestNode, &Tally),
+    stop: M,
+    reason: DisconnectReason,
+    meanwhile: impl FnOnce(),
+) -> u64
+where
+    M: Message<Result = ()> + Send + 'static,
+    Switch: Handler<M>,
+{
+    let peer = b.id();
+    a.node.switch().send(stop).await.unwrap();
+    meanwhile();
+    assert_eq!(disconnect_reason(a, peer).await, reason);
+    b.disconnected_from(a.id()).await;
+    b_tally.messages()
+}
+
 #[actix::test]
 async fn disconnect_peer_drains_and_new_sends_are_refused_meanwhile() {
     let (mut a, mut b, b_tally, to_b) = queued_pair(1_000_000, Duration::from_secs(10)).await;
-    let peer = b.id();
-    a.node
-        .switch()
-        .send(DisconnectPeer {
-            peer,
-            reason: "done".into(),
-        })
-        .await
-        .unwrap();
-    assert!(!to_b.try_send(CHANNEL, numbered(99, MSG)), "draining");
-    assert_eq!(
-        disconnect_reason(&mut a, peer).await,
-        DisconnectReason::Stopped("done".into())
-    );
-    b.disconnected_from(a.id()).await;
-    assert_eq!(b_tally.messages(), QUEUED);
+    let stop = DisconnectPeer {
+        peer: b.id(),
+        reason: "done".into(),
+    };
+    let got = stop_and_count(
+        (&mut a, &mut b, &b_tally),
+        stop,
+        DisconnectReason::Stopped("done".into()),
+        || assert!(!to_b.try_send(CHANNEL, numbered(99, MSG)), "draining"),
+    )
+    .await;
+    assert_eq!(got, QUEUED);
 }
 
 #[actix::test]
 async fn a_drain_ends_at_drain_timeout() {
     // At 20 kB/s the 320 KiB would take 16 s; the drain is cut after 300 ms.
     let (mut a, mut b, b_tally, _to_b) = queued_pair(20_000, Duration::from_millis(300)).await;
-    let peer = b.id();
-    a.node
-        .switch()
-        .send(DisconnectPeer {
-            peer,
-            reason: "done".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        disconnect_reason(&mut a, peer).await,
-        DisconnectReason::Stopped("done".into())
-    );
-    b.disconnected_from(a.id()).await;
-    let got = b_tally.messages();
+    let stop = DisconnectPeer {
+        peer: b.id(),
+        reason: "done".into(),
+    };
+    let reason = DisconnectReason::Stopped("done".into());
+    let got = stop_and_count((&mut a, &mut b, &b_tally), stop, reason, || {}).await;
     assert!(got < QUEUED, "{got} arrived: the drain was not cut");
 }
 
 #[actix::test]
 async fn stop_peer_for_error_does_not_drain() {
     let (mut a, mut b, b_tally, _to_b) = queued_pair(20_000, Duration::from_secs(60)).await;
-    let peer = b.id();
-    a.node
-        .switch()
-        .send(StopPeerForError {
-            peer,
-            reason: "bad".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(
-        disconnect_reason(&mut a, peer).await,
-        DisconnectReason::Misbehaved("bad".into())
-    );
-    b.disconnected_from(a.id()).await;
-    let got = b_tally.messages();
+    let stop = StopPeerForError {
+        peer: b.id(),
+        reason: "bad".into(),
+    };
+    let reason = DisconnectReason::Misbehaved("bad".into());
+    let got = stop_and_count((&mut a, &mut b, &b_tally), stop, reason, || {}).await;
     assert!(got < QUEUED, "{got} arrived: a stop for an error drained");
 }
 
