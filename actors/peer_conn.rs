@@ -579,14 +579,9 @@ impl PeerHandle {
     /// Like [`send`](Self::send) with an explicit timeout.
     pub async fn send_timeout(&self, channel: u8, payload: Bytes, timeout: Duration) -> bool {
         // The common case, a queue with room, costs one offer: no clock read, no waiter.
-        let mut payload = match self.shared.offer(channel, payload) {
-            Offer::Queued => return true,
-            Offer::Full(back) => back,
-            refused => {
-                self.shared
-                    .count_refusal(&refused, DropReason::SendQueueFull);
-                return false;
-            }
+        let mut payload = match self.shared.offer_unless_full(channel, payload) {
+            Ok(queued) => return queued,
+            Err(back) => back,
         };
         let deadline = clock::now()
             .checked_add(timeout)
@@ -599,14 +594,9 @@ impl PeerHandle {
             let room = self.shared.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            match self.shared.offer(channel, payload) {
-                Offer::Queued => return true,
-                Offer::Full(back) => payload = back,
-                refused => {
-                    self.shared
-                        .count_refusal(&refused, DropReason::SendQueueFull);
-                    return false;
-                }
+            match self.shared.offer_unless_full(channel, payload) {
+                Ok(queued) => return queued,
+                Err(back) => payload = back,
             }
             match deadline {
                 Some(at) => {
@@ -802,6 +792,19 @@ impl Shared {
             Err(TrySendError::Full { payload, .. }) => Offer::Full(payload),
             Err(TrySendError::UnknownChannel { .. }) => Offer::UnknownChannel,
             Err(TrySendError::TooLarge { .. }) => Offer::TooLarge,
+        }
+    }
+
+    /// Offers `payload`: `Ok(true)` queued, `Ok(false)` refused for good (counted as dropped),
+    /// `Err(payload)` handed back because the queue is full (not counted: the caller may wait).
+    fn offer_unless_full(&self, channel: u8, payload: Bytes) -> Result<bool, Bytes> {
+        match self.offer(channel, payload) {
+            Offer::Queued => Ok(true),
+            Offer::Full(back) => Err(back),
+            refused => {
+                self.count_refusal(&refused, DropReason::SendQueueFull);
+                Ok(false)
+            }
         }
     }
 
