@@ -787,9 +787,11 @@ impl Handler<TypedReceive<Chat>> for ChatReactor {
     }
 }
 
-/// A node with a typed chat reactor on 0x40 (capacity 1 KiB); returns what it receives.
+/// A node with a typed chat reactor on 0x40 (capacity 1 KiB); returns what it receives. No
+/// peer exchange: with it, A redials B on its own after B stops it, racing the test's redial,
+/// and one of the two connections ends as `Replaced` (seen under load).
 async fn chat_node() -> (TestNode, mpsc::Receiver<(PeerId, Chat)>) {
-    let node = TestNode::spawn(loopback_config()).await;
+    let node = TestNode::spawn(common::config()).await;
     let (tx, rx) = mpsc::channel(100);
     let reactor = ChatReactor { tx }.start();
     let mut desc = ChannelDescriptor::new(0x40);
