@@ -18,12 +18,12 @@
 //! - the **reader task** owns the read half and the [`MConnReceiver`]; it relays pings and
 //!   pongs to the sender under the same lock and delivers whole messages to the channel's
 //!   reactor as [`Receive`] (or, for a batched reactor, as [`ReceiveBatch`]es: what it
-//!   decoded until the socket had nothing more, at most [`MAX_BATCH`] messages or
-//!   [`ACK_EVERY_BYTES`] bytes each). Single-packet messages are slices of the read's buffer.
-//!   Delivery is bounded per channel: messages are pushed into the reactor's mailbox and
-//!   every [`ACK_EVERY_MESSAGES`] messages (or [`ACK_EVERY_BYTES`] bytes) one push is sent
-//!   with an answer; with [`MAX_ACKS`] answers outstanding the reader waits for the oldest,
-//!   so a slow reactor makes reads from this peer wait.
+//!   decoded until the socket had nothing more, at most [`MAX_BATCH`] messages or messages
+//!   holding [`ACK_EVERY_BYTES`] bytes each). Single-packet messages are slices of the read's
+//!   buffer. Delivery is bounded per channel: messages are pushed into the reactor's mailbox
+//!   and every [`ACK_EVERY_MESSAGES`] messages (or messages holding [`ACK_EVERY_BYTES`] bytes)
+//!   one push is sent with an answer; with [`MAX_ACKS`] answers outstanding the reader waits
+//!   for the oldest, so a slow reactor makes reads from this peer wait.
 //!
 //! The actor itself owns nothing hot: the shared state, the tasks' abort handles and the
 //! supervisor's recipient.
@@ -108,15 +108,18 @@ use crate::types::PeerId;
 /// A delivery with an answer is requested after this many messages to one channel's reactor.
 pub const ACK_EVERY_MESSAGES: usize = 64;
 
-/// A delivery with an answer is requested after this many payload bytes to one channel's
-/// reactor (whichever of this and [`ACK_EVERY_MESSAGES`] comes first).
+/// A delivery with an answer is requested after messages to one channel's reactor that hold
+/// this many bytes (whichever of this and [`ACK_EVERY_MESSAGES`] comes first). What a message
+/// holds is its own allocation (its length) or, for a slice of a read's buffer, that buffer
+/// ([`READ_CHUNK`]), counted once per buffer: a peer whose small messages each arrive in a
+/// read of their own cannot make a few bytes of payload pin a whole buffer each, uncounted.
 pub const ACK_EVERY_BYTES: usize = 256 * 1024;
 
 /// Answered deliveries outstanding per channel before the reader waits for the oldest. A
 /// reactor's mailbox thus holds at most about `(MAX_ACKS + 1) ×` [`ACK_EVERY_MESSAGES`]
 /// messages (`(MAX_ACKS + 1) ×` [`MAX_BATCH`] for a batched reactor), and
-/// `(MAX_ACKS + 1) × (`[`ACK_EVERY_BYTES`]` + recv_message_capacity)` bytes, per peer and
-/// channel. Two let the reactor work on one group while the next is delivered.
+/// `(MAX_ACKS + 1) × (`[`ACK_EVERY_BYTES`]` + recv_message_capacity)` bytes held, per peer
+/// and channel. Two let the reactor work on one group while the next is delivered.
 pub const MAX_ACKS: usize = 2;
 
 /// Bytes the reader asks for per `read` (the secret stream fills it with every whole frame it
@@ -1093,6 +1096,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
     // Allocated for each read that finds data, released while a read waits (an idle
     // connection holds no read buffer).
     let mut buf = Vec::new();
+    // Where the last read's chunk lies: the messages being delivered came from it.
+    let mut chunk = ChunkSpan::default();
     let reason = 'read: loop {
         while let Some(event) = rx.poll_event() {
             match event {
@@ -1101,8 +1106,9 @@ async fn read_loop<R: AsyncRead + Unpin>(
                         return;
                     }
                     if let Some(link) = links.iter_mut().find(|l| l.channel == channel)
-                        && let Some(payload) = link.deliver_now(shared.peer, payload)
-                        && let Err(reason) = link.deliver(shared.peer, payload).await
+                        && let held = link.held(&payload, &chunk)
+                        && let Some(payload) = link.deliver_now(shared.peer, payload, held)
+                        && let Err(reason) = link.deliver(shared.peer, payload, held).await
                     {
                         break 'read reason;
                     }
@@ -1149,14 +1155,44 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         // The chunk's messages are slices of it: one allocation per read, not per message.
         buf.truncate(n);
-        let chunk = Bytes::from(std::mem::take(&mut buf));
-        if let Err(e) = rx.handle_chunk(clock::now(), &chunk) {
+        let read = Bytes::from(std::mem::take(&mut buf));
+        chunk = chunk.next(&read);
+        if let Err(e) = rx.handle_chunk(clock::now(), &read) {
             // Messages of earlier chunks are delivered; none of this one (as before batches).
             flush_links(&mut links, shared.peer).await;
             break e.into();
         }
     };
     shared.close(reason);
+}
+
+/// The address range of the chunk a read filled, and its number: the messages the reader
+/// delivers all came out of the last chunk, so one whose bytes lie in that range is a slice of
+/// it and keeps the whole chunk's buffer alive.
+#[derive(Debug, Default, Clone, Copy)]
+struct ChunkSpan {
+    /// Counts chunks from 1 (0: none read yet).
+    seq: u64,
+    start: usize,
+    end: usize,
+}
+
+impl ChunkSpan {
+    /// The span of `read`, the chunk after this one.
+    fn next(self, read: &Bytes) -> Self {
+        let start = read.as_ptr() as usize;
+        Self {
+            seq: self.seq + 1,
+            start,
+            end: start + read.len(),
+        }
+    }
+
+    /// Whether `payload` is a slice of this chunk (an empty payload holds nothing).
+    fn holds(&self, payload: &Bytes) -> bool {
+        let at = payload.as_ptr() as usize;
+        !payload.is_empty() && self.start <= at && at < self.end
+    }
 }
 
 /// Pushes every batched reactor's collected messages. The pushing (which may wait for an
@@ -1253,13 +1289,19 @@ struct ReactorLink {
     acks: VecDeque<Ack>,
     /// Messages pushed since the last answered delivery.
     since_ack: usize,
-    /// Payload bytes pushed since the last answered delivery.
+    /// Bytes held by the messages pushed since the last answered delivery (see
+    /// [`held`](Self::held)).
     bytes_since_ack: usize,
+    /// The chunk ([`ChunkSpan::seq`]) already counted whole in `bytes_since_ack` (and
+    /// `batch_held`); 0 if none.
+    counted_chunk: u64,
     /// A batched reactor's messages not yet pushed (at most [`MAX_BATCH`]); pushed by
     /// [`flush`](Self::flush) once the reader has decoded all it read.
     batch: Vec<Bytes>,
-    /// Payload bytes in `batch`.
+    /// Payload bytes in `batch` (what the counters count).
     batch_bytes: usize,
+    /// Bytes `batch` holds (what bounds it; see [`held`](Self::held)).
+    batch_held: usize,
     /// Messages in the last batch pushed: the next batch's first allocation.
     last_batch: usize,
     /// Payload bytes received on this channel from this peer.
@@ -1325,27 +1367,45 @@ impl ReactorLink {
             acks: VecDeque::new(),
             since_ack: 0,
             bytes_since_ack: 0,
+            counted_chunk: 0,
             batch: Vec::new(),
             batch_bytes: 0,
+            batch_held: 0,
             last_batch: 0,
             received: metrics.received(desc.id),
             received_total: metrics.received_total.clone(),
         }
     }
 
+    /// Bytes `payload` (out of `chunk`, the last read) holds that this link has not counted
+    /// yet towards its bounds: its length if it has its own allocation; if it is a slice of
+    /// the chunk, the chunk's whole buffer the first time, nothing after that (until the next
+    /// answered delivery or batch starts counting afresh, which may count a chunk twice,
+    /// never none).
+    fn held(&mut self, payload: &Bytes, chunk: &ChunkSpan) -> usize {
+        if !chunk.holds(payload) {
+            payload.len()
+        } else if self.counted_chunk == chunk.seq {
+            0
+        } else {
+            self.counted_chunk = chunk.seq;
+            READ_CHUNK
+        }
+    }
+
     /// The common case of [`deliver`](Self::deliver) without a future: a raw message that
     /// needs no answer is pushed, a batched one that does not fill its batch is collected.
     /// Hands the payload back when `deliver` must take it (an answer or a flush may wait, a
-    /// typed payload is decoded).
-    fn deliver_now(&mut self, peer: PeerId, payload: Bytes) -> Option<Bytes> {
+    /// typed payload is decoded). `held`: what [`held`](Self::held) counted for it.
+    fn deliver_now(&mut self, peer: PeerId, payload: Bytes, held: usize) -> Option<Bytes> {
         let len = payload.len();
         match &self.reactor.0 {
             DeliveryKind::Raw(reactor)
                 if self.since_ack + 1 < ACK_EVERY_MESSAGES
-                    && self.bytes_since_ack + len < ACK_EVERY_BYTES =>
+                    && self.bytes_since_ack + held < ACK_EVERY_BYTES =>
             {
                 self.since_ack += 1;
-                self.bytes_since_ack += len;
+                self.bytes_since_ack += held;
                 self.received.inc_by(len as u64);
                 self.received_total.inc_by(len as u64);
                 // As in `deliver`: bounded by the answered deliveries.
@@ -1358,9 +1418,9 @@ impl ReactorLink {
                 None
             }
             DeliveryKind::Batched(_)
-                if self.batch.len() + 1 < MAX_BATCH && self.batch_bytes + len < ACK_EVERY_BYTES =>
+                if self.batch.len() + 1 < MAX_BATCH && self.batch_held + held < ACK_EVERY_BYTES =>
             {
-                self.collect(payload);
+                self.collect(payload, held);
                 None
             }
             _ => Some(payload),
@@ -1368,13 +1428,14 @@ impl ReactorLink {
     }
 
     /// Adds `payload` to a batched reactor's batch (counted once per batch, by `flush`).
-    fn collect(&mut self, payload: Bytes) {
+    fn collect(&mut self, payload: Bytes, held: usize) {
         if self.batch.capacity() == 0 {
             // Room for as many as the last batch had (the vector goes with the batch).
             self.batch
                 .reserve_exact(self.last_batch.clamp(1, MAX_BATCH));
         }
         self.batch_bytes += payload.len();
+        self.batch_held += held;
         self.batch.push(payload);
     }
 
@@ -1382,12 +1443,17 @@ impl ReactorLink {
     /// batch); waits first if [`MAX_ACKS`] answered deliveries are outstanding. A typed
     /// channel's payload is decoded first; one that does not decode ends the connection with
     /// the reason returned.
-    async fn deliver(&mut self, peer: PeerId, payload: Bytes) -> Result<(), DisconnectReason> {
+    async fn deliver(
+        &mut self,
+        peer: PeerId,
+        payload: Bytes,
+        held: usize,
+    ) -> Result<(), DisconnectReason> {
         if matches!(self.reactor.0, DeliveryKind::Batched(_)) {
-            self.collect(payload);
+            self.collect(payload, held);
             // A full batch goes at once, so a batch holds at most MAX_BATCH messages or
             // ACK_EVERY_BYTES plus one message (the mailbox bound of the module docs).
-            if self.batch.len() >= MAX_BATCH || self.batch_bytes >= ACK_EVERY_BYTES {
+            if self.batch.len() >= MAX_BATCH || self.batch_held >= ACK_EVERY_BYTES {
                 // Boxed for the reader task's size, as in `flush_links`.
                 Box::pin(self.flush(peer)).await;
             }
@@ -1395,7 +1461,7 @@ impl ReactorLink {
         }
         self.received.inc_by(payload.len() as u64);
         self.received_total.inc_by(payload.len() as u64);
-        let ack = self.count(1, payload.len()).await;
+        let ack = self.count(1, held).await;
         match &self.reactor.0 {
             DeliveryKind::Raw(reactor) => {
                 let msg = Receive {
@@ -1445,7 +1511,10 @@ impl ReactorLink {
         let bytes = std::mem::take(&mut self.batch_bytes);
         self.received.inc_by(bytes as u64);
         self.received_total.inc_by(bytes as u64);
-        let ack = self.count(self.batch.len(), bytes).await;
+        let held = std::mem::take(&mut self.batch_held);
+        // The next batch counts its chunks afresh: it holds them too.
+        self.counted_chunk = 0;
+        let ack = self.count(self.batch.len(), held).await;
         let DeliveryKind::Batched(reactor) = &self.reactor.0 else {
             return;
         };
@@ -1464,7 +1533,7 @@ impl ReactorLink {
         }
     }
 
-    /// Counts `messages` (of `bytes` payload bytes in all) about to be pushed; true when this
+    /// Counts `messages` (holding `bytes` in all) about to be pushed; true when this
     /// push must be answered ([`ACK_EVERY_MESSAGES`], [`ACK_EVERY_BYTES`]), after waiting for
     /// the oldest answer if [`MAX_ACKS`] are outstanding.
     async fn count(&mut self, messages: usize, bytes: usize) -> bool {
@@ -1474,6 +1543,8 @@ impl ReactorLink {
         if ack {
             self.since_ack = 0;
             self.bytes_since_ack = 0;
+            // The next group counts its chunks afresh (the pushed ones may still hold them).
+            self.counted_chunk = 0;
             while self.acks.len() >= MAX_ACKS {
                 // Boxed, and the `Ack` moved in without a local: inline, this wait (two
                 // `Ack`s' worth of state) would set the size of the reader task's future,
@@ -1485,5 +1556,125 @@ impl ReactorLink {
             }
         }
         ack
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // Test code: a failed unwrap is a failed test.
+
+    use super::*;
+    use crate::types::PEER_ID_LEN;
+
+    const PEER: PeerId = PeerId::from_bytes([7; PEER_ID_LEN]);
+
+    /// A batched reactor that records the size of every batch it gets.
+    struct Sizes(Arc<Mutex<Vec<usize>>>);
+
+    impl Actor for Sizes {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<ReceiveBatch> for Sizes {
+        type Result = ();
+
+        fn handle(&mut self, msg: ReceiveBatch, _: &mut Self::Context) {
+            self.0.lock().unwrap().push(msg.payloads.len());
+        }
+    }
+
+    fn batched_link() -> (ReactorLink, Arc<Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let sink = Sizes(sizes.clone()).start();
+        let link = ReactorLink::new(
+            &ChannelDescriptor::new(0x01),
+            Delivery::batched(&sink),
+            &ConnMetrics::new(None, PEER),
+        );
+        (link, sizes)
+    }
+
+    /// A chunk as the reader makes one: a `READ_CHUNK` buffer holding `len` bytes read.
+    fn read_of(len: usize) -> Bytes {
+        let mut buf = vec![0u8; READ_CHUNK];
+        buf.truncate(len);
+        Bytes::from(buf)
+    }
+
+    /// What the read loop does with one message.
+    async fn push(link: &mut ReactorLink, payload: Bytes, chunk: &ChunkSpan) {
+        let held = link.held(&payload, chunk);
+        if let Some(payload) = link.deliver_now(PEER, payload, held) {
+            link.deliver(PEER, payload, held).await.unwrap();
+        }
+    }
+
+    #[test]
+    fn a_chunk_span_holds_its_slices_only() {
+        let read = read_of(100);
+        let chunk = ChunkSpan::default().next(&read);
+        assert_eq!(chunk.seq, 1);
+        assert!(chunk.holds(&read.slice(0..1)) && chunk.holds(&read.slice(99..100)));
+        assert!(
+            !chunk.holds(&read.slice(5..5)),
+            "an empty slice holds nothing"
+        );
+        assert!(!chunk.holds(&Bytes::copy_from_slice(&read[..10])));
+        assert!(!ChunkSpan::default().holds(&read.slice(0..1)));
+    }
+
+    #[actix::test]
+    async fn a_batch_counts_each_buffer_its_slices_hold_once() {
+        let (mut link, sizes) = batched_link();
+        // 1,000 one-byte slices of one read: the buffer is counted once, one batch.
+        let read = read_of(1000);
+        let chunk = ChunkSpan::default().next(&read);
+        for i in 0..1000 {
+            push(&mut link, read.slice(i..i + 1), &chunk).await;
+        }
+        // Copies count their length: 10 more of 1 byte stay in the same batch.
+        for _ in 0..10 {
+            push(&mut link, Bytes::from_static(b"x"), &chunk).await;
+        }
+        link.flush(PEER).await;
+        assert_eq!(
+            link.bytes_since_ack, 0,
+            "the batch was answered (over 64 messages)"
+        );
+        // Drop the link to wait for the outstanding answers, then look.
+        drop(link);
+        wait(|| sizes.lock().unwrap().len() == 1).await;
+        assert_eq!(*sizes.lock().unwrap(), [1010]);
+    }
+
+    #[actix::test]
+    async fn small_messages_each_in_a_read_of_their_own_cannot_pin_a_buffer_each_uncounted() {
+        // A peer whose one-byte messages each arrive alone pins a 4 KiB buffer per byte: a
+        // batch ends once its buffers hold ACK_EVERY_BYTES, long before MAX_BATCH messages.
+        let (mut link, sizes) = batched_link();
+        let mut chunk = ChunkSpan::default();
+        let per_batch = ACK_EVERY_BYTES / READ_CHUNK;
+        let total = 3 * per_batch + 5;
+        for _ in 0..total {
+            let read = read_of(1);
+            chunk = chunk.next(&read);
+            push(&mut link, read.slice(0..1), &chunk).await;
+        }
+        link.flush(PEER).await;
+        drop(link);
+        wait(|| sizes.lock().unwrap().iter().sum::<usize>() == total).await;
+        assert!(per_batch < MAX_BATCH);
+        assert_eq!(*sizes.lock().unwrap(), [per_batch, per_batch, per_batch, 5]);
+    }
+
+    /// Waits (bounded) for `done`, letting the arbiter run the sink.
+    async fn wait(done: impl Fn() -> bool) {
+        for _ in 0..10_000 {
+            if done() {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the sink never got the batches");
     }
 }
