@@ -581,11 +581,18 @@ impl PeerHandle {
 
     /// Like [`send`](Self::send) with an explicit timeout.
     pub async fn send_timeout(&self, channel: u8, payload: Bytes, timeout: Duration) -> bool {
-        // The common case, a queue with room, costs one offer: no clock read, no waiter.
-        let mut payload = match self.shared.offer_unless_full(channel, payload) {
-            Ok(queued) => return queued,
-            Err(back) => back,
-        };
+        // The common case, a queue with room, costs one offer: no clock read, no waiter. The
+        // wait is boxed: inline, its state (a `Notified`, a timer) made this future a few
+        // hundred bytes that a sender's loop copied on every call; boxed, a wait costs one
+        // allocation, and only a full queue waits.
+        match self.shared.offer_unless_full(channel, payload) {
+            Ok(queued) => queued,
+            Err(back) => Box::pin(self.wait_for_room(channel, back, timeout)).await,
+        }
+    }
+
+    /// The rest of [`send_timeout`](Self::send_timeout) once the queue was full.
+    async fn wait_for_room(&self, channel: u8, mut payload: Bytes, timeout: Duration) -> bool {
         let deadline = clock::now()
             .checked_add(timeout)
             .map(tokio::time::Instant::from_std);
