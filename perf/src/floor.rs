@@ -9,6 +9,9 @@
 //! - `tcp`: the same over loopback TCP with the crate's own secret layer and nothing above it:
 //!   a `SecretStream` streaming 1 MiB writes, or TCP connect plus the transport upgrade (secret
 //!   handshake and NodeInfo exchange) with the given number in flight.
+//! - `plain` (throughput only): loopback TCP with no cryptography, a blocking thread per end,
+//!   1 MiB writes (the kernel's cheapest case here: 64 KiB writes cost it about twice the CPU
+//!   per byte). Not a floor of TM2's wire by itself; its CPU per byte added to `cpu`'s is.
 //!
 //! Each figure comes with its CPU time, so the caller can turn it into a ceiling: a rate per
 //! CPU-second times the cores the machine has is the most any implementation doing at least
@@ -217,4 +220,98 @@ pub(crate) fn upgrades(window: Window, concurrency: usize) -> anyhow::Result<Fig
         }
         Ok(rate)
     })
+}
+
+/// Plain loopback TCP, no cryptography: one thread writes 1 MiB at a time, another reads
+/// 64 KiB at a time (blocking sockets, nothing else running): bytes per second. Its rate per
+/// CPU-second is what the kernel alone costs per byte when the bytes cross from one core to
+/// the other, as they must when sealing and opening use both cores.
+pub(crate) fn plain_tcp(window: Window) -> anyhow::Result<Figure> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut writer = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (mut reader, _) = listener.accept()?;
+    let tally = Arc::new(Tally::default());
+    let read = {
+        let tally = tally.clone();
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                tally.add(n as u64);
+            }
+        })
+    };
+    let write = {
+        let tally = tally.clone();
+        std::thread::spawn(move || {
+            let msg = vec![0x5au8; 1 << 20];
+            while !tally.stopped() {
+                if writer.write_all(&msg).is_err() {
+                    tally.fail();
+                    break;
+                }
+            }
+        })
+    };
+    let rate = io_runtime().block_on(window.rate(&tally.count));
+    tally.stop.store(true, Ordering::Relaxed);
+    write
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
+    read.join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
+    anyhow::ensure!(
+        tally.failures.load(Ordering::Relaxed) == 0,
+        "the writer failed"
+    );
+    Ok(rate)
+}
+
+/// One thread seals 64 frames of 1024 data bytes at a time (the secret stream's batch) and
+/// writes them to a blocking loopback socket; another reads and discards them: data bytes per
+/// second. No opening, no mconn: the most one core that seals a connection's frames in order
+/// and writes them (tm2-p2p's writer task, TM2's goroutine) sends here, whatever the other
+/// core does.
+pub(crate) fn seal_and_send(window: Window) -> anyhow::Result<Figure> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let mut writer = std::net::TcpStream::connect(listener.local_addr()?)?;
+    let (mut reader, _) = listener.accept()?;
+    let tally = Arc::new(Tally::default());
+    let read = std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    let write = {
+        let tally = tally.clone();
+        let mut sealer = FrameSealer::from_raw_key(&[7u8; 32], 0)?;
+        std::thread::spawn(move || -> anyhow::Result<()> {
+            let data = vec![0x5au8; DATA_MAX];
+            let mut batch = vec![0u8; 64 * FRAME_LEN];
+            while !tally.stopped() {
+                for frame in batch.chunks_exact_mut(FRAME_LEN) {
+                    let frame: &mut [u8; FRAME_LEN] = frame.try_into()?;
+                    sealer.seal(&data, frame)?;
+                }
+                writer.write_all(&batch)?;
+                tally.add((64 * DATA_MAX) as u64);
+            }
+            Ok(())
+        })
+    };
+    let rate = io_runtime().block_on(window.rate(&tally.count));
+    tally.stop.store(true, Ordering::Relaxed);
+    write
+        .join()
+        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
+    read.join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
+    Ok(rate)
 }

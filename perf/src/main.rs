@@ -11,7 +11,9 @@
 //! The rows with a goal on a rate also run two floors of TM2's wire (`floor`): its cipher
 //! alone in memory and its secret layer (or upgrade) alone over TCP. A floor's rate per
 //! CPU-second times the machine's cores is a ceiling no TM2-compatible implementation passes
-//! here; the second table sets it against what each goal needs.
+//! here; the second table sets it against what each goal needs. The throughput row adds a
+//! third: plain loopback TCP's CPU per byte (best case: 1 MiB writes, a thread per end) added
+//! to the cipher's, the least any implementation spends to move a byte of TM2's wire.
 //!
 //! Each measurement of each stack runs in its own child process (this binary, re-executed
 //! with the hidden `child` subcommand) with both ends of its connections inside it, so the
@@ -101,6 +103,10 @@ enum Stack {
     FloorCpu,
     /// TM2's secret layer (and upgrade) alone over loopback TCP.
     FloorTcp,
+    /// Loopback TCP alone, no cryptography (throughput only).
+    FloorPlain,
+    /// One thread sealing in order and writing (throughput only).
+    FloorWriter,
 }
 
 impl Stack {
@@ -110,11 +116,16 @@ impl Stack {
             Self::Libp2p => "libp2p",
             Self::FloorCpu => "floor-cpu",
             Self::FloorTcp => "floor-tcp",
+            Self::FloorPlain => "floor-plain",
+            Self::FloorWriter => "floor-writer",
         }
     }
 
     fn is_floor(self) -> bool {
-        matches!(self, Self::FloorCpu | Self::FloorTcp)
+        matches!(
+            self,
+            Self::FloorCpu | Self::FloorTcp | Self::FloorPlain | Self::FloorWriter
+        )
     }
 }
 
@@ -198,7 +209,15 @@ impl Measure {
     fn stacks(self) -> &'static [Stack] {
         match self {
             Self::MsgsBuffered => &[Stack::Libp2p],
-            Self::Throughput | Self::Conns1 | Self::Conns16 => {
+            Self::Throughput => &[
+                Stack::Tm2,
+                Stack::Libp2p,
+                Stack::FloorCpu,
+                Stack::FloorTcp,
+                Stack::FloorPlain,
+                Stack::FloorWriter,
+            ],
+            Self::Conns1 | Self::Conns16 => {
                 &[Stack::Tm2, Stack::Libp2p, Stack::FloorCpu, Stack::FloorTcp]
             }
             Self::MsgsBatch => &[Stack::Tm2, Stack::Libp2p, Stack::FloorCpu, Stack::FloorTcp],
@@ -210,6 +229,12 @@ impl Measure {
     fn floor_label(self, stack: Stack) -> &'static str {
         match (self, stack) {
             (Self::Throughput, Stack::FloorCpu) => "seal + open of every 1024 B, in memory",
+            (Self::Throughput, Stack::FloorPlain) => {
+                "seal + open in memory, plus plain TCP (1 MiB writes, two threads) per byte"
+            }
+            (Self::Throughput, Stack::FloorWriter) => {
+                "one thread seals frames in order and writes them (its rate, not x cores)"
+            }
             (Self::Throughput, _) => "SecretStream alone over TCP, 1 MiB writes",
             (Self::MsgsBatch, Stack::FloorCpu) => {
                 "seal + open of every 1024 B, in memory, per 256 B message's packet"
@@ -277,7 +302,9 @@ fn run_one(
         (Stack::FloorTcp, Measure::Throughput) => floor::secret_stream(window),
         (Stack::FloorTcp, Measure::Conns1) => floor::upgrades(window, 1),
         (Stack::FloorTcp, Measure::Conns16) => floor::upgrades(window, 16),
-        (Stack::FloorCpu | Stack::FloorTcp, _) => {
+        (Stack::FloorPlain, Measure::Throughput) => floor::plain_tcp(window),
+        (Stack::FloorWriter, Measure::Throughput) => floor::seal_and_send(window),
+        (Stack::FloorCpu | Stack::FloorTcp | Stack::FloorPlain | Stack::FloorWriter, _) => {
             anyhow::bail!("{} has no floor", measure.name())
         }
     }
@@ -357,6 +384,8 @@ struct Results {
     libp2p: Vec<Figure>,
     floor_cpu: Vec<Figure>,
     floor_tcp: Vec<Figure>,
+    floor_plain: Vec<Figure>,
+    floor_writer: Vec<Figure>,
 }
 
 impl Results {
@@ -366,6 +395,8 @@ impl Results {
             Stack::Libp2p => &mut self.libp2p,
             Stack::FloorCpu => &mut self.floor_cpu,
             Stack::FloorTcp => &mut self.floor_tcp,
+            Stack::FloorPlain => &mut self.floor_plain,
+            Stack::FloorWriter => &mut self.floor_writer,
         }
     }
 }
@@ -537,20 +568,47 @@ fn print_floors(measures: &[Measure], results: &[Results]) {
     for (m, r) in rows {
         let goal = m.goal().unwrap_or(f64::NAN);
         let needed = goal * m.scale(median(r.libp2p.iter().map(|f| f.value)));
+        let per_cpu_of =
+            |figures: &[Figure]| median(figures.iter().filter_map(|f| f.per_cpu_second));
+        // Plain TCP alone is no floor of TM2's wire; its CPU per byte added to the cipher's is:
+        // no implementation seals, opens and moves a byte through the kernel for less.
+        let plain = (!r.floor_cpu.is_empty() && !r.floor_plain.is_empty()).then(|| {
+            let per_cpu = 1.0 / (1.0 / per_cpu_of(&r.floor_cpu) + 1.0 / per_cpu_of(&r.floor_plain));
+            vec![Figure {
+                value: f64::NAN,
+                per_cpu_second: Some(per_cpu),
+            }]
+        });
         for (stack, figures) in [
             (Stack::FloorCpu, &r.floor_cpu),
             (Stack::FloorTcp, &r.floor_tcp),
+            (Stack::FloorPlain, plain.as_ref().unwrap_or(&Vec::new())),
         ] {
             if figures.is_empty() {
                 continue;
             }
-            let per_cpu = m.scale(median(figures.iter().filter_map(|f| f.per_cpu_second)));
+            let per_cpu = m.scale(per_cpu_of(figures));
             let ceiling = per_cpu * cores as f64;
             let reachable = if ceiling >= needed { "yes" } else { "no" };
             println!(
                 "| {} | {} | {per_cpu:.0} | {ceiling:.0} | {needed:.0} | {reachable} |",
                 m.label(),
                 m.floor_label(stack),
+            );
+        }
+        // A stage, not a floor of all the work: its wall-clock rate on one core bounds every
+        // design that gives one core a connection's sealing and writing.
+        if !r.floor_writer.is_empty() {
+            let rate = m.scale(median(r.floor_writer.iter().map(|f| f.value)));
+            let reachable = if rate >= needed {
+                "yes"
+            } else {
+                "not with one sealing core per connection"
+            };
+            println!(
+                "| {} | {} | | {rate:.0} | {needed:.0} | {reachable} |",
+                m.label(),
+                m.floor_label(Stack::FloorWriter),
             );
         }
     }
