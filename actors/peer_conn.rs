@@ -111,7 +111,7 @@ pub const ACK_EVERY_MESSAGES: usize = 64;
 /// A delivery with an answer is requested after messages to one channel's reactor that hold
 /// this many bytes (whichever of this and [`ACK_EVERY_MESSAGES`] comes first). What a message
 /// holds is its own allocation (its length) or, for a slice of a read's buffer, that buffer
-/// ([`READ_CHUNK`]), counted once per buffer: a peer whose small messages each arrive in a
+/// (4 KiB), counted once per buffer: a peer whose small messages each arrive in a
 /// read of their own cannot make a few bytes of payload pin a whole buffer each, uncounted.
 pub const ACK_EVERY_BYTES: usize = 256 * 1024;
 
