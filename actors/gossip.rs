@@ -102,6 +102,20 @@
 //! local testnet raises it to its message count if that is larger), so no message is ever
 //! delivered twice there.
 //!
+//! # Reconnections
+//!
+//! Copies in flight on a connection that ends are lost with it: in its send queue, in the
+//! sockets, or sent on the losing connection of a simultaneous dial (both nodes dial each
+//! other, each starts its own connection first, and the tie-break keeps one: the other end
+//! closes the loser without reading it). Flooding covers most such losses through other peers,
+//! but not all: a node whose every connection was replaced at once (the local testnet on one IP
+//! did this, about one run in ten) missed a message for good. So a node remembers the messages
+//! it accepted in the last [`RESEND_WINDOW`] (at most [`RECENT_MAX_MESSAGES`] and
+//! [`RECENT_MAX_BYTES`]) and the gossip peers that left in that window; when such a peer comes
+//! back within the window, it is sent again everything accepted from `RESEND_WINDOW` before
+//! its old connection ended. The peer drops what it already had as duplicates. A peer seen for
+//! the first time gets only what is accepted from then on.
+//!
 //! # Messages
 //!
 //! | receives | from | answer |
@@ -115,6 +129,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -123,6 +138,7 @@ use slog::{Logger, debug, trace};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::actors::clock;
 use crate::actors::peer_conn::PeerHandle;
 use crate::actors::reactor::{PeerAdded, PeerInfo, PeerRemoved, Receive, ReceiveBatch};
 use crate::actors::switch::{RegisterReactor, Switch, SwitchError};
@@ -141,6 +157,22 @@ pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 * 1024;
 /// far more than arrive while copies of one message are still in flight (see the module docs,
 /// "De-duplication").
 pub const DEFAULT_SEEN_CAPACITY: usize = 65_536;
+
+/// How far back a peer that reconnects is sent messages again: the messages accepted in this
+/// window before its connection ended, and every one since (module docs, "Reconnections"). A
+/// peer that comes back later than this is a new peer.
+/// The copies lost with a replaced connection were sent milliseconds before it ended; two
+/// seconds also cover a peer that restarts quickly.
+pub const RESEND_WINDOW: Duration = Duration::from_secs(2);
+
+/// At most this many recent messages are kept for [`RESEND_WINDOW`] (and
+/// [`RECENT_MAX_BYTES`] of payload), so a reconnecting peer is sent at most this many again.
+/// Small on purpose: this is a safety net under flooding, and a local testnet runs up to 1,000
+/// nodes in one process (256 messages of 256 bytes: about 80 KiB a node).
+pub const RECENT_MAX_MESSAGES: usize = 256;
+
+/// At most this many payload bytes of recent messages are kept for re-sending.
+pub const RECENT_MAX_BYTES: usize = 1024 * 1024;
 
 /// The default per-peer backlog, in messages: absorbs a burst of a thousand messages to a peer
 /// whose send queue is full (see the module docs, "Backpressure").
@@ -421,6 +453,14 @@ pub struct Gossip {
     duplicates: u64,
     /// [`GossipStats::subscriber_drops`].
     subscriber_drops: u64,
+    /// Messages accepted in the last [`RESEND_WINDOW`], oldest first, with when (bounded by
+    /// [`RECENT_MAX_MESSAGES`] and [`RECENT_MAX_BYTES`]).
+    recent: VecDeque<(Instant, Bytes)>,
+    /// Payload bytes in `recent`.
+    recent_bytes: usize,
+    /// Gossip peers whose connection ended in the last [`RESEND_WINDOW`], with when (at most
+    /// [`RECENT_MAX_MESSAGES`] of them).
+    left: HashMap<PeerId, Instant>,
     /// The node's log.
     log: Logger,
 }
@@ -439,6 +479,9 @@ impl Gossip {
             delivered: 0,
             duplicates: 0,
             subscriber_drops: 0,
+            recent: VecDeque::new(),
+            recent_bytes: 0,
+            left: HashMap::new(),
             log,
         }
     }
@@ -470,6 +513,7 @@ impl Gossip {
                 peer.forward(&payload, &self.sends);
             }
         }
+        self.remember(clock::now(), &payload);
         let drops = &mut self.subscriber_drops;
         let delivered = Delivered { id, from, payload };
         self.subscribers
@@ -482,6 +526,60 @@ impl Gossip {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
         true
+    }
+}
+
+impl Gossip {
+    /// Keeps a copy of `payload`, accepted at `now`, for peers that reconnect; forgets what is
+    /// older than [`RESEND_WINDOW`] or over the bounds. A copy, because a received payload is a
+    /// slice of its connection's 4 KiB read buffer: kept for seconds, each small message would
+    /// hold a whole buffer (the bound counts payload bytes).
+    fn remember(&mut self, now: Instant, payload: &Bytes) {
+        self.recent
+            .push_back((now, Bytes::copy_from_slice(payload)));
+        self.recent_bytes += payload.len();
+        while let Some((at, oldest)) = self.recent.front()
+            && (self.recent.len() > RECENT_MAX_MESSAGES
+                || self.recent_bytes > RECENT_MAX_BYTES
+                || now.saturating_duration_since(*at) > RESEND_WINDOW)
+        {
+            self.recent_bytes -= oldest.len();
+            self.recent.pop_front();
+        }
+    }
+
+    /// A gossip peer whose connection ended at `now`: it is sent recent messages again if it
+    /// comes back within [`RESEND_WINDOW`].
+    fn peer_left(&mut self, peer: PeerId, now: Instant) {
+        if self.left.len() >= RECENT_MAX_MESSAGES {
+            self.left
+                .retain(|_, at| now.saturating_duration_since(*at) <= RESEND_WINDOW);
+        }
+        if self.left.len() < RECENT_MAX_MESSAGES {
+            self.left.insert(peer, now);
+        }
+    }
+
+    /// Sends `peer`, back at `now`, what it may have missed: the messages accepted from
+    /// [`RESEND_WINDOW`] before its last connection ended on, if that was within the window.
+    /// Returns how many.
+    fn catch_up(&mut self, peer: PeerId, now: Instant) -> usize {
+        let Some(left_at) = self.left.remove(&peer) else {
+            return 0;
+        };
+        let Some(gossip_peer) = self.peers.get(&peer) else {
+            return 0;
+        };
+        if now.saturating_duration_since(left_at) > RESEND_WINDOW {
+            return 0;
+        }
+        let since = left_at.checked_sub(RESEND_WINDOW).unwrap_or(left_at);
+        let mut sent = 0;
+        for (_, payload) in self.recent.iter().filter(|(at, _)| *at >= since) {
+            gossip_peer.forward(payload, &self.sends);
+            sent += 1;
+        }
+        sent
     }
 }
 
@@ -501,6 +599,10 @@ impl Handler<PeerAdded> for Gossip {
         }
         let gossip_peer = GossipPeer::new(&peer, self.config.backlog_per_peer, &self.sends);
         self.peers.insert(peer.id, gossip_peer);
+        let resent = self.catch_up(peer.id, clock::now());
+        if resent > 0 {
+            debug!(self.log, "gossip peer back: recent messages sent again"; "peer" => %peer.id, "messages" => resent);
+        }
     }
 }
 
@@ -509,7 +611,9 @@ impl Handler<PeerRemoved> for Gossip {
 
     fn handle(&mut self, msg: PeerRemoved, _: &mut Self::Context) {
         // Dropping the peer aborts its backlog task.
-        self.peers.remove(&msg.peer);
+        if self.peers.remove(&msg.peer).is_some() {
+            self.peer_left(msg.peer, clock::now());
+        }
     }
 }
 

@@ -13,8 +13,8 @@ use tm2_p2p::actors::gossip::{
     GossipStats, MessageId, Publish, PublishError, SubscribeDelivered, gossip_channel,
 };
 use tm2_p2p::{
-    DialPeers, Node, NodeKey, P2pConfig, PeerId, RegisterReactor, SwitchBuilder, SwitchError,
-    SwitchEvent,
+    DialPeers, DisconnectPeer, Node, NodeKey, P2pConfig, PeerId, RegisterReactor, SwitchBuilder,
+    SwitchError, SwitchEvent,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -154,6 +154,68 @@ async fn shutdown(nodes: &[&GossipNode]) {
     for n in nodes {
         n.node.shutdown().await;
     }
+}
+
+/// Disconnects `a` from `b` and waits until each side has seen it.
+async fn disconnect(a: &GossipNode, b: &GossipNode) {
+    let mut a_events = a
+        .node
+        .subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+    let mut b_events = b
+        .node
+        .subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+    a.node
+        .switch()
+        .send(DisconnectPeer {
+            peer: b.id(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    for (events, other) in [(&mut a_events, b.id()), (&mut b_events, a.id())] {
+        tokio::time::timeout(TIMEOUT, async {
+            loop {
+                match events.recv().await {
+                    Some(SwitchEvent::PeerDisconnected { peer, .. }) if peer == other => return,
+                    Some(_) => {}
+                    None => panic!("node stopped"),
+                }
+            }
+        })
+        .await
+        .expect("peers did not disconnect in time");
+    }
+}
+
+#[actix::test]
+async fn a_peer_back_within_the_window_is_sent_what_it_missed_and_a_new_peer_is_not() {
+    // Connections end and come back (a simultaneous dial's duplicate is replaced, a peer
+    // restarts): what a node accepted while the peer was away, or just before (in flight on
+    // the old connection), is sent again to it. Here B is away while A publishes M1.
+    let a = GossipNode::spawn().await;
+    let mut b = GossipNode::spawn().await;
+    let mut c = GossipNode::spawn().await;
+    connect(&a, &b).await;
+    disconnect(&a, &b).await;
+    let m1 = a.publish(b"while b was away").await.unwrap();
+    connect(&b, &a).await;
+    let d = b.next_delivery().await;
+    assert_eq!((d.id, d.from), (m1, Some(a.id())));
+    // C was never connected: it gets what is published from now on, not M1 (a connection
+    // delivers in order, so M2 first means M1 was never sent).
+    connect(&c, &a).await;
+    let m2 = a.publish(b"after c came").await.unwrap();
+    let d = c.next_delivery().await;
+    assert_eq!(d.id, m2, "a new peer was sent an old message");
+    // B gets M2 once, and nothing more (M1 is not sent a third time).
+    let d = b.next_delivery().await;
+    assert_eq!(d.id, m2);
+    wait_for_stats(&[&a, &b, &c], "M2 everywhere", |s| {
+        s[0].published == 2 && s[1].delivered == 2 && s[2].delivered == 1
+    })
+    .await;
+    assert_eq!(b.stats().await.duplicates, 0);
+    shutdown(&[&a, &b, &c]).await;
 }
 
 #[actix::test]
