@@ -13,8 +13,8 @@ use tm2_p2p::actors::gossip::{
     GossipStats, MessageId, Publish, PublishError, SubscribeDelivered, gossip_channel,
 };
 use tm2_p2p::{
-    DialPeers, DisconnectPeer, Node, NodeKey, P2pConfig, PeerId, RegisterReactor, SwitchBuilder,
-    SwitchError, SwitchEvent,
+    DialPeers, DisconnectPeer, EventStream, Node, NodeKey, P2pConfig, PeerId, RegisterReactor,
+    SwitchBuilder, SwitchError, SwitchEvent,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -104,29 +104,69 @@ fn discard() -> slog::Logger {
 
 /// Connects `a` to `b` and waits until each side has the other as a peer.
 async fn connect(a: &GossipNode, b: &GossipNode) {
-    let mut a_events = a
-        .node
-        .subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
-    let mut b_events = b
-        .node
-        .subscribe(|e| matches!(e, SwitchEvent::PeerConnected { .. }));
+    let events = subscribe_both(a, b, |e| matches!(e, SwitchEvent::PeerConnected { .. }));
     a.node
         .switch()
         .send(DialPeers(vec![b.node.net_address()]))
         .await
         .unwrap();
-    for (events, other) in [(&mut a_events, b.id()), (&mut b_events, a.id())] {
+    each_sees(
+        events,
+        "connect",
+        |e, other| matches!(e, SwitchEvent::PeerConnected { peer, .. } if *peer == other),
+    )
+    .await;
+}
+
+/// Disconnects `a` from `b` and waits until each side has seen it.
+async fn disconnect(a: &GossipNode, b: &GossipNode) {
+    let events = subscribe_both(a, b, |e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
+    a.node
+        .switch()
+        .send(DisconnectPeer {
+            peer: b.id(),
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+    each_sees(
+        events,
+        "disconnect",
+        |e, other| matches!(e, SwitchEvent::PeerDisconnected { peer, .. } if *peer == other),
+    )
+    .await;
+}
+
+/// Subscribes to `a`'s and `b`'s events that `filter` keeps; each paired with the other id.
+fn subscribe_both(
+    a: &GossipNode,
+    b: &GossipNode,
+    filter: fn(&SwitchEvent) -> bool,
+) -> [(EventStream, PeerId); 2] {
+    [
+        (a.node.subscribe(filter), b.id()),
+        (b.node.subscribe(filter), a.id()),
+    ]
+}
+
+/// Waits until each stream has an event that `about` says concerns the other node.
+async fn each_sees(
+    events: [(EventStream, PeerId); 2],
+    what: &str,
+    about: fn(&SwitchEvent, PeerId) -> bool,
+) {
+    for (mut events, other) in events {
         tokio::time::timeout(TIMEOUT, async {
             loop {
                 match events.recv().await {
-                    Some(SwitchEvent::PeerConnected { peer, .. }) if peer == other => return,
+                    Some(e) if about(&e, other) => return,
                     Some(_) => {}
                     None => panic!("node stopped"),
                 }
             }
         })
         .await
-        .expect("peers did not connect in time");
+        .unwrap_or_else(|_| panic!("peers did not {what} in time"));
     }
 }
 
@@ -153,37 +193,6 @@ async fn wait_for_stats(nodes: &[&GossipNode], what: &str, cond: impl Fn(&[Gossi
 async fn shutdown(nodes: &[&GossipNode]) {
     for n in nodes {
         n.node.shutdown().await;
-    }
-}
-
-/// Disconnects `a` from `b` and waits until each side has seen it.
-async fn disconnect(a: &GossipNode, b: &GossipNode) {
-    let mut a_events = a
-        .node
-        .subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
-    let mut b_events = b
-        .node
-        .subscribe(|e| matches!(e, SwitchEvent::PeerDisconnected { .. }));
-    a.node
-        .switch()
-        .send(DisconnectPeer {
-            peer: b.id(),
-            reason: "test".into(),
-        })
-        .await
-        .unwrap();
-    for (events, other) in [(&mut a_events, b.id()), (&mut b_events, a.id())] {
-        tokio::time::timeout(TIMEOUT, async {
-            loop {
-                match events.recv().await {
-                    Some(SwitchEvent::PeerDisconnected { peer, .. }) if peer == other => return,
-                    Some(_) => {}
-                    None => panic!("node stopped"),
-                }
-            }
-        })
-        .await
-        .expect("peers did not disconnect in time");
     }
 }
 
