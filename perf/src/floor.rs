@@ -22,10 +22,12 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ring::rand::SystemRandom;
+use std::io::{Read, Write};
 use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::actors::transport::upgrade;
 use tm2_p2p::secret::{DATA_MAX, FRAME_LEN, FrameOpener, FrameSealer, Handshake};
 use tm2_p2p::{NetAddress, NodeInfo, NodeKey};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -227,47 +229,11 @@ pub(crate) fn upgrades(window: Window, concurrency: usize) -> anyhow::Result<Fig
 /// CPU-second is what the kernel alone costs per byte when the bytes cross from one core to
 /// the other, as they must when sealing and opening use both cores.
 pub(crate) fn plain_tcp(window: Window) -> anyhow::Result<Figure> {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let mut writer = std::net::TcpStream::connect(listener.local_addr()?)?;
-    let (mut reader, _) = listener.accept()?;
-    let tally = Arc::new(Tally::default());
-    let read = {
-        let tally = tally.clone();
-        std::thread::spawn(move || {
-            let mut buf = vec![0u8; 64 << 10];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                tally.add(n as u64);
-            }
-        })
-    };
-    let write = {
-        let tally = tally.clone();
-        std::thread::spawn(move || {
-            let msg = vec![0x5au8; 1 << 20];
-            while !tally.stopped() {
-                if writer.write_all(&msg).is_err() {
-                    tally.fail();
-                    break;
-                }
-            }
-        })
-    };
-    let rate = io_runtime().block_on(window.rate(&tally.count));
-    tally.stop.store(true, Ordering::Relaxed);
-    write
-        .join()
-        .map_err(|_| anyhow::anyhow!("the writer thread panicked"))?;
-    read.join()
-        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
-    anyhow::ensure!(
-        tally.failures.load(Ordering::Relaxed) == 0,
-        "the writer failed"
-    );
-    Ok(rate)
+    let msg = vec![0x5au8; 1 << 20];
+    blocking_stream(window, move |socket| {
+        socket.write_all(&msg)?;
+        Ok(msg.len() as u64)
+    })
 }
 
 /// One thread seals 64 frames of 1024 data bytes at a time (the secret stream's batch) and
@@ -276,11 +242,28 @@ pub(crate) fn plain_tcp(window: Window) -> anyhow::Result<Figure> {
 /// and writes them (tm2-p2p's writer task, TM2's goroutine) sends here, whatever the other
 /// core does.
 pub(crate) fn seal_and_send(window: Window) -> anyhow::Result<Figure> {
-    use std::io::{Read, Write};
+    let mut sealer = FrameSealer::from_raw_key(&[7u8; 32], 0)?;
+    let data = vec![0x5au8; DATA_MAX];
+    let mut batch = vec![0u8; 64 * FRAME_LEN];
+    blocking_stream(window, move |socket| {
+        for frame in batch.chunks_exact_mut(FRAME_LEN) {
+            let frame: &mut [u8; FRAME_LEN] = frame.try_into()?;
+            sealer.seal(&data, frame)?;
+        }
+        socket.write_all(&batch)?;
+        Ok((64 * DATA_MAX) as u64)
+    })
+}
+
+/// A blocking loopback TCP connection: one thread calls `write` on its end until the window
+/// is over, counting what each call returns; another reads and discards (64 KiB reads).
+fn blocking_stream(
+    window: Window,
+    mut write: impl FnMut(&mut std::net::TcpStream) -> anyhow::Result<u64> + Send + 'static,
+) -> anyhow::Result<Figure> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let mut writer = std::net::TcpStream::connect(listener.local_addr()?)?;
     let (mut reader, _) = listener.accept()?;
-    let tally = Arc::new(Tally::default());
     let read = std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 << 10];
         while let Ok(n) = reader.read(&mut buf) {
@@ -289,26 +272,19 @@ pub(crate) fn seal_and_send(window: Window) -> anyhow::Result<Figure> {
             }
         }
     });
-    let write = {
+    let tally = Arc::new(Tally::default());
+    let written = {
         let tally = tally.clone();
-        let mut sealer = FrameSealer::from_raw_key(&[7u8; 32], 0)?;
         std::thread::spawn(move || -> anyhow::Result<()> {
-            let data = vec![0x5au8; DATA_MAX];
-            let mut batch = vec![0u8; 64 * FRAME_LEN];
             while !tally.stopped() {
-                for frame in batch.chunks_exact_mut(FRAME_LEN) {
-                    let frame: &mut [u8; FRAME_LEN] = frame.try_into()?;
-                    sealer.seal(&data, frame)?;
-                }
-                writer.write_all(&batch)?;
-                tally.add((64 * DATA_MAX) as u64);
+                tally.add(write(&mut writer)?);
             }
             Ok(())
         })
     };
     let rate = io_runtime().block_on(window.rate(&tally.count));
     tally.stop.store(true, Ordering::Relaxed);
-    write
+    written
         .join()
         .map_err(|_| anyhow::anyhow!("the writer thread panicked"))??;
     read.join()
