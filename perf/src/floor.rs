@@ -17,17 +17,16 @@
 //! CPU-second times the cores the machine has is the most any implementation doing at least
 //! this work can reach here.
 
+use std::io::{Read, Write};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ring::rand::SystemRandom;
-use std::io::{Read, Write};
 use tm2_p2p::actors::secret_stream::SecretStream;
 use tm2_p2p::actors::transport::upgrade;
 use tm2_p2p::secret::{DATA_MAX, FRAME_LEN, FrameOpener, FrameSealer, Handshake};
 use tm2_p2p::{NetAddress, NodeInfo, NodeKey};
-
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
