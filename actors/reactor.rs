@@ -67,7 +67,7 @@ pub struct ReceiveBatch {
     pub payloads: Vec<Bytes>,
 }
 
-/// The most messages one [`ReceiveBatch`] carries. 1,024 (256 until issue 17's last stop):
+/// The most messages one [`ReceiveBatch`] carries. 1,024 (256 until issue 17's second stop):
 /// the reactor wakes once per batch, and with 256-byte messages four times fewer wake-ups moved
 /// 11 % more messages (docs/PERFORMANCE.md); the memory a batch holds is bounded in bytes
 /// anyway.
