@@ -26,6 +26,7 @@ use common::{
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::metrics::DropReason;
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerStopped};
+use tm2_p2p::actors::transport::Upgraded;
 use tm2_p2p::mconn::{MConnConfig, Packet};
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DisconnectPeer, DisconnectReason, GetPeers, NodeKey, P2pConfig,
@@ -510,8 +511,8 @@ async fn slow_readers() {
         nodes.push(h);
     }
     let mut seq = 0u64;
-    let paced = async |s: &TestNode, seq: &mut u64| {
-        let next = *seq;
+    let mut paced = async |s: &TestNode| {
+        let next = seq;
         let slowest = honest.iter().min_by_key(|t| t.messages()).unwrap();
         slowest
             .wait("the slower honest peer", |t| {
@@ -526,36 +527,13 @@ async fn slow_readers() {
             })
             .await
             .unwrap();
-        *seq += 1;
+        seq += 1;
     };
     // Warm-up: buffers and the allocator reach their working size.
     for _ in 0..500 {
-        paced(&s, &mut seq).await;
+        paced(&s).await;
     }
-    let (rss0, heap0) = (rss(), heap_in_use().unwrap_or(0));
-
-    let mut stalled = Vec::new();
-    for _ in 0..NON_READERS {
-        let (key, up) = raw_dial(&s.address(), common::NETWORK, vec![CHANNEL]).await;
-        s.connected_to(key.id()).await;
-        let handle = handle_of(&s, key.id()).await;
-        stalled.push((key.id(), handle, up, clock::now()));
-    }
-    let (mut rss_max, mut heap_max, mut queued_max) = (rss0, heap0, 0usize);
-    let mut dropped = Vec::new();
-    while dropped.len() < NON_READERS {
-        paced(&s, &mut seq).await;
-        for (_, handle, _, _) in &stalled {
-            if !handle.is_closed() {
-                queued_max = queued_max.max(handle.queued_bytes());
-            }
-        }
-        rss_max = rss_max.max(rss());
-        heap_max = heap_max.max(heap_in_use().unwrap_or(0));
-        while let Ok((peer, reason, at)) = disconnects.try_recv() {
-            dropped.push((peer, reason, at));
-        }
-    }
+    let run = NonReaders::run(&mut s, CHANNEL, NON_READERS, &mut disconnects, &mut paced).await;
     let all = seq;
     for t in &honest {
         t.wait("an honest peer to get every broadcast", |t| {
@@ -572,49 +550,129 @@ async fn slow_readers() {
         mib(NON_READERS as u64 * bound)
     );
     println!(
-        "measured: queued bytes max {:.2} MiB per non-reader; heap +{:.2} MiB; RSS +{:.2} MiB \
-         ({:.1} -> {:.1} MiB); {all} broadcasts",
-        mib(queued_max as u64),
-        mib(heap_max.saturating_sub(heap0)),
-        mib(rss_max.saturating_sub(rss0)),
-        mib(rss0),
-        mib(rss_max)
+        "measured: queued bytes max {:.2} MiB per non-reader; {}; {all} broadcasts",
+        mib(run.queued_max as u64),
+        run.growth()
     );
-    for (peer, _, _, connected_at) in &stalled {
-        let (_, reason, at) = dropped
+    run.check(write_timeout, bound);
+    assert!(
+        run.dropped
             .iter()
-            .find(|(p, _, _)| p == peer)
-            .expect("every non-reader dropped");
-        println!(
-            "non-reader {peer} dropped {:.2?} after it connected: {reason}",
-            at.duration_since(*connected_at)
-        );
-        assert_eq!(*reason, DisconnectReason::SlowReader(write_timeout));
-    }
-    assert!(
-        dropped
-            .iter()
-            .all(|(p, _, _)| stalled.iter().any(|(q, ..)| q == p)),
-        "{dropped:?}"
+            .all(|(p, _, _)| run.stalled.iter().any(|(q, ..)| q == p)),
+        "{:?}",
+        run.dropped
     );
     assert!(
-        queued_max as u64 <= queue_bound,
-        "queued {queued_max} > {queue_bound}"
+        run.queued_max as u64 <= queue_bound,
+        "queued {} > {queue_bound}",
+        run.queued_max
     );
-    let stated = NON_READERS as u64 * bound;
-    let heap_growth = heap_max.saturating_sub(heap0);
-    // Allocator slack: freed memory kept in the io runtime's thread arenas.
-    assert!(
-        heap_growth < stated + 8 * 1024 * 1024,
-        "heap grew {heap_growth} bytes, bound {stated}"
-    );
-    let rss_growth = rss_max.saturating_sub(rss0);
-    assert!(
-        rss_growth < stated + 32 * 1024 * 1024,
-        "RSS grew {rss_growth} bytes, bound {stated}"
-    );
-    drop(stalled);
+    drop(run);
     drop(nodes);
+}
+
+/// One run of non-readers: peers that connect to a node, advertise the channel and never
+/// read, while the node keeps sending to them.
+struct NonReaders {
+    /// RSS and heap in use just before the non-readers connected.
+    rss0: u64,
+    heap0: u64,
+    /// The most of each seen until every non-reader was dropped.
+    rss_max: u64,
+    heap_max: u64,
+    /// The most bytes queued for one non-reader while it was connected.
+    queued_max: usize,
+    /// Each non-reader: its id, its handle on the node, its connection (held open, never
+    /// read) and when it connected.
+    stalled: Vec<(PeerId, PeerHandle, Upgraded, std::time::Instant)>,
+    /// The node's disconnections meanwhile: who, why, when.
+    dropped: Vec<(PeerId, DisconnectReason, std::time::Instant)>,
+}
+
+impl NonReaders {
+    /// Connects `count` non-readers to `s` on `channel`, then runs `step` (one paced message
+    /// from `s`, which it is given) until `s` has reported as many disconnections, sampling RSS, heap and each
+    /// non-reader's queued bytes after every step.
+    async fn run(
+        s: &mut TestNode,
+        channel: u8,
+        count: usize,
+        disconnects: &mut mpsc::Receiver<(PeerId, DisconnectReason, std::time::Instant)>,
+        step: &mut impl AsyncFnMut(&TestNode),
+    ) -> Self {
+        let (rss0, heap0) = (rss(), heap_in_use().unwrap_or(0));
+        let mut stalled = Vec::new();
+        for _ in 0..count {
+            let (key, up) = raw_dial(&s.address(), common::NETWORK, vec![channel]).await;
+            s.connected_to(key.id()).await;
+            let handle = handle_of(s, key.id()).await;
+            stalled.push((key.id(), handle, up, clock::now()));
+        }
+        let mut run = Self {
+            rss0,
+            heap0,
+            rss_max: rss0,
+            heap_max: heap0,
+            queued_max: 0,
+            stalled,
+            dropped: Vec::new(),
+        };
+        while run.dropped.len() < count {
+            step(s).await;
+            for (_, handle, _, _) in &run.stalled {
+                if !handle.is_closed() {
+                    run.queued_max = run.queued_max.max(handle.queued_bytes());
+                }
+            }
+            run.rss_max = run.rss_max.max(rss());
+            run.heap_max = run.heap_max.max(heap_in_use().unwrap_or(0));
+            while let Ok(d) = disconnects.try_recv() {
+                run.dropped.push(d);
+            }
+        }
+        run
+    }
+
+    /// Heap and RSS growth, for the test's report.
+    fn growth(&self) -> String {
+        format!(
+            "heap +{:.2} MiB; RSS +{:.2} MiB ({:.1} -> {:.1} MiB)",
+            mib(self.heap_max.saturating_sub(self.heap0)),
+            mib(self.rss_max.saturating_sub(self.rss0)),
+            mib(self.rss0),
+            mib(self.rss_max)
+        )
+    }
+
+    /// Every non-reader was dropped as `SlowReader(write_timeout)` (printing how long each
+    /// lasted), and heap and RSS grew by less than `bound` per non-reader plus allocator
+    /// slack.
+    fn check(&self, write_timeout: Duration, bound: u64) {
+        for (peer, _, _, connected_at) in &self.stalled {
+            let (_, reason, at) = self
+                .dropped
+                .iter()
+                .find(|(p, _, _)| p == peer)
+                .expect("every non-reader dropped");
+            println!(
+                "non-reader {peer} dropped {:.2?} after it connected: {reason}",
+                at.duration_since(*connected_at)
+            );
+            assert_eq!(*reason, DisconnectReason::SlowReader(write_timeout));
+        }
+        let stated = self.stalled.len() as u64 * bound;
+        let heap_growth = self.heap_max.saturating_sub(self.heap0);
+        // Allocator slack: freed memory kept in the io runtime's thread arenas.
+        assert!(
+            heap_growth < stated + 8 * 1024 * 1024,
+            "heap grew {heap_growth} bytes, bound {stated}"
+        );
+        let rss_growth = self.rss_max.saturating_sub(self.rss0);
+        assert!(
+            rss_growth < stated + 32 * 1024 * 1024,
+            "RSS grew {rss_growth} bytes, bound {stated}"
+        );
+    }
 }
 
 /// See [`gossip_slow_readers_measurement`]; run in its own process so that its RSS is its own.
@@ -683,8 +741,9 @@ async fn gossip_slow_readers() {
         nodes.push(h);
     }
     let mut seq = 0u64;
-    let paced = async |seq: &mut u64| {
-        let next = *seq;
+    // A `TestNode` argument as `NonReaders::run` passes one; S's gossip reactor does the work.
+    let mut paced = async |_: &TestNode| {
+        let next = seq;
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             let mut slowest = u64::MAX;
@@ -705,28 +764,12 @@ async fn gossip_slow_readers() {
             .await
             .unwrap()
             .unwrap();
-        *seq += 1;
+        seq += 1;
     };
     for _ in 0..500 {
-        paced(&mut seq).await;
+        paced(&s).await;
     }
-    let (rss0, heap0) = (rss(), heap_in_use().unwrap_or(0));
-    let mut stalled = Vec::new();
-    for _ in 0..NON_READERS {
-        let (key, up) = raw_dial(&s.address(), common::NETWORK, vec![desc.id]).await;
-        s.connected_to(key.id()).await;
-        stalled.push((key.id(), up, clock::now()));
-    }
-    let (mut rss_max, mut heap_max) = (rss0, heap0);
-    let mut dropped = Vec::new();
-    while dropped.len() < NON_READERS {
-        paced(&mut seq).await;
-        rss_max = rss_max.max(rss());
-        heap_max = heap_max.max(heap_in_use().unwrap_or(0));
-        while let Ok(d) = disconnects.try_recv() {
-            dropped.push(d);
-        }
-    }
+    let run = NonReaders::run(&mut s, desc.id, NON_READERS, &mut disconnects, &mut paced).await;
     let all = seq;
     for g in &honest {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
@@ -752,37 +795,12 @@ async fn gossip_slow_readers() {
         mib(NON_READERS as u64 * bound)
     );
     println!(
-        "measured: heap +{:.2} MiB; RSS +{:.2} MiB ({:.1} -> {:.1} MiB); {all} messages; \
-         backlogged {}, dropped {}",
-        mib(heap_max.saturating_sub(heap0)),
-        mib(rss_max.saturating_sub(rss0)),
-        mib(rss0),
-        mib(rss_max),
+        "measured: {}; {all} messages; backlogged {}, dropped {}",
+        run.growth(),
         stats.backlogged,
         stats.dropped
     );
-    for (peer, _, connected_at) in &stalled {
-        let (_, reason, at) = dropped
-            .iter()
-            .find(|(p, _, _)| p == peer)
-            .expect("every non-reader dropped");
-        println!(
-            "non-reader {peer} dropped {:.2?} after it connected: {reason}",
-            at.duration_since(*connected_at)
-        );
-        assert_eq!(*reason, DisconnectReason::SlowReader(write_timeout));
-    }
-    let stated = NON_READERS as u64 * bound;
-    let heap_growth = heap_max.saturating_sub(heap0);
-    assert!(
-        heap_growth < stated + 8 * 1024 * 1024,
-        "heap grew {heap_growth} bytes, bound {stated}"
-    );
-    let rss_growth = rss_max.saturating_sub(rss0);
-    assert!(
-        rss_growth < stated + 32 * 1024 * 1024,
-        "RSS grew {rss_growth} bytes, bound {stated}"
-    );
-    drop(stalled);
+    run.check(write_timeout, bound);
+    drop(run);
     drop(nodes);
 }
