@@ -273,6 +273,65 @@ impl fmt::Debug for MessageId {
     }
 }
 
+/// The messages a node accepted lately and the gossip peers that left lately, bounded: what a
+/// peer that comes back within [`RESEND_WINDOW`] is sent again (module docs, "Reconnections").
+#[derive(Debug, Default)]
+struct Recent {
+    /// Copies of the messages accepted in the last [`RESEND_WINDOW`], oldest first, with when;
+    /// at most [`RECENT_MAX_MESSAGES`] and [`RECENT_MAX_BYTES`].
+    messages: VecDeque<(Instant, Bytes)>,
+    /// Payload bytes in `messages`.
+    bytes: usize,
+    /// Peers that left in the last [`RESEND_WINDOW`], with when; at most
+    /// [`RECENT_MAX_MESSAGES`].
+    left: HashMap<PeerId, Instant>,
+}
+
+impl Recent {
+    /// Keeps a copy of `payload`, accepted at `now`; forgets what is older than
+    /// [`RESEND_WINDOW`] or over the bounds. A copy, because a received payload is a slice of
+    /// its connection's 4 KiB read buffer: kept for seconds, each small message would hold a
+    /// whole buffer (the bound counts payload bytes).
+    fn remember(&mut self, now: Instant, payload: &Bytes) {
+        self.messages
+            .push_back((now, Bytes::copy_from_slice(payload)));
+        self.bytes += payload.len();
+        while let Some((at, oldest)) = self.messages.front()
+            && (self.messages.len() > RECENT_MAX_MESSAGES
+                || self.bytes > RECENT_MAX_BYTES
+                || now.saturating_duration_since(*at) > RESEND_WINDOW)
+        {
+            self.bytes -= oldest.len();
+            self.messages.pop_front();
+        }
+    }
+
+    /// `peer`'s connection ended at `now`.
+    fn left(&mut self, peer: PeerId, now: Instant) {
+        if self.left.len() >= RECENT_MAX_MESSAGES {
+            self.left
+                .retain(|_, at| now.saturating_duration_since(*at) <= RESEND_WINDOW);
+        }
+        if self.left.len() < RECENT_MAX_MESSAGES {
+            self.left.insert(peer, now);
+        }
+    }
+
+    /// `peer` is back at `now`: what to send it again. If it left within [`RESEND_WINDOW`],
+    /// the messages accepted from `RESEND_WINDOW` before it left on; else none.
+    fn back(&mut self, peer: PeerId, now: Instant) -> impl Iterator<Item = &Bytes> {
+        let since = self
+            .left
+            .remove(&peer)
+            .filter(|left_at| now.saturating_duration_since(*left_at) <= RESEND_WINDOW)
+            .map(|left_at| left_at.checked_sub(RESEND_WINDOW).unwrap_or(left_at));
+        self.messages
+            .iter()
+            .filter(move |(at, _)| since.is_some_and(|since| *at >= since))
+            .map(|(_, payload)| payload)
+    }
+}
+
 /// The ids of the most recent messages, at most `capacity` of them; when full, inserting
 /// forgets the oldest (first in, first out).
 #[derive(Debug, Clone)]
@@ -453,14 +512,8 @@ pub struct Gossip {
     duplicates: u64,
     /// [`GossipStats::subscriber_drops`].
     subscriber_drops: u64,
-    /// Messages accepted in the last [`RESEND_WINDOW`], oldest first, with when (bounded by
-    /// [`RECENT_MAX_MESSAGES`] and [`RECENT_MAX_BYTES`]).
-    recent: VecDeque<(Instant, Bytes)>,
-    /// Payload bytes in `recent`.
-    recent_bytes: usize,
-    /// Gossip peers whose connection ended in the last [`RESEND_WINDOW`], with when (at most
-    /// [`RECENT_MAX_MESSAGES`] of them).
-    left: HashMap<PeerId, Instant>,
+    /// What a peer that comes back is sent again (module docs, "Reconnections").
+    recent: Recent,
     /// The node's log.
     log: Logger,
 }
@@ -479,9 +532,7 @@ impl Gossip {
             delivered: 0,
             duplicates: 0,
             subscriber_drops: 0,
-            recent: VecDeque::new(),
-            recent_bytes: 0,
-            left: HashMap::new(),
+            recent: Recent::default(),
             log,
         }
     }
@@ -513,7 +564,7 @@ impl Gossip {
                 peer.forward(&payload, &self.sends);
             }
         }
-        self.remember(clock::now(), &payload);
+        self.recent.remember(clock::now(), &payload);
         let drops = &mut self.subscriber_drops;
         let delivered = Delivered { id, from, payload };
         self.subscribers
@@ -526,60 +577,6 @@ impl Gossip {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             });
         true
-    }
-}
-
-impl Gossip {
-    /// Keeps a copy of `payload`, accepted at `now`, for peers that reconnect; forgets what is
-    /// older than [`RESEND_WINDOW`] or over the bounds. A copy, because a received payload is a
-    /// slice of its connection's 4 KiB read buffer: kept for seconds, each small message would
-    /// hold a whole buffer (the bound counts payload bytes).
-    fn remember(&mut self, now: Instant, payload: &Bytes) {
-        self.recent
-            .push_back((now, Bytes::copy_from_slice(payload)));
-        self.recent_bytes += payload.len();
-        while let Some((at, oldest)) = self.recent.front()
-            && (self.recent.len() > RECENT_MAX_MESSAGES
-                || self.recent_bytes > RECENT_MAX_BYTES
-                || now.saturating_duration_since(*at) > RESEND_WINDOW)
-        {
-            self.recent_bytes -= oldest.len();
-            self.recent.pop_front();
-        }
-    }
-
-    /// A gossip peer whose connection ended at `now`: it is sent recent messages again if it
-    /// comes back within [`RESEND_WINDOW`].
-    fn peer_left(&mut self, peer: PeerId, now: Instant) {
-        if self.left.len() >= RECENT_MAX_MESSAGES {
-            self.left
-                .retain(|_, at| now.saturating_duration_since(*at) <= RESEND_WINDOW);
-        }
-        if self.left.len() < RECENT_MAX_MESSAGES {
-            self.left.insert(peer, now);
-        }
-    }
-
-    /// Sends `peer`, back at `now`, what it may have missed: the messages accepted from
-    /// [`RESEND_WINDOW`] before its last connection ended on, if that was within the window.
-    /// Returns how many.
-    fn catch_up(&mut self, peer: PeerId, now: Instant) -> usize {
-        let Some(left_at) = self.left.remove(&peer) else {
-            return 0;
-        };
-        let Some(gossip_peer) = self.peers.get(&peer) else {
-            return 0;
-        };
-        if now.saturating_duration_since(left_at) > RESEND_WINDOW {
-            return 0;
-        }
-        let since = left_at.checked_sub(RESEND_WINDOW).unwrap_or(left_at);
-        let mut sent = 0;
-        for (_, payload) in self.recent.iter().filter(|(at, _)| *at >= since) {
-            gossip_peer.forward(payload, &self.sends);
-            sent += 1;
-        }
-        sent
     }
 }
 
@@ -599,7 +596,13 @@ impl Handler<PeerAdded> for Gossip {
         }
         let gossip_peer = GossipPeer::new(&peer, self.config.backlog_per_peer, &self.sends);
         self.peers.insert(peer.id, gossip_peer);
-        let resent = self.catch_up(peer.id, clock::now());
+        let mut resent = 0;
+        if let Some(gossip_peer) = self.peers.get(&peer.id) {
+            for payload in self.recent.back(peer.id, clock::now()) {
+                gossip_peer.forward(payload, &self.sends);
+                resent += 1;
+            }
+        }
         if resent > 0 {
             debug!(self.log, "gossip peer back: recent messages sent again"; "peer" => %peer.id, "messages" => resent);
         }
@@ -612,7 +615,7 @@ impl Handler<PeerRemoved> for Gossip {
     fn handle(&mut self, msg: PeerRemoved, _: &mut Self::Context) {
         // Dropping the peer aborts its backlog task.
         if self.peers.remove(&msg.peer).is_some() {
-            self.peer_left(msg.peer, clock::now());
+            self.recent.left(msg.peer, clock::now());
         }
     }
 }
@@ -830,9 +833,82 @@ async fn drain_backlog(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::base;
+    use crate::types::PEER_ID_LEN;
 
     fn id(n: u32) -> MessageId {
         MessageId::of(&n.to_le_bytes())
+    }
+
+    const PEER: PeerId = PeerId::from_bytes([1; PEER_ID_LEN]);
+
+    fn back(recent: &mut Recent, peer: PeerId, now: Instant) -> Vec<Bytes> {
+        recent.back(peer, now).cloned().collect()
+    }
+
+    #[test]
+    fn a_peer_back_in_the_window_gets_the_messages_from_a_window_before_it_left() {
+        let t0 = base();
+        let mut recent = Recent::default();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        recent.remember(at(0), &Bytes::from_static(b"too old"));
+        recent.remember(at(1_000), &Bytes::from_static(b"in flight"));
+        recent.left(PEER, at(2_500));
+        recent.remember(at(3_000), &Bytes::from_static(b"while away"));
+        // Left at 2.5 s: from 0.5 s on. The message of 0 s is also forgotten by now (older
+        // than the window when the last one came).
+        assert_eq!(
+            back(&mut recent, PEER, at(4_000)),
+            [&b"in flight"[..], b"while away"]
+        );
+        // Once only; a peer never seen gets nothing.
+        assert!(back(&mut recent, PEER, at(4_000)).is_empty());
+        let other = PeerId::from_bytes([2; PEER_ID_LEN]);
+        assert!(back(&mut recent, other, at(4_000)).is_empty());
+        // Back later than the window: a new peer.
+        recent.left(PEER, at(5_000));
+        assert!(back(&mut recent, PEER, at(7_001)).is_empty());
+    }
+
+    #[test]
+    fn recent_messages_and_peers_that_left_stay_within_their_bounds() {
+        let now = base();
+        let mut recent = Recent::default();
+        for n in 0..2 * RECENT_MAX_MESSAGES as u32 {
+            recent.remember(now, &Bytes::copy_from_slice(&n.to_le_bytes()));
+        }
+        assert_eq!(recent.messages.len(), RECENT_MAX_MESSAGES);
+        assert_eq!(recent.bytes, 4 * RECENT_MAX_MESSAGES);
+        // The newest are kept.
+        let last = 2 * RECENT_MAX_MESSAGES as u32 - 1;
+        assert_eq!(recent.messages.back().unwrap().1, &last.to_le_bytes()[..]);
+        // Bytes: a few large messages.
+        let big = Bytes::from(vec![0; RECENT_MAX_BYTES / 3 + 1]);
+        for _ in 0..5 {
+            recent.remember(now, &big);
+        }
+        assert!(recent.bytes <= RECENT_MAX_BYTES, "{}", recent.bytes);
+        assert_eq!(recent.messages.len(), 2);
+        // Peers that left: at most RECENT_MAX_MESSAGES, the stale ones dropped for new ones.
+        for n in 0..2 * RECENT_MAX_MESSAGES {
+            let mut peer = [0; PEER_ID_LEN];
+            peer[..8].copy_from_slice(&(n as u64).to_le_bytes());
+            recent.left(PeerId::from_bytes(peer), now);
+        }
+        assert_eq!(recent.left.len(), RECENT_MAX_MESSAGES);
+        recent.left(PEER, now + RESEND_WINDOW + Duration::from_millis(1));
+        assert_eq!(recent.left.len(), 1, "the stale ones went for the new one");
+    }
+
+    #[test]
+    fn a_remembered_message_is_a_copy_not_a_slice_of_the_read_buffer() {
+        let read = Bytes::from(vec![7u8; 4096]);
+        let mut recent = Recent::default();
+        recent.remember(base(), &read.slice(10..20));
+        let kept = &recent.messages[0].1;
+        assert_eq!(&kept[..], &read[10..20]);
+        let inside = read.as_ptr_range().contains(&kept.as_ptr());
+        assert!(!inside, "a kept message pins the read buffer");
     }
 
     #[test]
