@@ -1137,6 +1137,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
         let read = match read_now(&mut *io, &mut buf).await {
             Some(read) => read,
             None => {
+                rx.handle_idle();
                 flush_links(&mut links, shared.peer).await;
                 read_releasing(&mut *io, &mut buf).await
             }

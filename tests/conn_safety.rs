@@ -26,8 +26,10 @@ use common::{
 use tm2_p2p::actors::clock;
 use tm2_p2p::actors::metrics::DropReason;
 use tm2_p2p::actors::peer_conn::{PeerConn, PeerConnConfig, PeerStopped};
+use tm2_p2p::actors::secret_stream::WRITE_BATCH_FRAMES;
 use tm2_p2p::actors::transport::Upgraded;
 use tm2_p2p::mconn::{MConnConfig, Packet};
+use tm2_p2p::secret::FRAME_LEN;
 use tm2_p2p::{
     Broadcast, ChannelDescriptor, DisconnectPeer, DisconnectReason, GetPeers, NodeKey, P2pConfig,
     PeerHandle, PeerId, RegisterReactor, SendTo, StopPeerForError, Switch, SwitchEvent, TrySendTo,
@@ -455,11 +457,12 @@ async fn blind_pongs_do_not_answer_a_ping_the_peer_cannot_have_read() {
 /// The memory bound per peer of docs/ARCHITECTURE.md ("What one peer can pin") for this
 /// test's single channel: its send queue and the message being split,
 /// `(send_queue_capacity + 1) × recv_message_capacity`, plus the writer's batch buffer
-/// (`BATCH_BYTES` + one packet) and the secret writer's sealed frames (64 × 1044 bytes).
+/// (`BATCH_BYTES` + one packet) and the secret writer's sealed frames
+/// (`WRITE_BATCH_FRAMES` × 1044 bytes).
 fn per_peer_bound(desc: &ChannelDescriptor) -> u64 {
     let queues = (desc.send_queue_capacity as u64 + 1) * desc.recv_message_capacity as u64;
     let batch = tm2_p2p::mconn::BATCH_BYTES as u64 + 1056;
-    let sealed = 64 * 1044;
+    let sealed = (WRITE_BATCH_FRAMES * FRAME_LEN) as u64;
     queues + batch + sealed
 }
 

@@ -301,10 +301,11 @@ fn a_connection_that_was_busy_once_holds_no_batch_buffers_once_quiet() {
     run_isolated("quiet_after_burst_measurement", "quiet-after-burst");
 }
 
-/// Two nodes; A sends B 32 MiB in 1 MiB messages (which grows A's packet batch and sealed-frame
-/// batch and B's read buffer to their 64 KiB caps), then both send a few small messages. The
-/// live heap (mallinfo2) after that is within [`QUIET_HEAP_BOUND`] of what it was before the
-/// burst: the grown buffers (about 200 KiB in all) were released once traffic went quiet.
+/// Two nodes; A sends B 32 MiB in 1 MiB messages (which grows A's packet batch to 64 KiB, its
+/// sealed-frame batch and B's read buffer to 267 KiB, and puts up to two 1 MiB reassembly
+/// buffers on B's shelf of spares), then both send a few small messages. The live heap
+/// (mallinfo2) after that is within [`QUIET_HEAP_BOUND`] of what it was before the burst: the
+/// grown buffers (about 2.6 MiB in all) were released once traffic went quiet.
 #[test]
 #[ignore = "run in its own process by a_connection_that_was_busy_once_...; returns at once alone"]
 fn quiet_after_burst_measurement() {
@@ -314,8 +315,8 @@ fn quiet_after_burst_measurement() {
     actix::System::new().block_on(quiet_after_burst());
 }
 
-/// Heap growth allowed from before a burst to after the quiet messages that follow it: a third
-/// of what the three batch buffers would keep.
+/// Heap growth allowed from before a burst to after the quiet messages that follow it: a
+/// quarter of what the packet batch alone would keep.
 const QUIET_HEAP_BOUND: u64 = 64 * 1024;
 
 /// One small message from `from` to `to`, waiting until `to`'s tally has it.
@@ -395,8 +396,8 @@ fn phase_mib() -> u64 {
 
 /// The bound on RSS growth while broadcasting with a stalled peer. What S may legitimately
 /// hold: each of 4 peers' queues, `BCAST_QUEUE` × 64 KiB = 2 MiB (8 MiB; the buffers are
-/// shared, so at most that many distinct messages); each connection's write batch (64 frames,
-/// 66 KiB); on the healthy receivers in this same process, each reactor link's bound of
+/// shared, so at most that many distinct messages); each connection's write batch
+/// (`WRITE_BATCH_FRAMES`, 267 KiB); on the healthy receivers in this same process, each reactor link's bound of
 /// `(MAX_ACKS + 1) × (ACK_EVERY_BYTES + message)` = 3 × 320 KiB ≈ 1 MiB, plus one message being
 /// reassembled (3 MiB for 3 peers). About 12 MiB in all; the rest of the bound is allocator
 /// slack (arenas of the io runtime's threads, which hold freed memory). A queue without a

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ring::rand::SystemRandom;
-use tm2_p2p::actors::secret_stream::SecretStream;
+use tm2_p2p::actors::secret_stream::{SecretStream, WRITE_BATCH_FRAMES};
 use tm2_p2p::actors::transport::upgrade;
 use tm2_p2p::secret::{DATA_MAX, FRAME_LEN, FrameOpener, FrameSealer, Handshake};
 use tm2_p2p::{NetAddress, NodeInfo, NodeKey};
@@ -235,7 +235,8 @@ pub(crate) fn plain_tcp(window: Window) -> anyhow::Result<Figure> {
     })
 }
 
-/// One thread seals 64 frames of 1024 data bytes at a time (the secret stream's batch) and
+/// One thread seals `WRITE_BATCH_FRAMES` frames of 1024 data bytes at a time (the secret
+/// stream's batch) and
 /// writes them to a blocking loopback socket; another reads and discards them: data bytes per
 /// second. No opening, no mconn: the most one core that seals a connection's frames in order
 /// and writes them (tm2-p2p's writer task, TM2's goroutine) sends here, whatever the other
@@ -243,14 +244,14 @@ pub(crate) fn plain_tcp(window: Window) -> anyhow::Result<Figure> {
 pub(crate) fn seal_and_send(window: Window) -> anyhow::Result<Figure> {
     let mut sealer = FrameSealer::from_raw_key(&[7u8; 32], 0)?;
     let data = vec![0x5au8; DATA_MAX];
-    let mut batch = vec![0u8; 64 * FRAME_LEN];
+    let mut batch = vec![0u8; WRITE_BATCH_FRAMES * FRAME_LEN];
     blocking_stream(window, move |socket| {
         for frame in batch.chunks_exact_mut(FRAME_LEN) {
             let frame: &mut [u8; FRAME_LEN] = frame.try_into()?;
             sealer.seal(&data, frame)?;
         }
         socket.write_all(&batch)?;
-        Ok((64 * DATA_MAX) as u64)
+        Ok((WRITE_BATCH_FRAMES * DATA_MAX) as u64)
     })
 }
 

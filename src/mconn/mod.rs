@@ -48,7 +48,9 @@
 //!    events to what one read can hold.
 //! 2. `recv_ready(now)`: on `Err(at)`, sleep until `at` (the receive rate limit), then retry.
 //! 3. Read from the secret connection (up to the driver's buffer size) and pass the plaintext
-//!    to `handle_bytes(now, bytes)`; an error ends the connection. Go to 1.
+//!    to `handle_bytes(now, bytes)`; an error ends the connection. Go to 1. When the read would
+//!    wait (nothing more for now), call `handle_idle()` first: a quiet connection then frees
+//!    the spare reassembly buffers it keeps while busy.
 //!
 //! **Adding a channel** (a reactor registered after the connection started): call
 //! `add_channel(desc)` on both halves ([`MConnSender::add_channel`] under the writer's lock,
@@ -87,6 +89,7 @@ mod error;
 pub mod packet;
 mod recv;
 mod send;
+mod spare;
 
 use std::time::Instant;
 

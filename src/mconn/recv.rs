@@ -11,13 +11,16 @@ use super::config::{MConnConfig, MConnConfigError};
 use super::error::MConnectionError;
 use super::packet::{self, PacketRef};
 use super::rate_bucket;
+use super::spare::Spares;
 use crate::flowrate::TokenBucket;
 
 /// What the receive half produced, in arrival order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A whole message arrived on `channel`. The payload is owned (no buffer is reused behind
-    /// the receiver's back, unlike TM2).
+    /// the receiver's back, unlike TM2): the buffer of a message of several packets goes back
+    /// to the receiver for a later message only once every reference to the payload is
+    /// dropped (see `src/mconn/spare.rs`).
     Received {
         /// The channel id.
         channel: u8,
@@ -61,6 +64,9 @@ pub struct MConnReceiver {
     resume_quantum: u64,
     /// The first error; every later `handle_bytes` returns it again.
     failed: Option<MConnectionError>,
+    /// Buffers of delivered multi-packet messages, back from their consumers for the next
+    /// message (see `src/mconn/spare.rs`).
+    spares: Spares,
 }
 
 /// Events not yet polled. Bounded by the input of one `handle_bytes` call if the driver drains
@@ -145,6 +151,7 @@ impl MConnReceiver {
             bucket,
             resume_quantum,
             failed: None,
+            spares: Spares::default(),
         }
     }
 
@@ -202,8 +209,21 @@ impl MConnReceiver {
             for ch in &mut self.channels {
                 ch.buf = Vec::new();
             }
+            self.spares.release();
         }
         result
+    }
+
+    /// Tells the receiver the socket has nothing more for now. If no message is being
+    /// reassembled either, the connection is quiet: the spare buffers it kept for the next
+    /// large message are freed, and buffers of messages delivered earlier are freed when
+    /// dropped instead of coming back (see `src/mconn/spare.rs`). Call it whenever a read would
+    /// wait; while messages stream in, a message is nearly always in progress and the spares
+    /// stay.
+    pub fn handle_idle(&mut self) {
+        if self.partial.is_empty() && self.channels.iter().all(|ch| ch.buf.is_empty()) {
+            self.spares.release();
+        }
     }
 
     // --- outputs ---
@@ -353,6 +373,11 @@ impl MConnReceiver {
             events.push(Event::Received { channel, payload });
             return Ok(());
         }
+        if ch.buf.capacity() == 0 {
+            // A message of several packets starts: in the buffer of an earlier one if its
+            // consumer dropped it.
+            ch.buf = self.spares.take(ch.message_capacity);
+        }
         if ch.buf.capacity() < len {
             // Grow geometrically from the configured initial capacity, but never past the
             // message limit (`Vec`'s own doubling could overshoot it).
@@ -366,7 +391,7 @@ impl MConnReceiver {
         if eof {
             events.push(Event::Received {
                 channel,
-                payload: Bytes::from(std::mem::take(&mut ch.buf)),
+                payload: self.spares.payload(std::mem::take(&mut ch.buf)),
             });
         }
         Ok(())
@@ -479,6 +504,75 @@ mod tests {
             })
         );
         assert!(events(&mut rx).is_empty());
+    }
+
+    /// Feeds `packets` packets of 1000 bytes on channel 1, the last one ending a message, and
+    /// returns that message.
+    fn whole(rx: &mut MConnReceiver, t0: Instant, packets: usize, fill: u8) -> Bytes {
+        for i in 0..packets {
+            rx.handle_bytes(t0, &msg(1, i + 1 == packets, &[fill; 1000]))
+                .unwrap();
+        }
+        let [Event::Received { payload, .. }] = &events(rx)[..] else {
+            panic!("one message expected");
+        };
+        assert!(payload.iter().all(|&b| b == fill));
+        payload.clone()
+    }
+
+    #[test]
+    fn a_dropped_messages_buffer_takes_the_next_message_of_several_packets() {
+        let chans = [ChannelDescriptor::new(1).with_recv_message_capacity(1 << 20)];
+        let (mut rx, t0) = receiver(&chans);
+        let first = whole(&mut rx, t0, 64, 1);
+        assert_eq!(first.len(), 64_000);
+        let at = first.as_ptr();
+        let held = whole(&mut rx, t0, 64, 2);
+        assert_ne!(
+            held.as_ptr(),
+            at,
+            "the first is still held: a buffer of its own"
+        );
+        drop(first);
+        let third = whole(&mut rx, t0, 64, 3);
+        assert_eq!(third.as_ptr(), at, "reassembled in the first one's buffer");
+        assert_eq!(rx.reassembly_capacity(1), 0, "lent out with the payload");
+        drop((held, third));
+        assert_eq!(rx.spares.held(), 2 * 64 * 1024, "both buffers are back");
+    }
+
+    #[test]
+    fn idle_frees_the_spares_unless_a_message_is_in_progress() {
+        let chans = [ChannelDescriptor::new(1).with_recv_message_capacity(1 << 20)];
+        let (mut rx, t0) = receiver(&chans);
+        let (a, b) = (whole(&mut rx, t0, 8, 1), whole(&mut rx, t0, 8, 2));
+        drop((a, b));
+        let two = rx.spares.held();
+        assert!(two >= 2 * 8000, "both buffers came back");
+        rx.handle_bytes(t0, &msg(1, false, &[3; 1000])).unwrap();
+        let one = rx.spares.held();
+        assert!(one > 0 && one < two, "the next message took one");
+        rx.handle_idle();
+        assert_eq!(rx.spares.held(), one, "a message is in progress: kept");
+        let last = whole(&mut rx, t0, 7, 3); // the rest of the message: 8,000 bytes in all
+        assert_eq!(last.len(), 8000);
+        assert_eq!(rx.spares.held(), one, "lent out with the payload");
+        rx.handle_idle();
+        assert_eq!(rx.spares.held(), 0, "quiet: freed");
+        drop(last);
+        assert_eq!(rx.spares.held(), 0, "dropped while quiet: freed, not kept");
+        drop(whole(&mut rx, t0, 8, 4));
+        assert!(rx.spares.held() > 0, "busy again: kept again");
+    }
+
+    #[test]
+    fn a_broken_connection_frees_its_spares() {
+        let chans = [ChannelDescriptor::new(1).with_recv_message_capacity(1 << 20)];
+        let (mut rx, t0) = receiver(&chans);
+        drop(whole(&mut rx, t0, 8, 1));
+        assert!(rx.spares.held() > 0);
+        assert!(rx.handle_bytes(t0, &msg(9, true, &[0; 10])).is_err());
+        assert_eq!(rx.spares.held(), 0);
     }
 
     #[test]
