@@ -126,6 +126,15 @@ pub const MAX_ACKS: usize = 2;
 /// has buffered). The buffer is released while a read waits, so an idle connection holds none.
 const READ_CHUNK: usize = 4096;
 
+/// Bytes a reader reads in a row (the socket never running dry) before it yields to the
+/// runtime once. A tokio worker that finds a task ready while polling the I/O driver keeps it
+/// in its own unstealable LIFO slot, so a connection's reader and the writer feeding it can
+/// end up taking turns on one worker while the other idles: on 2 cores a 1 MiB stream then
+/// used 1.3-1.5 cores in about half the runs instead of 1.8-1.9. A yield puts the reader in
+/// the worker's stealable queue and wakes an idle worker to take it. Once per MiB costs
+/// nothing measurable; once per 256 KiB cost 4 % CPU per byte (docs/PERFORMANCE.md).
+const YIELD_EVERY: usize = 1024 * 1024;
+
 /// The most the writer task's packet buffer keeps while nothing is queued; a larger one (grown
 /// to a 64 KiB batch by a burst) is released, so a connection that was busy once holds no
 /// batch-sized buffer while it is quiet.
@@ -194,7 +203,8 @@ pub struct PeerConn {
 
 impl PeerConn {
     /// Starts the connection over an upgraded stream: its peer id is the authenticated one.
-    /// See [`start_split`](Self::start_split).
+    /// With `io`, the socket's readiness registration moves to that runtime too
+    /// ([`SecretStream::register_with`]). See [`start_split`](Self::start_split).
     pub fn start(
         stream: SecretStream,
         config: PeerConnConfig,
@@ -203,6 +213,11 @@ impl PeerConn {
         io: Option<Handle>,
     ) -> Result<(Addr<Self>, PeerHandle), MConnConfigError> {
         let peer = stream.remote_id();
+        let mut stream = stream;
+        if let Some(io) = &io {
+            // On error the socket stays registered where it was: correct, only slower.
+            let _ = stream.register_with(io);
+        }
         let (reader, writer) = stream.into_split();
         Self::start_split(reader, writer, peer, config, channels, supervisor, io)
     }
@@ -1105,6 +1120,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let mut buf = Vec::new();
     // Where the last read's chunk lies: the messages being delivered came from it.
     let mut chunk = ChunkSpan::default();
+    let mut since_yield = 0usize;
     let reason = 'read: loop {
         while let Some(event) = rx.poll_event() {
             match event {
@@ -1134,9 +1150,15 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         // Batched reactors get their messages when the socket has nothing more for now (or a
         // batch is full): a burst read in several chunks makes one batch, not one per chunk.
+        if since_yield >= YIELD_EVERY {
+            // See YIELD_EVERY: lets an idle worker take this task.
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let read = match read_now(&mut *io, &mut buf).await {
             Some(read) => read,
             None => {
+                since_yield = 0;
                 rx.handle_idle();
                 flush_links(&mut links, shared.peer).await;
                 read_releasing(&mut *io, &mut buf).await
@@ -1162,6 +1184,7 @@ async fn read_loop<R: AsyncRead + Unpin>(
             break reason;
         }
         // The chunk's messages are slices of it: one allocation per read, not per message.
+        since_yield += n;
         buf.truncate(n);
         let read = Bytes::from(std::mem::take(&mut buf));
         chunk = chunk.next(&read);

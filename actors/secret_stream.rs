@@ -187,6 +187,34 @@ impl SecretStream {
     pub fn into_split(self) -> (SecretReader<OwnedReadHalf>, SecretWriter<OwnedWriteHalf>) {
         (self.reader, self.writer)
     }
+
+    /// Moves the socket's readiness registration to `runtime`'s I/O driver, keeping everything
+    /// buffered in both halves. A tokio socket tells the runtime it was created on when it
+    /// becomes readable or writable, whichever runtime's tasks poll it: a stream accepted or
+    /// dialed on the actix arbiter and then read and written by tasks on another runtime
+    /// would wake the arbiter's thread for every readiness event, which then wakes the task's
+    /// worker (two wake-ups instead of one, and no I/O at all while the arbiter is busy).
+    ///
+    /// The socket is duplicated and the duplicate registered with `runtime`; the original
+    /// descriptor is deregistered and closed. On error (no descriptor left to duplicate, or
+    /// `runtime` has no I/O driver) the stream is unchanged and stays usable where it was.
+    pub fn register_with(&mut self, runtime: &tokio::runtime::Handle) -> io::Result<()> {
+        use std::os::fd::AsFd;
+        let tcp: &TcpStream = self.reader.io.as_ref();
+        let dup = std::net::TcpStream::from(tcp.as_fd().try_clone_to_owned()?);
+        // The duplicate shares the file status flags, non-blocking mode included.
+        let moved = {
+            let _inside = runtime.enter();
+            TcpStream::from_std(dup)?
+        };
+        let (read, write) = moved.into_split();
+        // The original's write half must not shut the socket's sending side down on drop
+        // (`forget`); dropping its read half then deregisters it from its runtime and closes
+        // its descriptor. The socket lives on in the duplicate.
+        std::mem::replace(&mut self.writer.io, write).forget();
+        drop(std::mem::replace(&mut self.reader.io, read));
+        Ok(())
+    }
 }
 
 /// Runs the secret handshake over any byte stream. Returns the established state and the bytes

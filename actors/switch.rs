@@ -314,6 +314,14 @@ impl Switch {
             remote_addr,
             direction,
         } = up;
+        let mut stream = stream;
+        if let Some(io) = &self.io
+            && let Err(e) = stream.register_with(io)
+        {
+            // Still correct where it is; only its readiness events keep waking this thread.
+            slog::warn!(self.log, "cannot move a connection's socket to the I/O runtime";
+                "peer" => %id, "error" => %e);
+        }
         let (reader, writer) = stream.into_split();
         let (gate, reader) = GatedReader::new(reader);
         let config = PeerConnConfig {

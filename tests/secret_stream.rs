@@ -518,3 +518,57 @@ async fn early_data_over_the_cap_fails_before_anything_is_sent() {
     y.read_to_end(&mut rest).await.unwrap();
     assert!(rest.is_empty());
 }
+
+/// A stream made on one runtime and moved with `register_with` works on another after the
+/// first is gone, with what was buffered before the move intact. Without the move its socket
+/// would still report readiness to the dead runtime's driver, and every read or write would
+/// fail ("A Tokio 1.x context was found, but it is being shutdown" or similar).
+#[test]
+fn a_stream_moved_to_another_runtime_works_there_after_the_first_is_gone() {
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (mut a, mut b) = first.block_on(async {
+        let (mut a, mut b, _, _) = connected_pair().await;
+        // Bytes in flight across the move: written and flushed, partly read.
+        let (_, aw) = a.halves_mut();
+        aw.write_all(b"before the move").await.unwrap();
+        aw.flush().await.unwrap();
+        let (br, _) = b.halves_mut();
+        let mut got = [0u8; 6];
+        br.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"before");
+        (a, b)
+    });
+    let second = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    a.register_with(second.handle()).unwrap();
+    b.register_with(second.handle()).unwrap();
+    drop(first);
+    second.block_on(async move {
+        let (mut ar, mut aw) = a.into_split();
+        let (mut br, mut bw) = b.into_split();
+        let mut rest = [0u8; 9];
+        br.read_exact(&mut rest).await.unwrap();
+        assert_eq!(&rest, b" the move");
+        let data = pseudo_random(1 << 20, 9);
+        let sent = data.clone();
+        let writer = tokio::spawn(async move {
+            aw.write_all(&sent).await.unwrap();
+            aw.flush().await.unwrap();
+            bw.write_all(b"and back").await.unwrap();
+            bw.flush().await.unwrap();
+        });
+        let mut got = vec![0u8; data.len()];
+        br.read_exact(&mut got).await.unwrap();
+        assert!(got == data, "1 MiB arrived intact on the new runtime");
+        let mut back = [0u8; 8];
+        ar.read_exact(&mut back).await.unwrap();
+        assert_eq!(&back, b"and back");
+        writer.await.unwrap();
+    });
+}
