@@ -225,7 +225,9 @@ impl PeerConn {
     /// Starts the connection over any pair of stream halves (the secret stream's, after the
     /// NodeInfo exchange). `channels` pairs each channel with the reactor its messages go to;
     /// the descriptor order is the scheduler's tie-break. The reader and writer tasks run on
-    /// `io`, or on the current runtime when `None`.
+    /// `io`, or on the current runtime when `None`. The halves' socket stays registered with
+    /// the runtime it was made on; for a [`SecretStream`] made elsewhere than `io`, call
+    /// [`SecretStream::register_with`] first, as [`start`](Self::start) does.
     ///
     /// Fails, before any task starts, when the config or the channel set is invalid.
     ///
