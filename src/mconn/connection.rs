@@ -83,6 +83,11 @@ impl MConnection {
         result
     }
 
+    /// The socket has nothing more for now; see [`MConnReceiver::handle_idle`].
+    pub fn handle_idle(&mut self) {
+        self.receiver.handle_idle();
+    }
+
     /// Advances the timers; see [`MConnSender::handle_timeout`].
     pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MConnectionError> {
         self.sender.handle_timeout(now)
