@@ -135,7 +135,7 @@ async fn buffers_grown_by_a_burst_are_released_once_traffic_is_quiet_again() {
     let (_ar, mut aw) = a.into_split();
     let (mut br, _bw) = b.into_split();
     // A stream of batches that alternate a full one and a flushed remainder of one frame keeps
-    // the grown buffers: freeing and regrowing 66 KiB per write would cost a busy stream.
+    // the grown buffers: freeing and regrowing a whole batch per write would cost a busy stream.
     let chunk = pseudo_random(WRITE_BATCH_FRAMES * 1024 + 7, 4);
     let mut sink = vec![0u8; chunk.len()];
     for _ in 0..4 {

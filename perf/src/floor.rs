@@ -81,7 +81,7 @@ pub(crate) fn seal_open(window: Window) -> anyhow::Result<Figure> {
     let data = vec![0x5au8; DATA_MAX];
     let mut frame = [0u8; FRAME_LEN];
     on_one_thread(window, move || {
-        // 64 frames per turn, as the secret stream batches them.
+        // 64 frames per turn (in memory the batch size does not matter).
         for _ in 0..64 {
             sealer.seal(&data, &mut frame)?;
             let opened = opener.open(&mut frame)?;
