@@ -43,9 +43,9 @@ use crate::types::PeerId;
 /// How many sealed frames the writer gathers before it must hand them to the kernel (267 KiB):
 /// one `write` syscall per batch instead of per frame. TM2 writes each frame on its own,
 /// behind a 64 KiB plaintext buffer. Until issue 17's third stop this was 64 frames (66 KiB);
-/// with 256, a 1 MiB stream costs the kernel about a quarter of the `sendto` calls and 20-30 %
-/// less system time, and went 8-17 % faster in alternating runs (docs/PERFORMANCE.md). Only a
-/// connection with that much to send fills it; a lone message is flushed at once.
+/// with 256, a 1 MiB stream makes less than half the system calls and spends 15-28 % less
+/// system time, and went 2-14 % faster in three sets of alternating runs (docs/PERFORMANCE.md).
+/// Only a connection with that much to send fills it; a lone message is flushed at once.
 pub const WRITE_BATCH_FRAMES: usize = 256;
 
 /// How many frames the reader's buffer holds at most, so one `read` syscall can bring in many
