@@ -175,8 +175,9 @@ impl SwitchBuilder {
     }
 
     /// Runs the connections' reader and writer tasks on `handle` (a multi-thread tokio runtime
-    /// the host owns), so that encryption of many peers uses every core. By default they run on
-    /// the current (actix) runtime. See docs/PERFORMANCE.md, "mconn".
+    /// the host owns), so that encryption of many peers uses every core, and registers their
+    /// sockets with it (its workers, not the arbiter, are woken when a socket is ready). By
+    /// default they run on the current (actix) runtime. See docs/PERFORMANCE.md, "mconn".
     pub fn io_runtime(mut self, handle: Handle) -> Self {
         self.io = Some(handle);
         self

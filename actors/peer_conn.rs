@@ -206,14 +206,13 @@ impl PeerConn {
     /// With `io`, the socket's readiness registration moves to that runtime too
     /// ([`SecretStream::register_with`]). See [`start_split`](Self::start_split).
     pub fn start(
-        stream: SecretStream,
+        mut stream: SecretStream,
         config: PeerConnConfig,
         channels: Vec<(ChannelDescriptor, Delivery)>,
         supervisor: Recipient<PeerStopped>,
         io: Option<Handle>,
     ) -> Result<(Addr<Self>, PeerHandle), MConnConfigError> {
         let peer = stream.remote_id();
-        let mut stream = stream;
         if let Some(io) = &io {
             // On error the socket stays registered where it was: correct, only slower.
             let _ = stream.register_with(io);

@@ -309,12 +309,11 @@ impl Switch {
     fn start_peer(&mut self, up: Upgraded, listen_addr: NetAddress, ctx: &mut Context<Self>) {
         let id = up.id();
         let Upgraded {
-            stream,
+            mut stream,
             node_info,
             remote_addr,
             direction,
         } = up;
-        let mut stream = stream;
         if let Some(io) = &self.io
             && let Err(e) = stream.register_with(io)
         {

@@ -37,6 +37,9 @@ pub(crate) const MAX_SPARES: usize = 2;
 #[derive(Debug, Default)]
 pub(crate) struct Spares {
     shelf: Arc<Mutex<Shelf>>,
+    /// `take` opened the shelf since the last `release` (only the receiver opens it, so it
+    /// knows without the lock): a quiet connection's `release` costs no lock.
+    opened: bool,
 }
 
 #[derive(Debug, Default)]
@@ -51,7 +54,8 @@ impl Spares {
     /// An empty buffer to reassemble a message in: a spare of at most `max` bytes' capacity if
     /// one came back, else a new empty `Vec` (no allocation). Opens the shelf: buffers of
     /// payloads dropped from now on come back.
-    pub(crate) fn take(&self, max: usize) -> Vec<u8> {
+    pub(crate) fn take(&mut self, max: usize) -> Vec<u8> {
+        self.opened = true;
         let mut shelf = lock(&self.shelf);
         shelf.open = true;
         match shelf.bufs.iter().rposition(|b| b.capacity() <= max) {
@@ -77,7 +81,10 @@ impl Spares {
 
     /// Closes the shelf and frees its buffers: the connection has gone quiet. A payload
     /// dropped from now on frees its buffer, until [`take`](Self::take) opens the shelf again.
-    pub(crate) fn release(&self) {
+    pub(crate) fn release(&mut self) {
+        if !std::mem::take(&mut self.opened) {
+            return; // closed and emptied by the last release, and not opened since
+        }
         let freed = {
             let mut shelf = lock(&self.shelf);
             shelf.open = false;
@@ -146,7 +153,7 @@ mod tests {
 
     #[test]
     fn a_dropped_payload_gives_its_buffer_to_the_next_message() {
-        let spares = Spares::default();
+        let mut spares = Spares::default();
         assert_eq!(spares.take(1 << 20).capacity(), 0, "nothing came back yet");
         let buf = filled(100_000, 100_000);
         let at = buf.as_ptr();
@@ -167,7 +174,7 @@ mod tests {
 
     #[test]
     fn a_small_message_in_a_large_buffer_is_copied_and_the_buffer_kept() {
-        let spares = Spares::default();
+        let mut spares = Spares::default();
         let _ = spares.take(1 << 20); // opens the shelf
         let buf = filled(1_000, 1 << 20);
         let at = buf.as_ptr();
@@ -180,7 +187,7 @@ mod tests {
 
     #[test]
     fn the_shelf_holds_at_most_max_spares_and_only_buffers_a_channel_may_use() {
-        let spares = Spares::default();
+        let mut spares = Spares::default();
         let _ = spares.take(usize::MAX);
         let payloads: Vec<Bytes> = (0..MAX_SPARES + 3)
             .map(|_| spares.payload(filled(4096, 4096)))
@@ -197,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_released_shelf_frees_what_it_held_and_what_comes_back_later() {
-        let spares = Spares::default();
+        let mut spares = Spares::default();
         let _ = spares.take(usize::MAX);
         let early = spares.payload(filled(4096, 4096));
         let late = spares.payload(filled(4096, 4096));
@@ -220,7 +227,7 @@ mod tests {
 
     #[test]
     fn a_payload_outliving_its_connection_frees_its_buffer() {
-        let spares = Spares::default();
+        let mut spares = Spares::default();
         let _ = spares.take(usize::MAX);
         let payload = spares.payload(filled(4096, 4096));
         drop(spares);
@@ -230,7 +237,7 @@ mod tests {
 
     #[test]
     fn buffers_come_back_from_other_threads() {
-        let spares = Spares::default();
+        let mut spares = Spares::default();
         let _ = spares.take(usize::MAX);
         let payload = spares.payload(filled(8192, 8192));
         std::thread::spawn(move || drop(payload)).join().unwrap();
