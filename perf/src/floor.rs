@@ -3,7 +3,8 @@
 //! so the table can say whether a goal on the ratio to libp2p is reachable at all here.
 //!
 //! - `cpu`: the cryptography only, in memory, on one thread: for throughput, sealing and opening
-//!   every 1024 data bytes as one ChaCha20-Poly1305 frame (TM2's fixed frame); for connections,
+//!   every 1024 data bytes as one ChaCha20-Poly1305 frame (TM2's fixed frame) and copying the
+//!   opened data into its message (see [`seal_open`]); for connections,
 //!   two `Handshake` cores run against each other (both sides' X25519 key generation and
 //!   agreement, HKDF, Ed25519 signature and verification, auth frames).
 //! - `tcp`: the same over loopback TCP with the crate's own secret layer and nothing above it:
@@ -74,12 +75,24 @@ pub(crate) fn per_packet(bytes: Figure) -> Figure {
     }
 }
 
-pub(crate) fn seal_open(window: Window) -> anyhow::Result<Figure> {
+///
+/// With `Opened::CopiedOut`, each frame's opened data is also copied into a 1 MiB message buffer,
+/// as a receiver that hands out whole messages must: the data of consecutive frames is not
+/// contiguous where it is opened (each frame has its length field, padding and tag around it,
+/// and TM2's packet headers fall anywhere in it), and ring opens in place. Small messages need
+/// no such copy (one can be a slice of the buffer it was opened in), so their floor leaves it
+/// out (`Opened::InPlace`).
+pub(crate) fn seal_open(window: Window, opened: Opened) -> anyhow::Result<Figure> {
     let key = [7u8; 32];
     let mut sealer = FrameSealer::from_raw_key(&key, 0)?;
     let mut opener = FrameOpener::from_raw_key(&key, 0)?;
     let data = vec![0x5au8; DATA_MAX];
     let mut frame = [0u8; FRAME_LEN];
+    let mut message = match opened {
+        Opened::CopiedOut => vec![0u8; 1 << 20],
+        Opened::InPlace => Vec::new(),
+    };
+    let mut at = 0;
     on_one_thread(window, move || {
         // 64 frames per turn (in memory the batch size does not matter).
         for _ in 0..64 {
@@ -89,9 +102,25 @@ pub(crate) fn seal_open(window: Window) -> anyhow::Result<Figure> {
                 opened.len() == DATA_MAX,
                 "a frame opened to the wrong length"
             );
+            if !message.is_empty() {
+                if at + DATA_MAX > message.len() {
+                    at = 0;
+                }
+                message[at..at + DATA_MAX].copy_from_slice(opened);
+                at += DATA_MAX;
+            }
         }
         Ok((64 * DATA_MAX) as u64)
     })
+}
+
+/// Where [`seal_open`] leaves the opened data.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Opened {
+    /// Left where it was opened.
+    InPlace,
+    /// Copied into a message buffer.
+    CopiedOut,
 }
 
 /// Both sides of a handshake run against each other in memory, one thread: handshakes per
