@@ -111,31 +111,23 @@ pub const ACK_EVERY_MESSAGES: usize = 64;
 /// A delivery with an answer is requested after messages to one channel's reactor that hold
 /// this many bytes (whichever of this and [`ACK_EVERY_MESSAGES`] comes first). What a message
 /// holds is its own allocation (its length) or, for a slice of a read's buffer, that buffer
-/// (4 to 64 KiB), counted once per buffer: a peer whose small messages each arrive in a
+/// (4 KiB), counted once per buffer: a peer whose small messages each arrive in a
 /// read of their own cannot make a few bytes of payload pin a whole buffer each, uncounted.
 pub const ACK_EVERY_BYTES: usize = 256 * 1024;
 
 /// Answered deliveries outstanding per channel before the reader waits for the oldest. A
 /// reactor's mailbox thus holds at most about `(MAX_ACKS + 1) ×` [`ACK_EVERY_MESSAGES`]
 /// messages (`(MAX_ACKS + 1) ×` [`MAX_BATCH`] for a batched reactor), and
-/// `(MAX_ACKS + 1) × (`[`ACK_EVERY_BYTES`]` + max(recv_message_capacity, 16 KiB))` bytes held
-/// (16 KiB: the largest read buffer a message can hold), per peer and channel. Two let the reactor work on one group while the next is
-/// delivered.
+/// `(MAX_ACKS + 1) × (`[`ACK_EVERY_BYTES`]` + recv_message_capacity)` bytes held, per peer
+/// and channel. Two let the reactor work on one group while the next is delivered.
 pub const MAX_ACKS: usize = 2;
 
-/// Bytes the reader asks for per `read` after a wait (the secret stream fills it with every
-/// whole frame it has buffered). The buffer is released while a read waits, so an idle
-/// connection holds none.
+/// Bytes the reader asks for per `read` (the secret stream fills it with every whole frame it
+/// has buffered). The buffer is released while a read waits, so an idle connection holds none.
+/// Chunks that grew to 16 KiB while reads filled them cost about 4 % less CPU per byte on a
+/// 1 MiB stream but raised the 256-node testnet's p99 by 3-9 % and its peak RSS by 5-8 %
+/// (docs/PERFORMANCE.md); 64 KiB ones were no better than 4 KiB.
 const READ_CHUNK: usize = 4096;
-
-/// The largest chunk the reader asks for: a read that fills its chunk doubles the next one, up
-/// to this, until the reader has to wait again. A busy stream then pays the per-read costs (a
-/// call through the secret stream, clock reads, a packet split across two chunks) once per
-/// 16 KiB instead of once per 4 KiB; a small message still holds at most its chunk, counted
-/// in full towards its reactor's bounds ([`ACK_EVERY_BYTES`]). Larger chunks no longer fit
-/// the L1 cache between the copy into the chunk and the decoding of it: 64 KiB measured no
-/// better per CPU-second than 4 KiB, 16 KiB about 4 % better (docs/PERFORMANCE.md).
-const MAX_READ_CHUNK: usize = 16 * 1024;
 
 /// Bytes a reader reads in a row (the socket never running dry) before it yields to the
 /// runtime once. A tokio worker that finds a task ready while polling the I/O driver keeps it
@@ -1197,8 +1189,8 @@ async fn read_loop<R: AsyncRead + Unpin>(
         }
         // The chunk's messages are slices of it: one allocation per read, not per message.
         since_yield += n;
-        let (read, capacity) = chunks.take();
-        chunk = chunk.next(&read, capacity);
+        let read = chunks.take();
+        chunk = chunk.next(&read);
         let handled = rx.handle_chunk(clock::now(), &read);
         chunks.retire(read);
         if let Err(e) = handled {
@@ -1210,28 +1202,25 @@ async fn read_loop<R: AsyncRead + Unpin>(
     shared.close(reason);
 }
 
-/// The address range of the chunk a read filled, its number and the size of its buffer: the
-/// messages the reader delivers all came out of the last chunk, so one whose bytes lie in that
-/// range is a slice of it and keeps the whole chunk's buffer alive.
+/// The address range of the chunk a read filled, and its number: the messages the reader
+/// delivers all came out of the last chunk, so one whose bytes lie in that range is a slice of
+/// it and keeps the whole chunk's buffer alive.
 #[derive(Debug, Default, Clone, Copy)]
 struct ChunkSpan {
     /// Counts chunks from 1 (0: none read yet).
     seq: u64,
     start: usize,
     end: usize,
-    /// Bytes of the buffer behind the chunk: what a slice of it holds.
-    capacity: usize,
 }
 
 impl ChunkSpan {
-    /// The span of `read`, the chunk after this one, whose buffer holds `capacity` bytes.
-    fn next(self, read: &Bytes, capacity: usize) -> Self {
+    /// The span of `read`, the chunk after this one.
+    fn next(self, read: &Bytes) -> Self {
         let start = read.as_ptr() as usize;
         Self {
             seq: self.seq + 1,
             start,
             end: start + read.len(),
-            capacity,
         }
     }
 
@@ -1262,19 +1251,14 @@ async fn flush_links(links: &mut [ReactorLink], peer: PeerId) {
 /// (single-packet messages are slices of it). The next read reuses the last chunk's buffer when
 /// nothing holds a slice of it any more (a stream of multi-packet messages, which the receiver
 /// copies out, reads into one buffer over and over: no allocation and no page faults per
-/// read), and reads into uninitialised capacity (nothing is zeroed first).
-///
-/// A chunk starts at [`READ_CHUNK`] bytes; a read that fills its chunk doubles the next one,
-/// up to [`MAX_READ_CHUNK`]. A read that has to wait releases every buffer and starts over at
-/// [`READ_CHUNK`]: an idle connection holds none.
+/// read), and reads into uninitialised capacity (nothing is zeroed first). A read that has to
+/// wait releases both buffers: an idle connection holds none.
 #[derive(Debug, Default)]
 struct ReadChunks {
-    /// Where the next read goes; no capacity until a read needs it.
+    /// Where the next read goes ([`READ_CHUNK`] bytes); no capacity until a read needs it.
     next: BytesMut,
     /// The last chunk the receiver got back, kept to be reused.
     last: Bytes,
-    /// Size of the next chunk to allocate.
-    size: usize,
 }
 
 impl ReadChunks {
@@ -1314,31 +1298,20 @@ impl ReadChunks {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<usize>> {
         if self.next.capacity() == 0 {
-            self.size = self.size.clamp(READ_CHUNK, MAX_READ_CHUNK);
             self.next = match std::mem::take(&mut self.last).try_into_mut() {
-                Ok(mut reused) if reused.capacity() >= self.size => {
+                Ok(mut reused) if reused.capacity() >= READ_CHUNK => {
                     reused.clear();
                     reused
                 }
-                _ => BytesMut::with_capacity(self.size),
+                _ => BytesMut::with_capacity(READ_CHUNK),
             };
         }
-        let n = std::task::ready!(tokio_util::io::poll_read_buf(
-            std::pin::Pin::new(io),
-            cx,
-            &mut self.next
-        ))?;
-        if self.next.len() == self.next.capacity() {
-            // The transport had at least this much: take more at once next time.
-            self.size = (self.next.capacity() * 2).min(MAX_READ_CHUNK);
-        }
-        std::task::Poll::Ready(Ok(n))
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(io), cx, &mut self.next)
     }
 
-    /// The chunk the last read filled, and the size of its buffer (what a slice of it holds).
-    fn take(&mut self) -> (Bytes, usize) {
-        let capacity = self.next.capacity();
-        (std::mem::take(&mut self.next).freeze(), capacity)
+    /// The chunk the last read filled.
+    fn take(&mut self) -> Bytes {
+        std::mem::take(&mut self.next).freeze()
     }
 
     /// Gives back the chunk the receiver has handled: the next read reuses its buffer if no
@@ -1482,7 +1455,7 @@ impl ReactorLink {
             0
         } else {
             self.counted_chunk = chunk.seq;
-            chunk.capacity
+            READ_CHUNK
         }
     }
 
@@ -1688,65 +1661,50 @@ mod tests {
     }
 
     /// Reads one chunk from `io` (which has data) and takes it.
-    async fn next_chunk(chunks: &mut ReadChunks, io: &mut &[u8]) -> (Bytes, usize) {
+    async fn next_chunk(chunks: &mut ReadChunks, io: &mut &[u8]) -> Bytes {
         let n = chunks.read_now(io).await.unwrap().unwrap();
-        let (chunk, capacity) = chunks.take();
+        let chunk = chunks.take();
         assert_eq!(chunk.len(), n);
-        (chunk, capacity)
+        chunk
     }
 
     #[tokio::test]
-    async fn read_chunks_grow_while_reads_fill_them_and_reuse_a_buffer_nothing_holds() {
+    async fn read_chunks_reuse_a_buffer_nothing_holds() {
         let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut io = &data[..];
         let mut chunks = ReadChunks::default();
-        let mut sizes = Vec::new();
-        let mut got = Vec::new();
-        let mut last_ptr = None;
-        let mut reused = 0;
+        let (mut got, mut ptrs) = (Vec::new(), Vec::new());
         while !io.is_empty() {
-            let (chunk, capacity) = next_chunk(&mut chunks, &mut io).await;
-            sizes.push(capacity);
+            let chunk = next_chunk(&mut chunks, &mut io).await;
+            assert!(chunk.len() <= READ_CHUNK);
             got.extend_from_slice(&chunk);
-            if last_ptr == Some(chunk.as_ptr()) {
-                reused += 1;
-            }
-            last_ptr = Some(chunk.as_ptr());
+            ptrs.push(chunk.as_ptr());
             chunks.retire(chunk);
         }
         assert_eq!(got, data, "every byte once, in order");
-        // Doubling from READ_CHUNK to MAX_READ_CHUNK, then staying there.
-        let growing = sizes.iter().take_while(|&&c| c < MAX_READ_CHUNK).count();
-        assert!(
-            growing >= 1 && sizes[growing] == MAX_READ_CHUNK,
-            "sizes {sizes:?}"
-        );
-        for (i, &c) in sizes.iter().enumerate() {
-            assert_eq!(c, (READ_CHUNK << i).min(MAX_READ_CHUNK), "sizes {sizes:?}");
-        }
-        // Every read after the growth reuses the one buffer (none of its slices is held).
-        assert_eq!(reused, sizes.len() - growing - 1, "sizes {sizes:?}");
+        // None of the chunks' slices is held: every read reuses the first one's buffer.
+        assert_eq!(ptrs.len(), data.len().div_ceil(READ_CHUNK));
+        assert!(ptrs.iter().all(|&p| p == ptrs[0]));
     }
 
     #[tokio::test]
     async fn a_chunk_a_message_still_holds_is_never_reused() {
-        // Reads of 100 bytes each: chunks that stay at READ_CHUNK.
         let mut chunks = ReadChunks::default();
         let data = [0xabu8; 100];
-        let (first, _) = next_chunk(&mut chunks, &mut &data[..]).await;
+        let first = next_chunk(&mut chunks, &mut &data[..]).await;
         let held = first.slice(10..20);
         let first_ptr = first.as_ptr();
         chunks.retire(first);
-        let (second, _) = next_chunk(&mut chunks, &mut &[0xcd; 100][..]).await;
+        let second = next_chunk(&mut chunks, &mut &[0xcd; 100][..]).await;
         assert_ne!(second.as_ptr(), first_ptr);
         assert_eq!(&held[..], &[0xab; 10], "the held message is intact");
         // Once the message is gone, the buffer of the chunk after it is reused.
         drop(held);
         let second_ptr = second.as_ptr();
         chunks.retire(second);
-        let (third, capacity) = next_chunk(&mut chunks, &mut &[0xef; 100][..]).await;
+        let third = next_chunk(&mut chunks, &mut &[0xef; 100][..]).await;
         assert_eq!(third.as_ptr(), second_ptr);
-        assert_eq!((&third[..], capacity), (&[0xef; 100][..], READ_CHUNK));
+        assert_eq!(&third[..], &[0xef; 100]);
     }
 
     #[tokio::test]
@@ -1758,23 +1716,19 @@ mod tests {
         // Until nothing more is there: the read would wait, and read_now keeps its buffer.
         while let Some(n) = chunks.read_now(&mut near).await {
             read += n.unwrap();
-            let (chunk, _) = chunks.take();
+            let chunk = chunks.take();
             chunks.retire(chunk);
         }
         assert_eq!(read, 5 * READ_CHUNK);
-        assert!(
-            chunks.size > READ_CHUNK,
-            "grown while reads filled their chunks"
-        );
         assert!(chunks.next.capacity() > 0, "read_now keeps its buffer");
         // The read that waits holds nothing while it does.
         assert!(futures::FutureExt::now_or_never(chunks.read_releasing(&mut near)).is_none());
         assert_eq!(chunks.next.capacity(), 0);
         assert!(chunks.last.is_empty());
-        // The next read starts small again.
+        // The next read takes a new buffer.
         far.write_all(&[2; 100]).await.unwrap();
         assert_eq!(chunks.read_releasing(&mut near).await.unwrap(), 100);
-        assert_eq!(chunks.take().1, READ_CHUNK);
+        assert_eq!(&chunks.take()[..], &[2; 100]);
     }
 
     /// A chunk as the reader makes one: a `READ_CHUNK` buffer holding `len` bytes read.
@@ -1795,7 +1749,7 @@ mod tests {
     #[test]
     fn a_chunk_span_holds_its_slices_only() {
         let read = read_of(100);
-        let chunk = ChunkSpan::default().next(&read, READ_CHUNK);
+        let chunk = ChunkSpan::default().next(&read);
         assert_eq!(chunk.seq, 1);
         assert!(chunk.holds(&read.slice(0..1)) && chunk.holds(&read.slice(99..100)));
         assert!(
@@ -1811,7 +1765,7 @@ mod tests {
         let (mut link, sizes) = batched_link();
         // 1,000 one-byte slices of one read: the buffer is counted once, one batch.
         let read = read_of(1000);
-        let chunk = ChunkSpan::default().next(&read, READ_CHUNK);
+        let chunk = ChunkSpan::default().next(&read);
         for i in 0..1000 {
             push(&mut link, read.slice(i..i + 1), &chunk).await;
         }
@@ -1840,7 +1794,7 @@ mod tests {
         let total = 3 * per_batch + 5;
         for _ in 0..total {
             let read = read_of(1);
-            chunk = chunk.next(&read, READ_CHUNK);
+            chunk = chunk.next(&read);
             push(&mut link, read.slice(0..1), &chunk).await;
         }
         link.flush(PEER).await;
