@@ -100,7 +100,7 @@ use super::reactor::{
 use super::secret_stream::SecretStream;
 use crate::config::P2pConfig;
 use crate::mconn::{
-    ChannelDescriptor, Event, MConnConfig, MConnConfigError, MConnReceiver, MConnSender,
+    ChannelDescriptor, Event, Gather, MConnConfig, MConnConfigError, MConnReceiver, MConnSender,
     MConnection, TrySendError,
 };
 use crate::types::PeerId;
@@ -964,8 +964,10 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
     io: &mut W,
 ) -> Result<std::convert::Infallible, DisconnectReason> {
     // Grows to one batch (`BATCH_BYTES`, 64 KiB, plus a packet) under load; released when the
-    // queues run dry (`IDLE_WRITE_BUFFER`).
-    let mut buf = Vec::new();
+    // queues run dry (`IDLE_WRITE_BUFFER`). Pieces of messages of `GATHER_MIN` bytes or more
+    // are not copied into it: the secret stream copies them straight from the queued message
+    // into the frame they are sealed in.
+    let mut buf = Gather::new();
     loop {
         let now = clock::now();
         // While draining: the drain's end, and its reason once the queues are written. Two
@@ -974,7 +976,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
         let (transmit, next, idle, drain_until, drained) = {
             let mut state = shared.lock();
             state.check(now)?;
-            let t = state.sender.poll_transmit(now, &mut buf);
+            let t = state.sender.poll_transmit_gather(now, &mut buf);
             let next = (t.bytes == 0)
                 .then(|| state.sender.poll_timeout())
                 .flatten();
@@ -990,7 +992,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
         if idle && buf.capacity() > IDLE_WRITE_BUFFER {
             // Nothing queued: a burst is over. Waiting on the rate limit is not idle (the next
             // turn needs the buffer again).
-            buf = Vec::new();
+            buf = Gather::new();
         }
         if transmit.bytes > 0 {
             // Messages left the queues: senders waiting for room may retry. A sender counts
@@ -999,7 +1001,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
             if shared.room_waiters.load(Ordering::SeqCst) > 0 {
                 shared.room.notify_waiters();
             }
-            write_guarded(shared, io, &buf).await?;
+            write_gather_guarded(shared, io, &buf).await?;
             buf.clear();
         }
         if transmit.flush {
@@ -1048,23 +1050,36 @@ async fn finish_drain<W: AsyncWrite + Unpin>(
     reason
 }
 
-/// Writes all of `buf`, reporting progress to the send half after each partial write. While
-/// the transport takes nothing, wakes at the core's deadline (pong, write progress), at the
-/// drain's end, or when told (a drain started) to check them: a peer that stops reading
-/// blocks the write forever otherwise.
-async fn write_guarded<W: AsyncWrite + Unpin>(
+/// Writes all of a gather's slices, several per write (`write_vectored`: the secret stream
+/// copies them all into its frames in one call), reporting progress to the send half after
+/// each partial write. The slices are collected once (one allocation per transmit that passes
+/// message data by reference; none for one of small messages only), not held as an iterator
+/// across the awaits. While the transport takes nothing, wakes at the core's
+/// deadline (pong, write progress), at the drain's end, or when told (a drain started) to
+/// check them: a peer that stops reading blocks the write forever otherwise.
+async fn write_gather_guarded<W: AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut W,
-    buf: &[u8],
+    buf: &Gather,
 ) -> Result<(), DisconnectReason> {
-    let mut written = 0;
-    while written < buf.len() {
-        // `write` is cancel-safe: when it is dropped unfinished, nothing was written.
-        let result = guarded(shared, io.write(&buf[written..])).await;
+    let (mut one, mut many);
+    let mut rest: &mut [std::io::IoSlice<'_>] = match buf.as_contiguous() {
+        Some(bytes) => {
+            one = [std::io::IoSlice::new(bytes)];
+            &mut one
+        }
+        None => {
+            many = buf.slices().map(std::io::IoSlice::new).collect::<Vec<_>>();
+            &mut many
+        }
+    };
+    while !rest.is_empty() {
+        // `write_vectored` is cancel-safe: when it is dropped unfinished, nothing was written.
+        let result = guarded(shared, io.write_vectored(rest)).await;
         match result {
             Some(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Some(Ok(n)) => {
-                written += n;
+                std::io::IoSlice::advance_slices(&mut rest, n);
                 shared.lock().sender.handle_written(clock::now(), n);
             }
             Some(Err(e)) => return Err(e.into()),

@@ -35,8 +35,8 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use crate::key::NodeKey;
 use crate::secret::{
-    DATA_MAX, Established, FRAME_LEN, FrameError, FrameOpener, FrameSealer, Handshake,
-    HandshakeError,
+    DATA_LEN_SIZE, DATA_MAX, Established, FRAME_LEN, FrameError, FrameOpener, FrameSealer,
+    Handshake, HandshakeError,
 };
 use crate::types::PeerId;
 
@@ -312,13 +312,14 @@ pub struct SecretWriter<W> {
     io: W,
     /// Seals each frame with the next send nonce.
     sealer: FrameSealer,
-    /// Plaintext of the frame being filled; sealed when full or on flush.
-    /// Holds at most `DATA_MAX` bytes; allocated (once, at that capacity) by the first small
-    /// write and released with `out` while the connection is quiet.
-    pending: Vec<u8>,
-    /// Sealed frames waiting for the socket. Grows a frame at a time up to
-    /// `WRITE_BATCH_FRAMES` frames as writes need it; released when a single frame has been
-    /// written out and nothing larger was written the time before
+    /// Data bytes in the frame being filled, which lies in `out` right after the sealed ones
+    /// (at `out_len`), its data written in place after its length field: every byte written
+    /// is copied once, into the frame it is sent in, and sealed there. Sealed when full or on
+    /// flush; 0: no frame is being filled.
+    open: usize,
+    /// Sealed frames waiting for the socket, then the frame being filled. Grows a frame at a
+    /// time up to `WRITE_BATCH_FRAMES` frames as writes need it; released when a single frame
+    /// has been written out and nothing larger was written the time before
     /// ([`QUIET_BATCHES`]), so a quiet connection holds none, even after a burst.
     out: Vec<u8>,
     /// End of the sealed bytes in `out`.
@@ -338,7 +339,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         Self {
             io,
             sealer,
-            pending: Vec::new(),
+            open: 0,
             out: Vec::new(),
             out_len: 0,
             out_pos: 0,
@@ -363,27 +364,39 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         self.io
     }
 
-    /// Seals the partly filled frame into the next free slot of `out` (the caller made sure
-    /// there is one).
-    fn seal_pending(&mut self) -> io::Result<()> {
-        let at = self.claim_slot();
-        let result = seal_at(&mut self.sealer, &mut self.out, at, &self.pending);
-        self.pending.clear();
-        self.after_seal(result)
+    /// Copies as much of `data` as fits into the frame being filled (starting one in the
+    /// next free slot if none is), sealing the frame when it is full; returns how much it
+    /// took (0 when the batch has no free slot).
+    fn fill(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.open == 0 {
+            if !self.has_slot() {
+                return Ok(0);
+            }
+            let end = self.out_len + FRAME_LEN;
+            if self.out.len() < end {
+                self.out.resize(end, 0);
+            }
+        }
+        let n = data.len().min(DATA_MAX - self.open);
+        let at = self.out_len + DATA_LEN_SIZE + self.open;
+        self.out[at..at + n].copy_from_slice(&data[..n]);
+        self.open += n;
+        if self.open == DATA_MAX {
+            self.seal_open()?;
+        }
+        Ok(n)
     }
 
-    /// Seals `data` (at most `DATA_MAX` bytes) straight from the caller's buffer into the next
-    /// free slot of `out`.
-    fn seal_direct(&mut self, data: &[u8]) -> io::Result<()> {
-        let at = self.claim_slot();
-        let result = seal_at(&mut self.sealer, &mut self.out, at, data);
-        self.after_seal(result)
-    }
-
-    fn after_seal(&mut self, result: Result<(), FrameError>) -> io::Result<()> {
-        match result {
+    /// Seals the frame being filled, in place.
+    fn seal_open(&mut self) -> io::Result<()> {
+        let at = self.out_len;
+        let frame: &mut [u8; FRAME_LEN] = (&mut self.out[at..at + FRAME_LEN])
+            .try_into()
+            .expect("invariant: the frame being filled is FRAME_LEN bytes inside `out`");
+        match self.sealer.seal_filled(self.open, frame) {
             Ok(()) => {
                 self.out_len += FRAME_LEN;
+                self.open = 0;
                 Ok(())
             }
             Err(e) => {
@@ -393,22 +406,12 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         }
     }
 
-    /// True when the batch has room for one more frame.
+    /// True when the batch has room for one more frame after the sealed ones.
     fn has_slot(&self) -> bool {
         self.out_len + FRAME_LEN <= WRITE_BATCH_FRAMES * FRAME_LEN
     }
 
-    /// The offset of the next frame slot, growing `out` to hold it (the caller checked
-    /// [`has_slot`](Self::has_slot)).
-    fn claim_slot(&mut self) -> usize {
-        let at = self.out_len;
-        if self.out.len() < at + FRAME_LEN {
-            self.out.resize(at + FRAME_LEN, 0);
-        }
-        at
-    }
-
-    /// Writes all sealed frames to the socket.
+    /// Writes all sealed frames to the socket (the frame being filled, if any, stays).
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let batch = self.out_len;
         while self.out_pos < self.out_len {
@@ -420,6 +423,12 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
             }
             self.out_pos += n;
         }
+        if self.open > 0 {
+            // Not reached (the frame being filled is sealed before a drain, or there is none
+            // when the batch is full), but cheap to keep right: it moves to the front.
+            let at = self.out_len;
+            self.out.copy_within(at..at + DATA_LEN_SIZE + self.open, 0);
+        }
         self.out_pos = 0;
         self.out_len = 0;
         if batch > FRAME_LEN {
@@ -427,15 +436,12 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         } else if batch > 0 {
             self.small_batches = self.small_batches.saturating_add(1);
         }
-        if self.out.len() <= FRAME_LEN || self.small_batches >= QUIET_BATCHES {
+        if self.open == 0 && (self.out.len() <= FRAME_LEN || self.small_batches >= QUIET_BATCHES) {
             // A quiet connection's single frame: hold no buffers until the next write. A busy
             // one (grown batch) keeps them until its writes have been single frames for a
             // while (a stream's batches alternate full ones and a flushed remainder, which
             // must not free and regrow its batch each time).
             self.out = Vec::new();
-            if self.pending.is_empty() {
-                self.pending = Vec::new();
-            }
         }
         Poll::Ready(Ok(()))
     }
@@ -445,11 +451,9 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
         if let Some(e) = self.failed {
             return Poll::Ready(Err(frame_io_error(e)));
         }
-        if !self.pending.is_empty() {
-            if !self.has_slot() {
-                ready!(self.poll_drain(cx))?;
-            }
-            self.seal_pending()?;
+        if self.open > 0 {
+            // The frame being filled already has its slot.
+            self.seal_open()?;
         }
         self.poll_drain(cx)
     }
@@ -468,29 +472,54 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
         if data.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        if !this.has_slot() {
+        if this.open == 0 && !this.has_slot() {
             ready!(this.poll_drain(cx))?;
         }
         let mut taken = 0;
-        while taken < data.len() && this.has_slot() {
-            let rest = &data[taken..];
-            if this.pending.is_empty() && rest.len() >= DATA_MAX {
-                // A whole frame straight from the caller's buffer: one copy, in the sealer.
-                this.seal_direct(&rest[..DATA_MAX])?;
-                taken += DATA_MAX;
-                continue;
-            }
-            if this.pending.capacity() == 0 {
-                this.pending.reserve_exact(DATA_MAX);
-            }
-            let n = rest.len().min(DATA_MAX - this.pending.len());
-            this.pending.extend_from_slice(&rest[..n]);
-            taken += n;
-            if this.pending.len() == DATA_MAX {
-                this.seal_pending()?;
+        while taken < data.len() {
+            match this.fill(&data[taken..])? {
+                0 => break,
+                n => taken += n,
             }
         }
         Poll::Ready(Ok(taken))
+    }
+
+    /// Like `poll_write` over the slices in order: as much as the batch takes, each byte
+    /// copied once into the frame it is sealed in, whatever the slices' boundaries.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if let Some(e) = this.failed {
+            return Poll::Ready(Err(frame_io_error(e)));
+        }
+        if bufs.iter().all(|b| b.is_empty()) {
+            return Poll::Ready(Ok(0));
+        }
+        if this.open == 0 && !this.has_slot() {
+            ready!(this.poll_drain(cx))?;
+        }
+        let mut taken = 0;
+        for buf in bufs {
+            let mut rest = &buf[..];
+            while !rest.is_empty() {
+                let n = this.fill(rest)?;
+                if n == 0 {
+                    // The batch is full: the caller comes back for the rest.
+                    return Poll::Ready(Ok(taken));
+                }
+                taken += n;
+                rest = &rest[n..];
+            }
+        }
+        Poll::Ready(Ok(taken))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -509,7 +538,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
 impl<W> std::fmt::Debug for SecretWriter<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SecretWriter")
-            .field("pending_len", &self.pending.len())
+            .field("open", &self.open)
             .field("queued", &(self.out_len - self.out_pos))
             .finish_non_exhaustive()
     }
@@ -695,19 +724,6 @@ impl<R> std::fmt::Debug for SecretReader<R> {
             .field("plain", &self.plain.len())
             .finish_non_exhaustive()
     }
-}
-
-/// Seals `data` into the frame slot of `out` starting at `at`.
-fn seal_at(
-    sealer: &mut FrameSealer,
-    out: &mut [u8],
-    at: usize,
-    data: &[u8],
-) -> Result<(), FrameError> {
-    let slot: &mut [u8; FRAME_LEN] = (&mut out[at..at + FRAME_LEN])
-        .try_into()
-        .expect("invariant: a slot is FRAME_LEN bytes inside `out`, checked by has_slot");
-    sealer.seal(data, slot)
 }
 
 /// Wraps a frame error as an `io::Error` of kind `InvalidData`, keeping the typed error as its

@@ -455,12 +455,13 @@ async fn blind_pongs_do_not_answer_a_ping_the_peer_cannot_have_read() {
 // ---- what non-readers pin ----
 
 /// The memory bound per peer of docs/ARCHITECTURE.md ("What one peer can pin") for this
-/// test's single channel: its send queue and the message being split,
-/// `(send_queue_capacity + 1) × recv_message_capacity`, plus the writer's batch buffer
+/// test's single channel: its send queue, the message being split and one that finished in
+/// the writer's batch (which passes message data by reference until written),
+/// `(send_queue_capacity + 2) × recv_message_capacity`, plus the writer's batch buffer
 /// (`BATCH_BYTES` + one packet) and the secret writer's sealed frames
 /// (`WRITE_BATCH_FRAMES` × 1044 bytes).
 fn per_peer_bound(desc: &ChannelDescriptor) -> u64 {
-    let queues = (desc.send_queue_capacity as u64 + 1) * desc.recv_message_capacity as u64;
+    let queues = (desc.send_queue_capacity as u64 + 2) * desc.recv_message_capacity as u64;
     let batch = tm2_p2p::mconn::BATCH_BYTES as u64 + 1056;
     let sealed = (WRITE_BATCH_FRAMES * FRAME_LEN) as u64;
     queues + batch + sealed

@@ -572,3 +572,50 @@ fn a_stream_moved_to_another_runtime_works_there_after_the_first_is_gone() {
         writer.await.unwrap();
     });
 }
+
+#[tokio::test]
+async fn vectored_writes_of_odd_slices_arrive_as_one_stream() {
+    const LEN: usize = 3 * 1024 * 1024 + 11;
+    let (a, b, _, _) = connected_pair().await;
+    let (_ar, mut aw) = a.into_split();
+    let (mut br, _bw) = b.into_split();
+    let data = pseudo_random(LEN, 3);
+    let sent = data.clone();
+    let writer = tokio::spawn(async move {
+        // Slices of 1 to 3,000 bytes across frame and batch boundaries, many per call: each
+        // call takes what the batch has room for, and the test writes the rest after it.
+        let mut cuts = Vec::new();
+        let (mut at, mut n) = (0, 1);
+        while at < sent.len() {
+            let end = (at + n).min(sent.len());
+            cuts.push(at..end);
+            at = end;
+            n = n * 7 % 3001 + 1;
+        }
+        let mut slices: Vec<std::io::IoSlice<'_>> = cuts
+            .iter()
+            .map(|r| std::io::IoSlice::new(&sent[r.clone()]))
+            .collect();
+        let mut rest = &mut slices[..];
+        let (mut calls, mut partial) = (0, 0);
+        while !rest.is_empty() {
+            let want: usize = rest.iter().map(|s| s.len()).sum();
+            let n = aw.write_vectored(rest).await.unwrap();
+            assert!(n > 0 && n <= want);
+            partial += usize::from(n < want);
+            calls += 1;
+            std::io::IoSlice::advance_slices(&mut rest, n);
+        }
+        aw.flush().await.unwrap();
+        (calls, partial)
+    });
+    let mut got = vec![0; LEN];
+    tokio::time::timeout(TIMEOUT, br.read_exact(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let (calls, partial) = writer.await.unwrap();
+    assert!(got == data, "the stream differs from what was written");
+    // A call takes at most a batch: 3 MiB cannot go in one.
+    assert!(calls > 1 && partial > 0, "{calls} calls, {partial} partial");
+}

@@ -99,7 +99,9 @@ pub use connection::MConnection;
 pub use error::MConnectionError;
 pub use packet::{DecodeError, Packet};
 pub use recv::{Event, MConnReceiver};
-pub use send::{BATCH_BYTES, DECAY_INTERVAL, MConnSender, Transmit, TrySendError};
+pub use send::{
+    BATCH_BYTES, DECAY_INTERVAL, GATHER_MIN, Gather, MConnSender, Transmit, TrySendError,
+};
 
 use crate::flowrate::TokenBucket;
 

@@ -215,9 +215,17 @@ pub const fn msg_framed_len(channel: u8, eof: bool, data_len: usize) -> usize {
 
 /// Appends a framed `Msg` packet to `out`, copying `data` straight into it.
 pub fn encode_msg(channel: u8, eof: bool, data: &[u8], out: &mut Vec<u8>) {
-    let value = msg_value_len(channel, eof, data.len());
+    out.reserve(msg_framed_len(channel, eof, data.len()));
+    encode_msg_head(channel, eof, data.len(), out);
+    out.extend_from_slice(data);
+}
+
+/// Appends everything of a framed `Msg` packet carrying `data_len` bytes but the data itself,
+/// which must follow it on the wire: [`encode_msg`] is this plus the data, so a writer can send
+/// the data from where it lies instead of copying it in.
+pub fn encode_msg_head(channel: u8, eof: bool, data_len: usize, out: &mut Vec<u8>) {
+    let value = msg_value_len(channel, eof, data_len);
     let any = amino::any_len(MSG_TYPE.len(), value);
-    out.reserve(amino::sized_len(any));
     amino::put_uvarint(out, any as u64);
     amino::put_element(out, 1, MSG_TYPE.as_bytes());
     if value > 0 {
@@ -225,7 +233,10 @@ pub fn encode_msg(channel: u8, eof: bool, data: &[u8], out: &mut Vec<u8>) {
         amino::put_uvarint(out, value as u64);
         amino::put_varint_field(out, 1, u64::from(channel));
         amino::put_bool_field(out, 2, eof);
-        amino::put_bytes_field(out, 3, data);
+        if data_len > 0 {
+            amino::put_key(out, 3, WireType::Bytes);
+            amino::put_uvarint(out, data_len as u64);
+        }
     }
 }
 

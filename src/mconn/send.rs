@@ -18,6 +18,10 @@ use crate::flowrate::TokenBucket;
 /// would flush at once.
 pub const BATCH_BYTES: usize = 64 * 1024;
 
+/// Smallest piece of a message that [`MConnSender::poll_transmit_gather`] passes by reference
+/// rather than copying: below it, one more slice to write costs more than the copy it saves.
+pub const GATHER_MIN: usize = 512;
+
 /// Period of the recently-sent decay (×0.8), TM2's `updateStats`.
 pub const DECAY_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -404,15 +408,29 @@ impl MConnSender {
     /// Call it until it returns `bytes == 0`, writing `out` after each call and flushing when
     /// `flush` is set (see [`Transmit`]).
     pub fn poll_transmit(&mut self, now: Instant, out: &mut Vec<u8>) -> Transmit {
+        self.transmit(now, out)
+    }
+
+    /// [`poll_transmit`](Self::poll_transmit) into a [`Gather`]: the same bytes, but each
+    /// piece of a message of at least [`GATHER_MIN`] bytes is passed by reference (a slice of
+    /// the queued `Bytes`, no copy) between the packet bytes around it. A driver whose writer
+    /// copies its input anyway (the secret stream copies every byte into the frame it is sealed
+    /// in) then copies message data once instead of twice. Until written, `out` keeps those
+    /// messages' buffers alive.
+    pub fn poll_transmit_gather(&mut self, now: Instant, out: &mut Gather) -> Transmit {
+        self.transmit(now, out)
+    }
+
+    fn transmit<O: PacketOut>(&mut self, now: Instant, out: &mut O) -> Transmit {
         self.advance(now);
         let start = out.len();
         if self.pong_requested && now >= self.next_pong_at {
-            PacketRef::Pong.encode_framed(out);
+            out.control(PacketRef::Pong);
             self.pong_requested = false;
             self.next_pong_at = now + self.flush_throttle;
         }
         if self.ping_due {
-            PacketRef::Ping.encode_framed(out);
+            out.control(PacketRef::Ping);
             self.ping_due = false;
             self.ping_sent_at = Some(now);
             self.pong_deadline.get_or_insert(now + self.pong_timeout);
@@ -625,7 +643,7 @@ impl MConnSender {
     }
 
     /// Writes the next packet of the scheduled channel; false when no channel has data.
-    fn write_next_packet(&mut self, out: &mut Vec<u8>) -> bool {
+    fn write_next_packet<O: PacketOut>(&mut self, out: &mut O) -> bool {
         let Some(pos) = self.pick_channel() else {
             return false;
         };
@@ -637,13 +655,131 @@ impl MConnSender {
         let eof = msg.len() <= max_payload;
         let n = msg.len().min(max_payload);
         let before = out.len();
-        packet::encode_msg(ch.id, eof, &msg[..n], out);
+        out.msg(ch.id, eof, &msg, n);
         if !eof {
             msg.advance(n);
             ch.sending = Some(msg);
         }
         ch.recently_sent = ch.recently_sent.saturating_add((out.len() - before) as u64);
         true
+    }
+}
+
+/// Where [`MConnSender`]'s transmit writes packets.
+trait PacketOut {
+    /// Bytes written so far.
+    fn len(&self) -> usize;
+    /// Appends a ping or pong.
+    fn control(&mut self, packet: PacketRef<'_>);
+    /// Appends a `Msg` packet carrying the first `n` bytes of `msg`.
+    fn msg(&mut self, channel: u8, eof: bool, msg: &Bytes, n: usize);
+}
+
+impl PacketOut for Vec<u8> {
+    fn len(&self) -> usize {
+        Self::len(self)
+    }
+
+    fn control(&mut self, packet: PacketRef<'_>) {
+        packet.encode_framed(self);
+    }
+
+    fn msg(&mut self, channel: u8, eof: bool, msg: &Bytes, n: usize) {
+        packet::encode_msg(channel, eof, &msg[..n], self);
+    }
+}
+
+/// Packets as [`MConnSender::poll_transmit_gather`] writes them: bytes it copied (packet
+/// framing, pings and pongs, small pieces of messages) and, between them, pieces of messages
+/// by reference. [`slices`](Self::slices) gives them in wire order.
+#[derive(Debug, Default)]
+pub struct Gather {
+    /// The copied bytes.
+    head: Vec<u8>,
+    /// Pieces by reference, each with the length of `head` when it was appended: it goes on
+    /// the wire after `head[..at]` and before the rest.
+    refs: Vec<(usize, Bytes)>,
+    /// Bytes in `refs`.
+    ref_bytes: usize,
+}
+
+impl Gather {
+    /// A gather with no buffers (they grow with use).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Bytes gathered.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.ref_bytes
+    }
+
+    /// Whether nothing is gathered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Forgets the bytes, keeping the buffers' capacity (and releasing the messages referred
+    /// to).
+    pub fn clear(&mut self) {
+        self.head.clear();
+        self.refs.clear();
+        self.ref_bytes = 0;
+    }
+
+    /// Bytes of buffer the gather itself holds (its copied bytes' capacity; the messages it
+    /// refers to are the queues' buffers).
+    pub fn capacity(&self) -> usize {
+        self.head.capacity()
+    }
+
+    /// The gathered bytes as one slice, when nothing is passed by reference (small messages
+    /// only): a writer needs no list of slices then.
+    pub fn as_contiguous(&self) -> Option<&[u8]> {
+        self.refs.is_empty().then_some(&self.head[..])
+    }
+
+    /// The gathered bytes in wire order, as non-empty slices.
+    pub fn slices(&self) -> impl Iterator<Item = &[u8]> {
+        (0..)
+            .map_while(|i| self.segment(i))
+            .filter(|slice| !slice.is_empty())
+    }
+
+    /// The `i`th segment of the gathered bytes in wire order (copied bytes and pieces by
+    /// reference alternate, starting with copied ones; a segment may be empty), `None` past
+    /// the last. For a writer that must not hold an iterator across its awaits.
+    pub fn segment(&self, i: usize) -> Option<&[u8]> {
+        let k = i / 2;
+        if i % 2 == 1 {
+            return self.refs.get(k).map(|(_, piece)| &piece[..]);
+        }
+        if k > self.refs.len() {
+            return None;
+        }
+        let from = k.checked_sub(1).map_or(0, |prev| self.refs[prev].0);
+        let to = self.refs.get(k).map_or(self.head.len(), |(at, _)| *at);
+        self.head.get(from..to)
+    }
+}
+
+impl PacketOut for Gather {
+    fn len(&self) -> usize {
+        Self::len(self)
+    }
+
+    fn control(&mut self, packet: PacketRef<'_>) {
+        packet.encode_framed(&mut self.head);
+    }
+
+    fn msg(&mut self, channel: u8, eof: bool, msg: &Bytes, n: usize) {
+        if n < GATHER_MIN {
+            packet::encode_msg(channel, eof, &msg[..n], &mut self.head);
+        } else {
+            packet::encode_msg_head(channel, eof, n, &mut self.head);
+            self.refs.push((self.head.len(), msg.slice(..n)));
+            self.ref_bytes += n;
+        }
     }
 }
 
@@ -933,6 +1069,96 @@ mod tests {
         }
         assert_eq!(flushes, 1, "one flush once the queue drained");
         assert!(!tx.has_pending());
+    }
+
+    /// Runs the same messages through `poll_transmit` and `poll_transmit_gather` of two
+    /// identical senders, with a ping and a pong due; returns both outputs and how many bytes
+    /// the gather passed by reference.
+    fn both_transmits(sizes: &[(u8, usize)]) -> (Vec<u8>, Vec<u8>, usize) {
+        let t0 = base();
+        let chans = [
+            ChannelDescriptor::new(1)
+                .with_send_queue_capacity(64)
+                .with_recv_message_capacity(1 << 21),
+            ChannelDescriptor::new(0x42)
+                .with_priority(3)
+                .with_send_queue_capacity(64)
+                .with_recv_message_capacity(1 << 21),
+        ];
+        let mut plain = sender_with(unlimited(), &chans, t0);
+        let mut gather = sender_with(unlimited(), &chans, t0);
+        for (i, &(channel, len)) in sizes.iter().enumerate() {
+            let msg: Bytes = (0..len)
+                .map(|b| (b * 7 + i) as u8)
+                .collect::<Vec<_>>()
+                .into();
+            plain.try_send(channel, msg.clone()).unwrap();
+            gather.try_send(channel, msg).unwrap();
+        }
+        // A ping falls due and the peer asked for a pong: both control packets go out too.
+        let later = t0 + Duration::from_secs(3600);
+        for tx in [&mut plain, &mut gather] {
+            tx.queue_pong();
+            tx.handle_timeout(later).unwrap();
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        let mut out = Gather::new();
+        let mut by_ref = 0;
+        for _ in 0..10_000 {
+            let ta = plain.poll_transmit(later, &mut a);
+            let tb = gather.poll_transmit_gather(later, &mut out);
+            assert_eq!(ta, tb, "the same transmit decisions");
+            assert_eq!(out.len(), tb.bytes);
+            by_ref += out.ref_bytes;
+            for slice in out.slices() {
+                assert!(!slice.is_empty());
+                b.extend_from_slice(slice);
+            }
+            out.clear();
+            if ta.bytes == 0 {
+                return (a, b, by_ref);
+            }
+        }
+        panic!("the senders never drained");
+    }
+
+    #[test]
+    fn a_gather_carries_the_same_bytes_as_a_copied_transmit() {
+        let sizes = [
+            (1, 0),
+            (1, 10),
+            (0x42, GATHER_MIN - 1),
+            (1, GATHER_MIN),
+            (0x42, 1024),
+            (1, 1025),
+            (0x42, 5000),
+            (1, 1 << 20),
+        ];
+        let (plain, gathered, by_ref) = both_transmits(&sizes);
+        assert_eq!(gathered, plain);
+        let total: usize = sizes.iter().map(|&(_, n)| n).sum();
+        // Everything but the two small messages, and the 5000 and 1025-byte messages' tails
+        // under GATHER_MIN, went by reference.
+        assert!(
+            by_ref > total - 2 * GATHER_MIN - 1024,
+            "{by_ref} of {total}"
+        );
+        let packets = decode_all(&gathered);
+        assert!(packets.contains(&Packet::Ping) && packets.contains(&Packet::Pong));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_messages_gather_to_the_same_bytes(
+            sizes in proptest::collection::vec(
+                (proptest::prop_oneof![proptest::strategy::Just(1u8), proptest::strategy::Just(0x42u8)],
+                 0usize..5000),
+                0..20,
+            ),
+        ) {
+            let (plain, gathered, _) = both_transmits(&sizes);
+            proptest::prop_assert_eq!(gathered, plain);
+        }
     }
 
     #[test]

@@ -123,13 +123,28 @@ impl FrameSealer {
         if data.len() > DATA_MAX {
             return Err(FrameError::DataTooLong { len: data.len() });
         }
+        frame[DATA_LEN_SIZE..DATA_LEN_SIZE + data.len()].copy_from_slice(data);
+        self.seal_filled(data.len(), frame)
+    }
+
+    /// Seals `frame` as one frame of `len` data bytes (at most [`DATA_MAX`], else
+    /// [`FrameError::DataTooLong`]) that are already in place right after the length field,
+    /// at `frame[DATA_LEN_SIZE..DATA_LEN_SIZE + len]`: writes the length and the zero padding,
+    /// then seals in place. For a writer that fills its frames where they will be sent (one
+    /// copy per byte); [`seal`](Self::seal) copies the data in first.
+    pub fn seal_filled(
+        &mut self,
+        len: usize,
+        frame: &mut [u8; FRAME_LEN],
+    ) -> Result<(), FrameError> {
+        if len > DATA_MAX {
+            return Err(FrameError::DataTooLong { len });
+        }
         let nonce = self.counter.take()?;
         let (plain, tag_out) = frame.split_at_mut(PLAINTEXT_LEN);
-        // Invariant: data.len() <= DATA_MAX < u32::MAX.
-        let len = data.len() as u32;
-        plain[..DATA_LEN_SIZE].copy_from_slice(&len.to_le_bytes());
-        plain[DATA_LEN_SIZE..DATA_LEN_SIZE + data.len()].copy_from_slice(data);
-        plain[DATA_LEN_SIZE + data.len()..].fill(0);
+        // Invariant: len <= DATA_MAX < u32::MAX.
+        plain[..DATA_LEN_SIZE].copy_from_slice(&(len as u32).to_le_bytes());
+        plain[DATA_LEN_SIZE + len..].fill(0);
         let tag = self
             .key
             .seal_in_place_separate_tag(nonce, Aad::empty(), plain)
@@ -246,6 +261,26 @@ mod tests {
         // No nonce was consumed: the next frame opens with nonce 0.
         let mut frame = sealed(&mut sealer, b"ok");
         assert_eq!(opener.open(&mut frame).unwrap(), b"ok");
+    }
+
+    #[test]
+    fn seal_filled_seals_data_already_in_place_like_seal() {
+        let (mut a, _) = pair();
+        let (mut b, mut opener) = pair();
+        for data in [&b""[..], b"in place", &[0x77; DATA_MAX][..]] {
+            let copied = sealed(&mut a, data);
+            // Garbage everywhere but the data: the length, padding and tag are overwritten.
+            let mut frame = [0xee; FRAME_LEN];
+            frame[DATA_LEN_SIZE..DATA_LEN_SIZE + data.len()].copy_from_slice(data);
+            b.seal_filled(data.len(), &mut frame).unwrap();
+            assert_eq!(frame, copied);
+            assert_eq!(opener.open(&mut frame).unwrap(), data);
+        }
+        let mut frame = [0; FRAME_LEN];
+        assert_eq!(
+            b.seal_filled(DATA_MAX + 1, &mut frame),
+            Err(FrameError::DataTooLong { len: DATA_MAX + 1 })
+        );
     }
 
     #[test]
