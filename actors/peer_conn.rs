@@ -966,13 +966,15 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
     // Grows to one batch (`BATCH_BYTES`, 64 KiB, plus a packet) under load; released when the
     // queues run dry (`IDLE_WRITE_BUFFER`). Pieces of messages of `GATHER_MIN` bytes or more
     // are not copied into it: the secret stream copies them straight from the queued message
-    // into the frame they are sealed in.
-    let mut buf = Gather::new();
+    // into the frame they are sealed in. Boxed: inline, the gather's three fields grew the
+    // task past its tokio cell (below: 592 bytes with the gather and its write path inline).
+    let mut buf = Box::new(Gather::new());
     loop {
         let now = clock::now();
         // While draining: the drain's end, and its reason once the queues are written. Two
         // values, so the reason is held only when needed: this keeps the writer task's future
-        // at 536 bytes, the most that fits a 640-byte tokio task cell (768 above it).
+        // at 520 bytes (`size_of_val`; 536 is the most that fits a 640-byte tokio task cell,
+        // 768 above it).
         let (transmit, next, idle, drain_until, drained) = {
             let mut state = shared.lock();
             state.check(now)?;
@@ -992,7 +994,7 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
         if idle && buf.capacity() > IDLE_WRITE_BUFFER {
             // Nothing queued: a burst is over. Waiting on the rate limit is not idle (the next
             // turn needs the buffer again).
-            buf = Gather::new();
+            *buf = Gather::new();
         }
         if transmit.bytes > 0 {
             // Messages left the queues: senders waiting for room may retry. A sender counts
@@ -1001,7 +1003,11 @@ async fn write_until_end<W: AsyncWrite + Unpin>(
             if shared.room_waiters.load(Ordering::SeqCst) > 0 {
                 shared.room.notify_waiters();
             }
-            write_gather_guarded(shared, io, &buf).await?;
+            match buf.as_contiguous() {
+                Some(bytes) => write_guarded(shared, io, bytes).await?,
+                // Boxed: inline, this path's state grew the task past its tokio cell.
+                None => Box::pin(write_gather_guarded(shared, io, &buf)).await?,
+            }
             buf.clear();
         }
         if transmit.flush {
@@ -1050,29 +1056,43 @@ async fn finish_drain<W: AsyncWrite + Unpin>(
     reason
 }
 
-/// Writes all of a gather's slices, several per write (`write_vectored`: the secret stream
-/// copies them all into its frames in one call), reporting progress to the send half after
-/// each partial write. The slices are collected once (one allocation per transmit that passes
-/// message data by reference; none for one of small messages only), not held as an iterator
-/// across the awaits. While the transport takes nothing, wakes at the core's
-/// deadline (pong, write progress), at the drain's end, or when told (a drain started) to
-/// check them: a peer that stops reading blocks the write forever otherwise.
+/// Writes all of `buf`, reporting progress to the send half after each partial write. While
+/// the transport takes nothing, wakes at the core's deadline (pong, write progress), at the
+/// drain's end, or when told (a drain started) to check them: a peer that stops reading
+/// blocks the write forever otherwise.
+async fn write_guarded<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    io: &mut W,
+    buf: &[u8],
+) -> Result<(), DisconnectReason> {
+    let mut written = 0;
+    while written < buf.len() {
+        // `write` is cancel-safe: when it is dropped unfinished, nothing was written.
+        let result = guarded(shared, io.write(&buf[written..])).await;
+        match result {
+            Some(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Some(Ok(n)) => {
+                written += n;
+                shared.lock().sender.handle_written(clock::now(), n);
+            }
+            Some(Err(e)) => return Err(e.into()),
+            None => shared.lock().check(clock::now())?,
+        }
+    }
+    Ok(())
+}
+
+/// [`write_guarded`] of a gather that passes message data by reference: its slices, several
+/// per write (`write_vectored`: the secret stream copies them all into its frames in one
+/// call), collected once (one allocation per transmit), not held as an iterator across the
+/// awaits.
 async fn write_gather_guarded<W: AsyncWrite + Unpin>(
     shared: &Shared,
     io: &mut W,
     buf: &Gather,
 ) -> Result<(), DisconnectReason> {
-    let (mut one, mut many);
-    let mut rest: &mut [std::io::IoSlice<'_>] = match buf.as_contiguous() {
-        Some(bytes) => {
-            one = [std::io::IoSlice::new(bytes)];
-            &mut one
-        }
-        None => {
-            many = buf.slices().map(std::io::IoSlice::new).collect::<Vec<_>>();
-            &mut many
-        }
-    };
+    let mut slices: Vec<_> = buf.slices().map(std::io::IoSlice::new).collect();
+    let mut rest = &mut slices[..];
     while !rest.is_empty() {
         // `write_vectored` is cancel-safe: when it is dropped unfinished, nothing was written.
         let result = guarded(shared, io.write_vectored(rest)).await;
