@@ -1069,17 +1069,23 @@ async fn write_guarded<W: AsyncWrite + Unpin>(
     while written < buf.len() {
         // `write` is cancel-safe: when it is dropped unfinished, nothing was written.
         let result = guarded(shared, io.write(&buf[written..])).await;
-        match result {
-            Some(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-            Some(Ok(n)) => {
-                written += n;
-                shared.lock().sender.handle_written(clock::now(), n);
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => shared.lock().check(clock::now())?,
-        }
+        written += took(shared, result)?;
     }
     Ok(())
+}
+
+/// What one guarded write did: the bytes the transport took (reported to the send half), 0
+/// after a wake-up whose checks passed, or why the connection ends.
+fn took(shared: &Shared, result: Option<io::Result<usize>>) -> Result<usize, DisconnectReason> {
+    match result {
+        Some(Ok(0)) => Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+        Some(Ok(n)) => {
+            shared.lock().sender.handle_written(clock::now(), n);
+            Ok(n)
+        }
+        Some(Err(e)) => Err(e.into()),
+        None => shared.lock().check(clock::now()).map(|()| 0),
+    }
 }
 
 /// [`write_guarded`] of a gather that passes message data by reference: its slices, several
@@ -1096,15 +1102,8 @@ async fn write_gather_guarded<W: AsyncWrite + Unpin>(
     while !rest.is_empty() {
         // `write_vectored` is cancel-safe: when it is dropped unfinished, nothing was written.
         let result = guarded(shared, io.write_vectored(rest)).await;
-        match result {
-            Some(Ok(0)) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
-            Some(Ok(n)) => {
-                std::io::IoSlice::advance_slices(&mut rest, n);
-                shared.lock().sender.handle_written(clock::now(), n);
-            }
-            Some(Err(e)) => return Err(e.into()),
-            None => shared.lock().check(clock::now())?,
-        }
+        let n = took(shared, result)?;
+        std::io::IoSlice::advance_slices(&mut rest, n);
     }
     Ok(())
 }
