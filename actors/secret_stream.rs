@@ -465,28 +465,12 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for SecretWriter<W> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(e) = this.failed {
-            return Poll::Ready(Err(frame_io_error(e)));
-        }
-        if data.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        if this.open == 0 && !this.has_slot() {
-            ready!(this.poll_drain(cx))?;
-        }
-        let mut taken = 0;
-        while taken < data.len() {
-            match this.fill(&data[taken..])? {
-                0 => break,
-                n => taken += n,
-            }
-        }
-        Poll::Ready(Ok(taken))
+        self.poll_write_vectored(cx, &[io::IoSlice::new(data)])
     }
 
-    /// Like `poll_write` over the slices in order: as much as the batch takes, each byte
-    /// copied once into the frame it is sealed in, whatever the slices' boundaries.
+    /// Takes the slices in order, as much as the batch has room for: each byte is copied
+    /// once, into the frame it is sealed in, whatever the slices' boundaries. Drains the batch
+    /// first if it is full.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -19,7 +19,8 @@ use crate::flowrate::TokenBucket;
 pub const BATCH_BYTES: usize = 64 * 1024;
 
 /// Smallest piece of a message that [`MConnSender::poll_transmit_gather`] passes by reference
-/// rather than copying: below it, one more slice to write costs more than the copy it saves.
+/// rather than copying, so that a transmit of small messages stays one contiguous slice (a
+/// judgement, not a tuned figure: half a frame's data).
 pub const GATHER_MIN: usize = 512;
 
 /// Period of the recently-sent decay (×0.8), TM2's `updateStats`.
@@ -748,8 +749,8 @@ impl Gather {
 
     /// The `i`th segment of the gathered bytes in wire order (copied bytes and pieces by
     /// reference alternate, starting with copied ones; a segment may be empty), `None` past
-    /// the last. For a writer that must not hold an iterator across its awaits.
-    pub fn segment(&self, i: usize) -> Option<&[u8]> {
+    /// the last.
+    fn segment(&self, i: usize) -> Option<&[u8]> {
         let k = i / 2;
         if i % 2 == 1 {
             return self.refs.get(k).map(|(_, piece)| &piece[..]);
