@@ -176,8 +176,11 @@ impl SwitchBuilder {
 
     /// Runs the connections' reader and writer tasks on `handle` (a multi-thread tokio runtime
     /// the host owns), so that encryption of many peers uses every core, and registers their
-    /// sockets with it (its workers, not the arbiter, are woken when a socket is ready). By
-    /// default they run on the current (actix) runtime. See docs/PERFORMANCE.md, "mconn".
+    /// sockets with it (its workers, not the arbiter, are woken when a socket is ready). The
+    /// upgrades run there too (dials' connects, handshakes, NodeInfo exchanges:
+    /// [`Transport::with_io_runtime`](crate::actors::transport::Transport::with_io_runtime)),
+    /// so a burst of handshakes never holds up the reactors. By default all of it runs on the
+    /// current (actix) runtime. See docs/PERFORMANCE.md, "mconn".
     pub fn io_runtime(mut self, handle: Handle) -> Self {
         self.io = Some(handle);
         self
@@ -285,7 +288,11 @@ impl SwitchBuilder {
                     ctx.address().recipient(),
                     log.clone(),
                 )
-                .with_metrics(metrics.clone())
+                .with_metrics(metrics.clone());
+                let transport = match &io {
+                    Some(io) => transport.with_io_runtime(io.clone()),
+                    None => transport,
+                }
                 .start();
                 let dialer = Dialer::new(
                     DEFAULT_DIAL_QUEUE_CAPACITY,

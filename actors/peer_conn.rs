@@ -207,7 +207,8 @@ pub struct PeerConn {
 impl PeerConn {
     /// Starts the connection over an upgraded stream: its peer id is the authenticated one.
     /// With `io`, the socket's readiness registration moves to that runtime too
-    /// ([`SecretStream::register_with`]). See [`start_split`](Self::start_split).
+    /// ([`SecretStream::register_with`]), unless the stream is already on an I/O runtime
+    /// ([`SecretStream::is_on_io_runtime`]). See [`start_split`](Self::start_split).
     pub fn start(
         mut stream: SecretStream,
         config: PeerConnConfig,
@@ -216,7 +217,9 @@ impl PeerConn {
         io: Option<Handle>,
     ) -> Result<(Addr<Self>, PeerHandle), MConnConfigError> {
         let peer = stream.remote_id();
-        if let Some(io) = &io {
+        if let Some(io) = &io
+            && !stream.is_on_io_runtime()
+        {
             // On error the socket stays registered where it was: correct, only slower.
             let _ = stream.register_with(io);
         }

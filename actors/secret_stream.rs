@@ -100,6 +100,11 @@ pub struct SecretStream {
     writer: SecretWriter<OwnedWriteHalf>,
     /// The Ed25519 key the peer proved it holds.
     remote_public_key: [u8; 32],
+    /// Set once the socket is registered with an I/O runtime rather than the one the caller
+    /// made it on ([`register_with`](Self::register_with), or an upgrade the Transport ran on
+    /// its I/O runtime): the Switch and [`PeerConn::start`](crate::actors::peer_conn::PeerConn::start)
+    /// then leave it where it is.
+    on_io_runtime: bool,
 }
 
 impl SecretStream {
@@ -159,6 +164,7 @@ impl SecretStream {
             reader: SecretReader::with_leftover(read, opener, &leftover),
             writer: SecretWriter::new(write, sealer),
             remote_public_key,
+            on_io_runtime: false,
         })
     }
 
@@ -213,7 +219,20 @@ impl SecretStream {
         // its descriptor. The socket lives on in the duplicate.
         std::mem::replace(&mut self.writer.io, write).forget();
         drop(std::mem::replace(&mut self.reader.io, read));
+        self.on_io_runtime = true;
         Ok(())
+    }
+
+    /// True once the socket is registered with an I/O runtime: by
+    /// [`register_with`](Self::register_with), or because the Transport ran the upgrade on
+    /// its I/O runtime ([`Transport::with_io_runtime`](crate::actors::transport::Transport::with_io_runtime)).
+    pub fn is_on_io_runtime(&self) -> bool {
+        self.on_io_runtime
+    }
+
+    /// Records that the socket was made on an I/O runtime (the Transport's upgrade ran there).
+    pub(crate) fn made_on_io_runtime(&mut self) {
+        self.on_io_runtime = true;
     }
 }
 

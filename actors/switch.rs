@@ -314,7 +314,9 @@ impl Switch {
             remote_addr,
             direction,
         } = up;
+        // A Transport given the same runtime upgraded it there: nothing to move.
         if let Some(io) = &self.io
+            && !stream.is_on_io_runtime()
             && let Err(e) = stream.register_with(io)
         {
             // Still correct where it is; only its readiness events keep waking this thread.

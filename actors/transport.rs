@@ -47,9 +47,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::future::LocalBoxFuture;
 use slog::{Logger, debug, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::runtime::Handle;
+use tokio_util::task::AbortOnDropHandle;
 
 use crate::actors::clock;
 use crate::actors::metrics::Metrics;
@@ -139,6 +142,8 @@ pub struct Transport {
     dropped_reports: u64,
     /// Counts refused inbound connections and failed upgrades (both directions).
     metrics: Metrics,
+    /// Where upgrades run (and their sockets are registered), if not on this actor's arbiter.
+    io: Option<Handle>,
     /// Log of this node.
     log: Logger,
 }
@@ -171,8 +176,22 @@ impl Transport {
             rejected,
             dropped_reports: 0,
             metrics: Metrics::new(),
+            io: None,
             log,
         }
+    }
+
+    /// Runs every upgrade (the TCP connect of a dial, the secret handshake, the NodeInfo
+    /// exchange, the checks) as a task on `handle`, a multi-thread tokio runtime, instead of
+    /// on this actor's arbiter. The handshake's public-key work (X25519, Ed25519 signing and
+    /// verification) then no longer competes with the reactors on the arbiter's one thread,
+    /// runs on every worker, and each socket is registered with that runtime from the start,
+    /// so the Switch need not move it when the peer's connection starts there
+    /// ([`SecretStream::is_on_io_runtime`]). Accepting and the handshake slots stay here.
+    /// [`SwitchBuilder::io_runtime`](crate::SwitchBuilder::io_runtime) sets it.
+    pub fn with_io_runtime(mut self, handle: Handle) -> Self {
+        self.io = Some(handle);
+        self
     }
 
     /// Counts into `metrics` (the node's) instead of a private registry.
@@ -267,10 +286,20 @@ impl Handler<Accepted> for Transport {
         let timeout = self.config.handshake_timeout;
         let first_message = self.config.handshake_first_message_timeout;
         let metrics = self.metrics.clone();
-        let work = async move {
+        let upgrade = move |tcp| async move {
             upgrade_within(tcp, &key, &info, None, timeout, first_message)
                 .await
                 .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))
+        };
+        let work: LocalBoxFuture<'static, Result<Upgraded, TransportError>> = match &self.io {
+            None => Box::pin(upgrade(tcp)),
+            Some(io) => {
+                // Deregistered here, registered with the I/O runtime by the task.
+                let tcp = tcp.into_std();
+                Box::pin(on_io_runtime(io, async move {
+                    upgrade(TcpStream::from_std(tcp?)?).await
+                }))
+            }
         };
         let task = ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
             act.upgrades.remove(&ticket);
@@ -324,7 +353,7 @@ impl Handler<Dial> for Transport {
     fn handle(&mut self, msg: Dial, _: &mut Self::Context) -> Self::Result {
         let (key, info, config) = (self.key.clone(), self.info.clone(), self.config.clone());
         let metrics = self.metrics.clone();
-        Box::pin(async move {
+        let work = async move {
             // As `dial`, with a host name resolved and each of its addresses tried, and upgrade
             // failures counted (a failed connect is no handshake).
             let tcp = connect_resolving(&msg.addr, config.dial_timeout, config.loopback_dial_from)
@@ -338,7 +367,33 @@ impl Handler<Dial> for Transport {
             )
             .await
             .inspect_err(|e| metrics.handshake_failed(Direction::Outbound, e))
-        })
+        };
+        match &self.io {
+            None => Box::pin(work),
+            Some(io) => Box::pin(on_io_runtime(io, work)),
+        }
+    }
+}
+
+/// Runs an upgrade as a task on the I/O runtime `io` and marks the stream it makes as
+/// registered there. The task is aborted (closing its socket) when the returned future is
+/// dropped: when an evicted inbound upgrade is cancelled, or the Transport stops.
+fn on_io_runtime(
+    io: &Handle,
+    work: impl Future<Output = Result<Upgraded, TransportError>> + Send + 'static,
+) -> impl Future<Output = Result<Upgraded, TransportError>> + 'static {
+    let task = AbortOnDropHandle::new(io.spawn(work));
+    async move {
+        match task.await {
+            Ok(result) => result.map(|mut up| {
+                up.stream.made_on_io_runtime();
+                up
+            }),
+            // Panicked, or cancelled by the runtime's shutdown.
+            Err(e) => Err(TransportError::Io(io::Error::other(format!(
+                "upgrade task failed: {e}"
+            )))),
+        }
     }
 }
 

@@ -531,6 +531,29 @@ mod actor {
     }
 
     async fn start_with(config: TransportConfig, metrics: Metrics) -> Running {
+        start_on(config, metrics, None).await
+    }
+
+    /// A two-worker I/O runtime shared by the tests that run upgrades on one.
+    fn io_runtime() -> tokio::runtime::Handle {
+        static IO: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+        IO.get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+        })
+        .handle()
+        .clone()
+    }
+
+    /// A transport whose upgrades run on `io` when given.
+    async fn start_on(
+        config: TransportConfig,
+        metrics: Metrics,
+        io: Option<tokio::runtime::Handle>,
+    ) -> Running {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let key = NodeKey::generate().unwrap();
         let info = node_info(key.id(), listener.local_addr().unwrap().port(), "net");
@@ -543,7 +566,7 @@ mod actor {
         }
         .start();
         let log = slog::Logger::root(slog::Discard, slog::o!());
-        let addr = Transport::new(
+        let transport = Transport::new(
             listener,
             key,
             info,
@@ -552,7 +575,11 @@ mod actor {
             collector.recipient(),
             log,
         )
-        .with_metrics(metrics)
+        .with_metrics(metrics);
+        let addr = match io {
+            Some(io) => transport.with_io_runtime(io),
+            None => transport,
+        }
         .start();
         Running {
             addr,
@@ -741,10 +768,98 @@ mod actor {
     }
 
     #[actix::test]
+    async fn upgrades_on_an_io_runtime_make_streams_registered_there() {
+        let io = io_runtime();
+        let mut a = start_on(config(TIMEOUT), Metrics::new(), Some(io.clone())).await;
+        let b = start_on(config(TIMEOUT), Metrics::new(), Some(io.clone())).await;
+        let dialed = b
+            .addr
+            .send(Dial {
+                addr: a.net.clone(),
+            })
+            .await
+            .unwrap()
+            .unwrap();
+        let accepted = tokio::time::timeout(TIMEOUT, a.inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((dialed.id(), accepted.id()), (a.net.id(), b.net.id()));
+        assert_eq!(accepted.direction, Direction::Inbound);
+        assert!(dialed.stream.is_on_io_runtime() && accepted.stream.is_on_io_runtime());
+        // This test's thread is the arbiter's, and it now blocks: only the I/O runtime's own
+        // driver can wake the tasks reading these sockets. Were they registered with the
+        // arbiter's runtime (where the Transport accepted), the exchange would never finish.
+        let (done, finished) = std::sync::mpsc::channel();
+        io.spawn(async move {
+            both_ways(dialed.stream, accepted.stream).await;
+            done.send(()).unwrap();
+        });
+        finished.recv_timeout(TIMEOUT).unwrap();
+    }
+
+    #[actix::test]
+    async fn an_evicted_or_stopped_upgrade_on_an_io_runtime_closes_its_socket() {
+        // Two slots in all; the second silent socket (from another subnet) is evicted by the
+        // third, whose subnet holds none. Evicting cancels the upgrade's task on the I/O
+        // runtime, which must close the socket there.
+        let mut a = start_on(
+            TransportConfig {
+                max_handshakes_in_progress: 2,
+                max_handshakes_per_ip: 2,
+                max_handshakes_per_subnet: 2,
+                // Longer than the waits below: only cancelling can close a socket in time.
+                handshake_first_message_timeout: 3 * TIMEOUT,
+                ..config(3 * TIMEOUT)
+            },
+            Metrics::new(),
+            Some(io_runtime()),
+        )
+        .await;
+        let target = a.net.socket_addr().unwrap();
+        let mut first = [0u8; 1];
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let tcp = connect_from([127, 0, 7, 2], target).await;
+            // Holding a slot once the node sent its ephemeral key.
+            assert!(tcp.peek(&mut first).await.unwrap() > 0);
+            held.push(tcp);
+        }
+        let newcomer = connect_from([127, 0, 8, 2], target).await;
+        assert!(newcomer.peek(&mut first).await.unwrap() > 0);
+        let r = tokio::time::timeout(TIMEOUT, a.rejected.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(r.reason, InboundRejectReason::Evicted), "{r:?}");
+        let evicted = held.remove(0);
+        assert_eq!(evicted.local_addr().unwrap(), r.remote);
+        assert!(
+            closed_within(evicted, TIMEOUT).await,
+            "evicted socket left open"
+        );
+        // Stopping the transport cancels the upgrades in progress: their sockets close too.
+        a.addr.send(Stop).await.unwrap();
+        assert!(closed_within(held.remove(0), TIMEOUT).await);
+        assert!(closed_within(newcomer, TIMEOUT).await);
+    }
+
+    #[actix::test]
     async fn a_flood_of_silent_sockets_is_bounded_closed_and_does_not_block_real_peers() {
+        silent_flood(None).await;
+    }
+
+    #[actix::test]
+    async fn a_flood_of_silent_sockets_against_upgrades_on_an_io_runtime() {
+        silent_flood(Some(io_runtime())).await;
+    }
+
+    /// 200 silent sockets from one IP: 192 refused at once, 8 closed at the handshake timeout,
+    /// and a real node from another address gets in meanwhile.
+    async fn silent_flood(io: Option<tokio::runtime::Handle>) {
         const FLOOD: usize = 200;
         let handshake_timeout = Duration::from_millis(800);
-        let mut a = start(config(handshake_timeout)).await;
+        let mut a = start_on(config(handshake_timeout), Metrics::new(), io.clone()).await;
         let target = a.net.socket_addr().unwrap();
         // 200 connections from 127.0.0.2 that never say a word.
         let mut silent = Vec::with_capacity(FLOOD);
@@ -752,7 +867,7 @@ mod actor {
             silent.push(connect_from([127, 0, 0, 2], target).await);
         }
         // A real node, from another loopback address, still gets in.
-        let b = start(config(TIMEOUT)).await;
+        let b = start_on(config(TIMEOUT), Metrics::new(), io).await;
         dial_and_accept(&mut a, &b).await;
         // Every silent socket is closed: 192 at once (no slot), 8 at the handshake timeout.
         let mut closed = 0;
