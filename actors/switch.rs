@@ -1049,7 +1049,8 @@ impl Handler<DisconnectPeer> for Switch {
 
 /// Stops the node gracefully: no more accepts or dials, every peer closed after its queued
 /// messages were written (for up to `drain_timeout`, see [`Stop`]; reactors get
-/// `PeerRemoved`), then the Switch stops. Answered once every peer has stopped.
+/// `PeerRemoved`), then the Switch stops. Answered once every peer has stopped and the
+/// listener is closed (its port free to bind again).
 #[derive(Message, Debug, Clone, Copy)]
 #[rtype(result = "()")]
 pub struct Shutdown;
@@ -1059,11 +1060,12 @@ impl Handler<Shutdown> for Switch {
 
     fn handle(&mut self, _: Shutdown, ctx: &mut Self::Context) -> Self::Result {
         let (tx, rx) = oneshot::channel();
+        let mut transport_stopped = None;
         if self.shutdown.is_none() {
             self.shutdown = Some(tx);
-            // Control message, once.
-            #[allow(clippy::disallowed_methods)]
-            self.transport.do_send(StopTransport);
+            // Answered once the listener is closed (its accept loop may run on the I/O
+            // runtime): the shutdown's answer waits for it, so the port is free by then.
+            transport_stopped = Some(self.transport.send(StopTransport));
             // Control messages, once each: stop dialing and redialing.
             #[allow(clippy::disallowed_methods)]
             self.dial.stop_redialing.do_send(StopRedialing);
@@ -1079,6 +1081,9 @@ impl Handler<Shutdown> for Switch {
             drop(tx);
         }
         Box::pin(async move {
+            if let Some(stopped) = transport_stopped {
+                let _ = stopped.await;
+            }
             let _ = rx.await;
         })
     }

@@ -32,26 +32,34 @@
 //! connections and failed upgrades (both directions) are counted in the node's
 //! [`Metrics`].
 //!
+//! The accept loop and every upgrade run as tasks, on the node's I/O runtime when it has one
+//! ([`Transport::with_io_runtime`]) and on the actor's arbiter otherwise. They share the slots
+//! under a lock that is never held across an await; the actor itself only answers messages.
+//! With an I/O runtime, the handshakes' public-key work never runs on the arbiter, where the
+//! reactors are, and an inbound connection first touches the arbiter when it is handed to the
+//! Switch, verified. Stopping the actor aborts the loop and every upgrade in progress, closing
+//! their sockets; [`Stop`] is answered once the listener is closed.
+//!
 //! | message | from | reply |
 //! | --- | --- | --- |
 //! | [`Dial`] | Dialer / Switch | `Result<Upgraded, TransportError>` |
 //! | [`UpdateNodeInfo`] | Switch | `()` |
-//! | [`Stop`] | Switch | `()` |
+//! | [`Stop`] | Switch | `()`, once the listener is closed |
 //! | [`InboundConnection`] (sent) | to the Switch | `()` |
 //! | [`InboundRejected`] (sent) | to the Switch | `()` |
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use actix::prelude::*;
-use futures::future::LocalBoxFuture;
 use slog::{Logger, debug, warn};
 use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
+use tokio::task::{AbortHandle, JoinHandle};
 use tokio_util::task::AbortOnDropHandle;
 
 use crate::actors::clock;
@@ -123,29 +131,28 @@ impl From<&crate::P2pConfig> for TransportConfig {
 pub struct Transport {
     /// Our identity, shared with every upgrade in flight.
     key: NodeKey,
-    /// Our NodeInfo (its listen address carries the bound port), shared likewise.
+    /// Our NodeInfo (its listen address carries the bound port), for dials.
     info: Arc<NodeInfo>,
     /// Timeouts and limits.
     config: TransportConfig,
-    /// The listener until `started` moves it into the accept task.
-    listener: Option<TcpListener>,
-    /// Inbound handshakes in progress.
-    slots: HandshakeSlots,
-    /// The upgrade task of each unauthenticated inbound connection, by slot, so that an
-    /// evicted one can be cancelled (which closes its socket). Removed when the upgrade ends.
-    upgrades: HashMap<SlotTicket, (SpawnHandle, SocketAddr)>,
-    /// Where verified inbound connections go (the Switch).
-    inbound: Recipient<InboundConnection>,
-    /// Where refused inbound connections are reported (the Switch, which publishes them).
-    rejected: Recipient<InboundRejected>,
-    /// Rejection reports dropped because `rejected` was full (counted, never queued).
-    dropped_reports: u64,
+    /// What `started` needs to start accepting (taken then).
+    pending: Option<Pending>,
     /// Counts refused inbound connections and failed upgrades (both directions).
     metrics: Metrics,
-    /// Where upgrades run (and their sockets are registered), if not on this actor's arbiter.
+    /// Where the accept loop and upgrades run (and their sockets are registered), if not on
+    /// this actor's arbiter.
     io: Option<Handle>,
+    /// The accept loop and what it shares with the inbound upgrades it starts, once started.
+    accepting: Option<Accepting>,
     /// Log of this node.
     log: Logger,
+}
+
+/// The listener and the recipients, until the actor starts.
+struct Pending {
+    listener: TcpListener,
+    inbound: Recipient<InboundConnection>,
+    rejected: Recipient<InboundRejected>,
 }
 
 impl Transport {
@@ -160,38 +167,20 @@ impl Transport {
         rejected: Recipient<InboundRejected>,
         log: Logger,
     ) -> Self {
-        let slots = HandshakeSlots::new(
-            config.max_handshakes_in_progress,
-            config.max_handshakes_per_ip,
-            config.max_handshakes_per_subnet,
-        );
         Self {
             key,
             info: Arc::new(info),
             config,
-            listener: Some(listener),
-            slots,
-            upgrades: HashMap::new(),
-            inbound,
-            rejected,
-            dropped_reports: 0,
+            pending: Some(Pending {
+                listener,
+                inbound,
+                rejected,
+            }),
             metrics: Metrics::new(),
             io: None,
+            accepting: None,
             log,
         }
-    }
-
-    /// Runs every upgrade (the TCP connect of a dial, the secret handshake, the NodeInfo
-    /// exchange, the checks) as a task on `handle`, a multi-thread tokio runtime, instead of
-    /// on this actor's arbiter. The handshake's public-key work (X25519, Ed25519 signing and
-    /// verification) then no longer competes with the reactors on the arbiter's one thread,
-    /// runs on every worker, and each socket is registered with that runtime from the start,
-    /// so the Switch need not move it when the peer's connection starts there
-    /// ([`SecretStream::is_on_io_runtime`]). Accepting and the handshake slots stay here.
-    /// [`SwitchBuilder::io_runtime`](crate::SwitchBuilder::io_runtime) sets it.
-    pub fn with_io_runtime(mut self, handle: Handle) -> Self {
-        self.io = Some(handle);
-        self
     }
 
     /// Counts into `metrics` (the node's) instead of a private registry.
@@ -200,8 +189,253 @@ impl Transport {
         self
     }
 
+    /// Accepts, and runs every upgrade (the TCP connect of a dial, the secret handshake, the
+    /// NodeInfo exchange, the checks), as tasks on `handle`, a multi-thread tokio runtime,
+    /// instead of on this actor's arbiter. The handshake's public-key work (X25519, Ed25519
+    /// signing and verification) then no longer competes with the reactors on the arbiter's
+    /// one thread and runs on every worker; an inbound connection reaches the arbiter only
+    /// once it is verified, and each socket is registered with that runtime from the start,
+    /// so the Switch need not move it when the peer's connection starts there
+    /// ([`SecretStream::is_on_io_runtime`]).
+    /// [`SwitchBuilder::io_runtime`](crate::SwitchBuilder::io_runtime) sets it.
+    pub fn with_io_runtime(mut self, handle: Handle) -> Self {
+        self.io = Some(handle);
+        self
+    }
+}
+
+impl Actor for Transport {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        let Some(Pending {
+            listener,
+            inbound,
+            rejected,
+        }) = self.pending.take()
+        else {
+            return;
+        };
+        let shared = Arc::new(Inbound {
+            key: self.key.clone(),
+            config: self.config.clone(),
+            to_switch: inbound,
+            rejected,
+            metrics: self.metrics.clone(),
+            io: self.io.clone(),
+            log: self.log.clone(),
+            state: Mutex::new(InboundState {
+                info: self.info.clone(),
+                slots: HandshakeSlots::new(
+                    self.config.max_handshakes_in_progress,
+                    self.config.max_handshakes_per_ip,
+                    self.config.max_handshakes_per_subnet,
+                ),
+                upgrades: HashMap::new(),
+                dropped_reports: 0,
+                stopped: false,
+            }),
+        });
+        // The listener was registered where it was bound; the loop registers it again where
+        // it runs.
+        let task = match listener.into_std() {
+            Ok(listener) => spawn_on(self.io.as_ref(), accept_loop(listener, shared.clone())),
+            Err(e) => {
+                // Only fails when the descriptor cannot be deregistered, which a listening
+                // socket never does.
+                warn!(self.log, "cannot start accepting"; "error" => %e);
+                return;
+            }
+        };
+        self.accepting = Some(Accepting {
+            shared,
+            task: Some(task),
+        });
+    }
+}
+
+/// Spawns `task` on `io`, or on the current arbiter.
+fn spawn_on(
+    io: Option<&Handle>,
+    task: impl Future<Output = ()> + Send + 'static,
+) -> JoinHandle<()> {
+    match io {
+        Some(io) => io.spawn(task),
+        None => actix_rt::spawn(task),
+    }
+}
+
+/// The accept loop's task and the state it shares with the upgrades it started. Dropped with
+/// the actor (stopped or not): the loop and every upgrade in progress are aborted, closing
+/// the listener and their sockets.
+struct Accepting {
+    shared: Arc<Inbound>,
+    /// The accept loop, until aborted.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Accepting {
+    /// Aborts the accept loop and every inbound upgrade in progress (including those waiting
+    /// for the Switch to take their connection). Returns the loop's task, which ends, and
+    /// closes the listener, as soon as its runtime polls it.
+    fn abort(&mut self) -> Option<JoinHandle<()>> {
+        let task = self.task.take();
+        if let Some(task) = &task {
+            task.abort();
+        }
+        let mut state = self.shared.lock();
+        state.stopped = true;
+        for (upgrade, _) in state.upgrades.values() {
+            upgrade.abort();
+        }
+        task
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        self.abort();
+    }
+}
+
+/// What the accept loop and the inbound upgrades share (they run as tasks, on the I/O runtime
+/// or the arbiter).
+struct Inbound {
+    /// Our identity.
+    key: NodeKey,
+    /// Timeouts.
+    config: TransportConfig,
+    /// Where verified connections go (the Switch).
+    to_switch: Recipient<InboundConnection>,
+    /// Where refused connections are reported (the Switch, which publishes them).
+    rejected: Recipient<InboundRejected>,
+    /// The node's counters.
+    metrics: Metrics,
+    /// The I/O runtime the tasks run on, if any.
+    io: Option<Handle>,
+    /// Log of this node.
+    log: Logger,
+    /// The handshake slots and the upgrades holding them.
+    state: Mutex<InboundState>,
+}
+
+/// The part of [`Inbound`] that changes, under its lock (never held across an await).
+struct InboundState {
+    /// Our NodeInfo as of now ([`UpdateNodeInfo`]); an upgrade keeps the one it started with.
+    info: Arc<NodeInfo>,
+    /// Inbound handshakes in progress.
+    slots: HandshakeSlots,
+    /// The task of each inbound upgrade holding a slot, so that an evicted one can be
+    /// cancelled (which closes its socket) and all of them when the transport stops. Removed
+    /// when the upgrade fails or the Switch took its connection; an upgrade whose entry is
+    /// gone was evicted.
+    upgrades: HashMap<SlotTicket, (AbortHandle, SocketAddr)>,
+    /// Rejection reports dropped because `rejected` was full (counted, never queued).
+    dropped_reports: u64,
+    /// Set when the transport stops: nothing new starts.
+    stopped: bool,
+}
+
+impl Inbound {
+    fn lock(&self) -> MutexGuard<'_, InboundState> {
+        // A panic under this lock is a bug in the slot bookkeeping; the counts stay usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes a handshake slot for `tcp` and starts its upgrade, or closes it at once.
+    fn admit(self: &Arc<Self>, tcp: TcpStream, remote: SocketAddr) {
+        let mut state = self.lock();
+        if state.stopped {
+            return;
+        }
+        let acquired = match state.slots.try_acquire(remote.ip()) {
+            Ok(acquired) => acquired,
+            Err(refused) => {
+                drop(tcp); // Closed at once: no handshake, no buffers.
+                self.report(
+                    &mut state,
+                    remote,
+                    InboundRejectReason::NoHandshakeSlot(refused),
+                );
+                return;
+            }
+        };
+        let ticket = acquired.ticket;
+        if let Some(evicted) = acquired.evicted
+            && let Some((task, evicted_remote)) = state.upgrades.remove(&evicted)
+        {
+            // Its slot is already the newcomer's; aborting its task drops (closes) its socket.
+            task.abort();
+            self.report(&mut state, evicted_remote, InboundRejectReason::Evicted);
+        }
+        let info = state.info.clone();
+        // Registered under the lock, so the task (which takes it when it ends) finds it.
+        let task = spawn_on(
+            self.io.as_ref(),
+            self.clone().upgrade(tcp, remote, ticket, info),
+        );
+        state.upgrades.insert(ticket, (task.abort_handle(), remote));
+    }
+
+    /// Upgrades one accepted connection and hands it to the Switch. Holds its slot until the
+    /// Switch took the connection (backpressure, not a queue), no longer evictable once
+    /// verified.
+    async fn upgrade(
+        self: Arc<Self>,
+        tcp: TcpStream,
+        remote: SocketAddr,
+        ticket: SlotTicket,
+        info: Arc<NodeInfo>,
+    ) {
+        let (timeout, first) = (
+            self.config.handshake_timeout,
+            self.config.handshake_first_message_timeout,
+        );
+        let result = upgrade_within(tcp, &self.key, &info, None, timeout, first)
+            .await
+            .inspect_err(|e| self.metrics.handshake_failed(Direction::Inbound, e));
+        let mut up = {
+            let mut state = self.lock();
+            if !state.upgrades.contains_key(&ticket) {
+                // Evicted while finishing: its slot is a newcomer's now.
+                return;
+            }
+            match result {
+                Ok(up) => {
+                    state.slots.authenticated(ticket);
+                    up
+                }
+                Err(e) => {
+                    state.upgrades.remove(&ticket);
+                    state.slots.release(ticket);
+                    self.report(
+                        &mut state,
+                        remote,
+                        InboundRejectReason::Upgrade(Arc::new(e)),
+                    );
+                    return;
+                }
+            }
+        };
+        if self.io.is_some() {
+            up.stream.made_on_io_runtime();
+        }
+        let sent = self.to_switch.send(InboundConnection(up)).await;
+        let mut state = self.lock();
+        state.upgrades.remove(&ticket);
+        state.slots.release(ticket);
+        if sent.is_err() {
+            let gone = TransportError::Io(io::Error::other("switch is gone"));
+            self.report(
+                &mut state,
+                remote,
+                InboundRejectReason::Upgrade(Arc::new(gone)),
+            );
+        }
+    }
+
     /// Reports a refused inbound connection without ever waiting or queueing.
-    fn report(&mut self, remote: SocketAddr, reason: InboundRejectReason) {
+    fn report(&self, state: &mut InboundState, remote: SocketAddr, reason: InboundRejectReason) {
         debug!(self.log, "inbound connection refused"; "remote" => %remote, "reason" => %reason);
         // Counted here, not by the Switch, so a report lost to a full mailbox still counts.
         self.metrics.inbound_rejected_by_transport(&reason);
@@ -210,126 +444,35 @@ impl Transport {
             .try_send(InboundRejected { remote, reason })
             .is_err()
         {
-            self.dropped_reports += 1;
+            state.dropped_reports += 1;
         }
     }
 }
 
-impl Actor for Transport {
-    type Context = Context<Self>;
-
-    fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(listener) = self.listener.take() else {
+/// Accepts until aborted (when the transport stops). Errors (a full file table, a connection
+/// reset before accept) are logged and retried after a pause that doubles up to one second.
+async fn accept_loop(listener: std::net::TcpListener, shared: Arc<Inbound>) {
+    // Registered with the runtime this task runs on.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            warn!(shared.log, "cannot register the listener; not accepting"; "error" => %e);
             return;
-        };
-        let me = ctx.address();
-        let log = self.log.clone();
-        // The accept loop lives in the actor's context: it ends (and the port is released)
-        // when the actor stops.
-        ctx.spawn(accept_loop(listener, me, log).into_actor(self));
-    }
-}
-
-/// Accepts until the actor is gone. Errors (a full file table, a connection reset before
-/// accept) are logged and retried after a pause that doubles up to one second.
-async fn accept_loop(listener: TcpListener, me: Addr<Transport>, log: Logger) {
+        }
+    };
     let mut pause = Duration::from_millis(5);
     loop {
         match listener.accept().await {
             Ok((tcp, remote)) => {
                 pause = Duration::from_millis(5);
-                if me.send(Accepted { tcp, remote }).await.is_err() {
-                    return;
-                }
+                shared.admit(tcp, remote);
             }
             Err(e) => {
-                warn!(log, "accept failed; still accepting"; "error" => %e, "retry_in" => ?pause);
+                warn!(shared.log, "accept failed; still accepting"; "error" => %e, "retry_in" => ?pause);
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
         }
-    }
-}
-
-/// A socket the accept loop took (internal).
-#[derive(Message)]
-#[rtype(result = "()")]
-struct Accepted {
-    /// The accepted socket.
-    tcp: TcpStream,
-    /// Its remote address.
-    remote: SocketAddr,
-}
-
-impl Handler<Accepted> for Transport {
-    type Result = ();
-
-    fn handle(&mut self, msg: Accepted, ctx: &mut Self::Context) {
-        let Accepted { tcp, remote } = msg;
-        let acquired = match self.slots.try_acquire(remote.ip()) {
-            Ok(acquired) => acquired,
-            Err(refused) => {
-                drop(tcp); // Closed at once: no handshake, no buffers.
-                self.report(remote, InboundRejectReason::NoHandshakeSlot(refused));
-                return;
-            }
-        };
-        let ticket = acquired.ticket;
-        if let Some(evicted) = acquired.evicted {
-            // Its slot is already the newcomer's; cancelling the task drops (closes) its socket.
-            if let Some((task, evicted_remote)) = self.upgrades.remove(&evicted) {
-                ctx.cancel_future(task);
-                self.report(evicted_remote, InboundRejectReason::Evicted);
-            }
-        }
-        let (key, info) = (self.key.clone(), self.info.clone());
-        let timeout = self.config.handshake_timeout;
-        let first_message = self.config.handshake_first_message_timeout;
-        let metrics = self.metrics.clone();
-        let upgrade = move |tcp| async move {
-            upgrade_within(tcp, &key, &info, None, timeout, first_message)
-                .await
-                .inspect_err(|e| metrics.handshake_failed(Direction::Inbound, e))
-        };
-        let work: LocalBoxFuture<'static, Result<Upgraded, TransportError>> = match &self.io {
-            None => Box::pin(upgrade(tcp)),
-            Some(io) => {
-                // Deregistered here, registered with the I/O runtime by the task.
-                let tcp = tcp.into_std();
-                Box::pin(on_io_runtime(io, async move {
-                    upgrade(TcpStream::from_std(tcp?)?).await
-                }))
-            }
-        };
-        let task = ctx.spawn(work.into_actor(self).map(move |result, act, ctx| {
-            act.upgrades.remove(&ticket);
-            match result {
-                Ok(up) => act.hand_over(ticket, up, ctx),
-                Err(e) => {
-                    act.slots.release(ticket);
-                    act.report(remote, InboundRejectReason::Upgrade(Arc::new(e)));
-                }
-            }
-        }));
-        self.upgrades.insert(ticket, (task, remote));
-    }
-}
-
-impl Transport {
-    /// Hands a verified inbound connection to the Switch. It keeps its slot, no longer
-    /// evictable, until the Switch took it: backpressure, not a queue.
-    fn hand_over(&mut self, ticket: SlotTicket, up: Upgraded, ctx: &mut Context<Self>) {
-        self.slots.authenticated(ticket);
-        let remote = up.remote_addr;
-        let inbound = self.inbound.clone();
-        let send = async move { inbound.send(InboundConnection(up)).await };
-        ctx.spawn(send.into_actor(self).map(move |sent, act, _| {
-            act.slots.release(ticket);
-            if sent.is_err() {
-                let gone = TransportError::Io(io::Error::other("switch is gone"));
-                act.report(remote, InboundRejectReason::Upgrade(Arc::new(gone)));
-            }
-        }));
     }
 }
 
@@ -405,10 +548,18 @@ fn on_io_runtime(
 pub struct Stop;
 
 impl Handler<Stop> for Transport {
-    type Result = ();
+    /// Answered once the listener is closed.
+    type Result = ResponseFuture<()>;
 
-    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) -> Self::Result {
         ctx.stop();
+        let accept_loop = self.accepting.as_mut().and_then(Accepting::abort);
+        Box::pin(async move {
+            if let Some(task) = accept_loop {
+                // Err(cancelled): the task and its listener are gone.
+                let _ = task.await;
+            }
+        })
     }
 }
 
@@ -424,6 +575,9 @@ impl Handler<UpdateNodeInfo> for Transport {
 
     fn handle(&mut self, msg: UpdateNodeInfo, _: &mut Self::Context) {
         self.info = Arc::new(msg.0);
+        if let Some(accepting) = &self.accepting {
+            accepting.shared.lock().info = self.info.clone();
+        }
     }
 }
 

@@ -485,7 +485,7 @@ mod actor {
     use tm2_p2p::actors::metrics::{HandshakeFailure, Metrics};
     use tm2_p2p::actors::transport::{
         Dial, InboundConnection, InboundRejectReason, InboundRejected, Stop, Transport,
-        TransportConfig,
+        TransportConfig, UpdateNodeInfo,
     };
     use tokio::net::TcpSocket;
     use tokio::sync::mpsc;
@@ -500,6 +500,12 @@ mod actor {
 
     impl Actor for Collector {
         type Context = Context<Self>;
+
+        fn started(&mut self, ctx: &mut Self::Context) {
+            // As the Switch's: reports arrive from the transport's tasks faster than the
+            // default 16 are handled, and a full mailbox drops them.
+            ctx.set_mailbox_capacity(1024);
+        }
     }
 
     impl Handler<InboundConnection> for Collector {
@@ -799,6 +805,34 @@ mod actor {
     }
 
     #[actix::test]
+    async fn with_an_io_runtime_handshakes_complete_while_the_arbiter_is_busy() {
+        // The arbiter (this test's thread) blocks, as under a busy reactor. Accepting and the
+        // whole upgrade happen on the I/O runtime: a client completes its upgrade (handshake,
+        // NodeInfo exchange, checks of our side) meanwhile. Only the hand-over to the Switch
+        // waits for the arbiter.
+        let io = io_runtime();
+        let mut a = start_on(config(TIMEOUT), Metrics::new(), Some(io.clone())).await;
+        // Answered once the actor started (and so its accept loop).
+        let port = a.net.socket_addr().unwrap().port();
+        let ours = node_info(a.net.id(), port, "net");
+        a.addr.send(UpdateNodeInfo(ours)).await.unwrap();
+        let (key, info) = dialer("net");
+        let (client_id, target) = (key.id(), a.net.clone());
+        let (done, finished) = std::sync::mpsc::channel();
+        io.spawn(async move {
+            let up = dial(&target, &key, &info, TIMEOUT, TIMEOUT).await;
+            done.send(up.map(|up| up.id())).unwrap();
+        });
+        let upgraded = finished.recv_timeout(TIMEOUT).unwrap();
+        assert_eq!(upgraded.unwrap(), a.net.id());
+        let inbound = tokio::time::timeout(TIMEOUT, a.inbound.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(inbound.id(), client_id);
+    }
+
+    #[actix::test]
     async fn an_evicted_or_stopped_upgrade_on_an_io_runtime_closes_its_socket() {
         // Two slots in all; the second silent socket (from another subnet) is evicted by the
         // third, whose subnet holds none. Evicting cancels the upgrade's task on the I/O
@@ -846,26 +880,28 @@ mod actor {
 
     #[actix::test]
     async fn a_flood_of_silent_sockets_is_bounded_closed_and_does_not_block_real_peers() {
-        silent_flood(None).await;
+        silent_flood(None, [127, 0, 0, 2]).await;
     }
 
     #[actix::test]
     async fn a_flood_of_silent_sockets_against_upgrades_on_an_io_runtime() {
-        silent_flood(Some(io_runtime())).await;
+        silent_flood(Some(io_runtime()), [127, 0, 0, 3]).await;
     }
 
-    /// 200 silent sockets from one IP: 192 refused at once, 8 closed at the handshake timeout,
+    /// 200 silent sockets from `from`: 192 refused at once, 8 closed at the handshake timeout,
     /// and a real node from another address gets in meanwhile.
-    async fn silent_flood(io: Option<tokio::runtime::Handle>) {
+    async fn silent_flood(io: Option<tokio::runtime::Handle>, from: [u8; 4]) {
         const FLOOD: usize = 200;
         let handshake_timeout = Duration::from_millis(800);
         let mut a = start_on(config(handshake_timeout), Metrics::new(), io.clone()).await;
         let target = a.net.socket_addr().unwrap();
-        // 200 connections from 127.0.0.2 that never say a word.
+        // 200 connections that never say a word.
+        let started = tokio::time::Instant::now();
         let mut silent = Vec::with_capacity(FLOOD);
         for _ in 0..FLOOD {
-            silent.push(connect_from([127, 0, 0, 2], target).await);
+            silent.push(connect_from(from, target).await);
         }
+        let connecting = started.elapsed();
         // A real node, from another loopback address, still gets in.
         let b = start_on(config(TIMEOUT), Metrics::new(), io).await;
         dial_and_accept(&mut a, &b).await;
@@ -877,9 +913,14 @@ mod actor {
             }
         }
         assert_eq!(closed, FLOOD);
+        // One report each. A report can trail its socket's closing: wait for it.
         let (mut no_slot, mut timed_out) = (0, 0);
-        while let Ok(r) = a.rejected.try_recv() {
-            assert_eq!(r.remote.ip(), IpAddr::from([127, 0, 0, 2]));
+        for _ in 0..FLOOD {
+            let r = tokio::time::timeout(TIMEOUT, a.rejected.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.remote.ip(), IpAddr::from(from));
             match r.reason {
                 InboundRejectReason::NoHandshakeSlot(_) => no_slot += 1,
                 InboundRejectReason::Evicted => panic!("nothing to evict for"),
@@ -893,8 +934,23 @@ mod actor {
                 other => panic!("unexpected rejection {other:?}"),
             }
         }
-        assert_eq!(no_slot, FLOOD - 8, "only 8 handshakes per IP at once");
-        assert_eq!(timed_out, 8);
+        let counts =
+            format!("refused {no_slot}, timed out {timed_out}, connecting took {connecting:?}");
+        if connecting < handshake_timeout / 2 {
+            assert_eq!(
+                (no_slot, timed_out),
+                (FLOOD - 8, 8),
+                "8 handshakes per IP at once: {counts}"
+            );
+        } else {
+            // A connect was slow (a lost SYN is retried after 1 s): the first 8 may have timed
+            // out, freeing their slots, before the last sockets arrived.
+            let rounds = 1 + connecting.as_millis() / handshake_timeout.as_millis();
+            assert!(
+                timed_out >= 8 && timed_out <= 8 * rounds as usize,
+                "{counts}"
+            );
+        }
     }
 
     #[actix::test]
