@@ -16,6 +16,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The process helpers the test binaries share (here: the I/O runtime).
+#[path = "common/sys.rs"]
+mod sys;
+
 fn node_info(id: PeerId, port: u16, network: &str) -> NodeInfo {
     let addr: NetAddress = format!("{id}@127.0.0.1:{port}").parse().unwrap();
     NodeInfo::new(addr, network, vec![0x40, 0x50])
@@ -491,6 +495,7 @@ mod actor {
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::sys::io_runtime;
 
     /// Stands in for the Switch: forwards what the transport sends into bounded channels.
     struct Collector {
@@ -538,20 +543,6 @@ mod actor {
 
     async fn start_with(config: TransportConfig, metrics: Metrics) -> Running {
         start_on(config, metrics, None).await
-    }
-
-    /// A two-worker I/O runtime shared by the tests that run upgrades on one.
-    fn io_runtime() -> tokio::runtime::Handle {
-        static IO: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-        IO.get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap()
-        })
-        .handle()
-        .clone()
     }
 
     /// A transport whose upgrades run on `io` when given.
@@ -747,6 +738,11 @@ mod actor {
 
     /// `b` dials `a`; checks both ends see the right id; returns `a`'s inbound connection.
     async fn dial_and_accept(a: &mut Running, b: &Running) -> Upgraded {
+        dial_and_accept_both(a, b).await.1
+    }
+
+    /// `b` dials `a`; checks both ends see the right id; returns both ends (`b`'s, `a`'s).
+    async fn dial_and_accept_both(a: &mut Running, b: &Running) -> (Upgraded, Upgraded) {
         let up = b
             .addr
             .send(Dial {
@@ -761,7 +757,7 @@ mod actor {
             .unwrap()
             .unwrap();
         assert_eq!(inbound.id(), b.net.id());
-        inbound
+        (up, inbound)
     }
 
     #[actix::test]
@@ -778,19 +774,7 @@ mod actor {
         let io = io_runtime();
         let mut a = start_on(config(TIMEOUT), Metrics::new(), Some(io.clone())).await;
         let b = start_on(config(TIMEOUT), Metrics::new(), Some(io.clone())).await;
-        let dialed = b
-            .addr
-            .send(Dial {
-                addr: a.net.clone(),
-            })
-            .await
-            .unwrap()
-            .unwrap();
-        let accepted = tokio::time::timeout(TIMEOUT, a.inbound.recv())
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!((dialed.id(), accepted.id()), (a.net.id(), b.net.id()));
+        let (dialed, accepted) = dial_and_accept_both(&mut a, &b).await;
         assert_eq!(accepted.direction, Direction::Inbound);
         assert!(dialed.stream.is_on_io_runtime() && accepted.stream.is_on_io_runtime());
         // This test's thread is the arbiter's, and it now blocks: only the I/O runtime's own
