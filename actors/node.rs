@@ -177,8 +177,8 @@ impl SwitchBuilder {
     /// Runs the connections' reader and writer tasks on `handle` (a multi-thread tokio runtime
     /// the host owns), so that encryption of many peers uses every core, and registers their
     /// sockets with it (its workers, not the arbiter, are woken when a socket is ready). The
-    /// upgrades run there too (dials' connects, handshakes, NodeInfo exchanges:
-    /// [`Transport::with_io_runtime`](crate::actors::transport::Transport::with_io_runtime)),
+    /// accept loop and the upgrades run there too (dials' connects, handshakes, NodeInfo
+    /// exchanges: [`Transport::with_io_runtime`](crate::actors::transport::Transport::with_io_runtime)),
     /// so a burst of handshakes never holds up the reactors. By default all of it runs on the
     /// current (actix) runtime. See docs/PERFORMANCE.md, "mconn".
     pub fn io_runtime(mut self, handle: Handle) -> Self {
