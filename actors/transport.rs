@@ -232,7 +232,6 @@ impl Actor for Transport {
                     self.config.max_handshakes_per_subnet,
                 ),
                 upgrades: HashMap::new(),
-                dropped_reports: 0,
                 stopped: false,
             }),
         });
@@ -330,8 +329,6 @@ struct InboundState {
     /// when the upgrade fails or the Switch took its connection; an upgrade whose entry is
     /// gone was evicted.
     upgrades: HashMap<SlotTicket, (AbortHandle, SocketAddr)>,
-    /// Rejection reports dropped because `rejected` was full (counted, never queued).
-    dropped_reports: u64,
     /// Set when the transport stops: nothing new starts.
     stopped: bool,
 }
@@ -352,11 +349,7 @@ impl Inbound {
             Ok(acquired) => acquired,
             Err(refused) => {
                 drop(tcp); // Closed at once: no handshake, no buffers.
-                self.report(
-                    &mut state,
-                    remote,
-                    InboundRejectReason::NoHandshakeSlot(refused),
-                );
+                self.report(remote, InboundRejectReason::NoHandshakeSlot(refused));
                 return;
             }
         };
@@ -366,7 +359,7 @@ impl Inbound {
         {
             // Its slot is already the newcomer's; aborting its task drops (closes) its socket.
             task.abort();
-            self.report(&mut state, evicted_remote, InboundRejectReason::Evicted);
+            self.report(evicted_remote, InboundRejectReason::Evicted);
         }
         let info = state.info.clone();
         // Registered under the lock, so the task (which takes it when it ends) finds it.
@@ -408,11 +401,7 @@ impl Inbound {
                 Err(e) => {
                     state.upgrades.remove(&ticket);
                     state.slots.release(ticket);
-                    self.report(
-                        &mut state,
-                        remote,
-                        InboundRejectReason::Upgrade(Arc::new(e)),
-                    );
+                    self.report(remote, InboundRejectReason::Upgrade(Arc::new(e)));
                     return;
                 }
             }
@@ -426,26 +415,16 @@ impl Inbound {
         state.slots.release(ticket);
         if sent.is_err() {
             let gone = TransportError::Io(io::Error::other("switch is gone"));
-            self.report(
-                &mut state,
-                remote,
-                InboundRejectReason::Upgrade(Arc::new(gone)),
-            );
+            self.report(remote, InboundRejectReason::Upgrade(Arc::new(gone)));
         }
     }
 
     /// Reports a refused inbound connection without ever waiting or queueing.
-    fn report(&self, state: &mut InboundState, remote: SocketAddr, reason: InboundRejectReason) {
+    fn report(&self, remote: SocketAddr, reason: InboundRejectReason) {
         debug!(self.log, "inbound connection refused"; "remote" => %remote, "reason" => %reason);
         // Counted here, not by the Switch, so a report lost to a full mailbox still counts.
         self.metrics.inbound_rejected_by_transport(&reason);
-        if self
-            .rejected
-            .try_send(InboundRejected { remote, reason })
-            .is_err()
-        {
-            state.dropped_reports += 1;
-        }
+        let _ = self.rejected.try_send(InboundRejected { remote, reason });
     }
 }
 

@@ -1050,4 +1050,46 @@ mod actor {
         }
         assert!(bound.is_some(), "port {socket} still taken");
     }
+
+    #[actix::test]
+    async fn stop_is_answered_only_once_the_listener_on_the_io_runtime_is_closed() {
+        let io = io_runtime();
+        let a = start_on(config(TIMEOUT), Metrics::new(), Some(io.clone())).await;
+        let socket = a.net.socket_addr().unwrap();
+        // Answered once the actor started, and so its accept loop.
+        let ours = node_info(a.net.id(), socket.port(), "net");
+        a.addr.send(UpdateNodeInfo(ours)).await.unwrap();
+        // Both workers of the I/O runtime, where the listener lives, are held: nothing there
+        // can drop it until they are let go.
+        let (held_tx, held) = std::sync::mpsc::channel();
+        let mut release = Vec::new();
+        for _ in 0..2 {
+            let (go_tx, go) = std::sync::mpsc::channel::<()>();
+            let held_tx = held_tx.clone();
+            io.spawn(async move {
+                held_tx.send(()).unwrap();
+                let _ = go.recv_timeout(TIMEOUT);
+            });
+            release.push(go_tx);
+        }
+        for _ in 0..2 {
+            held.recv_timeout(TIMEOUT).unwrap();
+        }
+        let stopped = a.addr.send(Stop);
+        tokio::pin!(stopped);
+        // While the listener cannot have closed, the answer must not come. (A bounded wait
+        // for something that must not happen.)
+        let early = tokio::time::timeout(Duration::from_millis(200), &mut stopped).await;
+        let answered_early = early.is_ok();
+        drop(release);
+        if !answered_early {
+            stopped.await.unwrap();
+        }
+        // Answered: the port is free at once.
+        let bound = TcpListener::bind(socket).await;
+        assert!(
+            !answered_early && bound.is_ok(),
+            "answered before the listener closed: {answered_early}; bind: {bound:?}"
+        );
+    }
 }
